@@ -1,0 +1,103 @@
+"""Elementwise activations that are not fused into a producer.
+
+clamp:  ReLU / ReLU6 / Clip left standalone (the producer could not take it);
+        int8: clamp to the quantized bounds, the output keeps the input's
+        quantization parameters.
+sigmoid, hard_sigmoid, hard_swish: int8 through a 256-entry table computed
+        at compile time, table[q + 128] = quantize_y(f(dequantize_x(q))), so the
+        device does one load per element and no float math.
+"""
+import numpy as np
+from numba import njit
+
+from ..quant.qparams import clamp_range
+from . import Op, register
+
+
+@njit(cache=True)
+def _lut_s8(x, table, out):
+    for i in range(x.shape[0]):
+        out[i] = table[np.int32(x[i]) + np.int32(128)]
+
+
+@njit(cache=True)
+def _clamp_s8(x, lo, hi, out):
+    for i in range(x.shape[0]):
+        v = np.int32(x[i])
+        if v < lo:
+            v = np.int32(lo)
+        if v > hi:
+            v = np.int32(hi)
+        out[i] = np.int8(v)
+
+
+class _Elementwise(Op):
+    def infer(self, node, graph):
+        return [graph.t(node.inputs[0]).shape]
+
+
+@register
+class Clamp(_Elementwise):
+    name = "clamp"
+    same_qparams = True
+
+    def ref(self, node, graph, ins):
+        lo, hi = node.attrs["act"]
+        return [np.clip(ins[0], -np.inf if lo is None else lo, np.inf if hi is None else hi).astype(np.float32)]
+
+    def quantize(self, node, graph):
+        lo, hi = clamp_range(graph.t(node.outputs[0]).q, node.attrs["act"])
+        node.attrs.update(act_min=lo, act_max=hi)
+
+    def sim(self, node, graph, ins):
+        x = np.ascontiguousarray(ins[0])
+        out = np.empty(x.size, np.int8)
+        _clamp_s8(x.reshape(-1), node.attrs["act_min"], node.attrs["act_max"], out)
+        return [out.reshape(x.shape)]
+
+
+class _Lut(_Elementwise):
+    def f(self, x, attrs):
+        raise NotImplementedError
+
+    def ref(self, node, graph, ins):
+        return [self.f(ins[0].astype(np.float64), node.attrs).astype(np.float32)]
+
+    def quantize(self, node, graph):
+        qx, qy = graph.t(node.inputs[0]).q, graph.t(node.outputs[0]).q
+        q = np.arange(-128, 128, dtype=np.float64)
+        y = self.f(float(qx.scale) * (q - int(qx.zero_point)), node.attrs)
+        yq = np.floor(y / float(qy.scale) + 0.5) + int(qy.zero_point)
+        node.attrs["table"] = np.clip(yq, -128, 127).astype(np.int8)
+
+    def sim(self, node, graph, ins):
+        x = np.ascontiguousarray(ins[0])
+        out = np.empty(x.size, np.int8)
+        _lut_s8(x.reshape(-1), node.attrs["table"], out)
+        return [out.reshape(x.shape)]
+
+
+@register
+class Sigmoid(_Lut):
+    name = "sigmoid"
+
+    def f(self, x, attrs):
+        return 1.0 / (1.0 + np.exp(-x))
+
+
+@register
+class HardSigmoid(_Lut):
+    """max(0, min(1, alpha x + beta)); torch's Hardsigmoid is alpha = 1/6, beta = 1/2."""
+    name = "hard_sigmoid"
+
+    def f(self, x, attrs):
+        return np.clip(attrs["alpha"] * x + attrs["beta"], 0.0, 1.0)
+
+
+@register
+class HardSwish(_Lut):
+    """x * hard_sigmoid(x) with alpha = 1/6, beta = 1/2."""
+    name = "hard_swish"
+
+    def f(self, x, attrs):
+        return x * np.clip(x / 6.0 + 0.5, 0.0, 1.0)

@@ -1,0 +1,150 @@
+"""conv2d: regular, depthwise and grouped 2-D convolution (1-D as H = 1).
+
+Layouts: x [N, H, W, Cin] int8, w [Cout, KH, KW, Cin/groups] int8 (per output
+channel scales), b [Cout] int32, y [N, OH, OW, Cout] int8.
+
+int8 reference, for each output element:
+    acc = b[co] + sum_{kh, kw, ci} (x - x_zp) * w      (int32; padding adds 0)
+    y   = requantize_s8(acc, mult[co], shift[co], y_zp, act_min, act_max)
+with mult/shift the fixed-point form of s_x * s_w[co] / s_y.
+No overflow: |x - x_zp| <= 255 and |w| <= 127, so with K = KH*KW*Cin/groups
+|acc| <= K * 32385 + |b|; quantize() refuses graphs where that reaches 2^31.
+"""
+import numpy as np
+from numba import njit
+
+from ..errors import TinytrainError
+from ..quant.fixedpoint import quantize_multipliers, requantize_s8
+from ..quant.qparams import clamp_range, quantize_bias, quantize_weights, weight_qparams
+from . import Op, register
+
+
+def conv_out_size(size, k, stride, pad0, pad1, dil):
+    return (size + pad0 + pad1 - dil * (k - 1) - 1) // stride + 1
+
+
+@njit(cache=True)
+def _conv2d_s8(x, w, b, out, sh, sw, pt, pl, dh, dw, groups, in_zp, out_zp, mult, shift, act_min, act_max):
+    n_b, h, wd, _ = x.shape
+    co_n, kh_n, kw_n, cg = w.shape
+    oh_n, ow_n = out.shape[1], out.shape[2]
+    cog = co_n // groups
+    for n in range(n_b):
+        for oh in range(oh_n):
+            for ow in range(ow_n):
+                for co in range(co_n):
+                    g = co // cog
+                    acc = np.int32(b[co])
+                    for kh in range(kh_n):
+                        ih = oh * sh - pt + kh * dh
+                        if ih < 0 or ih >= h:
+                            continue
+                        for kw in range(kw_n):
+                            iw = ow * sw - pl + kw * dw
+                            if iw < 0 or iw >= wd:
+                                continue
+                            for ci in range(cg):
+                                acc += (np.int32(x[n, ih, iw, g * cg + ci]) - np.int32(in_zp)) * np.int32(w[co, kh, kw, ci])
+                    out[n, oh, ow, co] = requantize_s8(acc, mult[co], shift[co], out_zp, act_min, act_max)
+
+
+def conv2d_float(x, w, b, stride, pads, dil, groups):
+    """Float reference in NHWC (numpy, float32)."""
+    n, h, wd, c = x.shape
+    co, kh, kw, cg = w.shape
+    pt, pl, pb, pr = pads
+    oh = conv_out_size(h, kh, stride[0], pt, pb, dil[0])
+    ow = conv_out_size(wd, kw, stride[1], pl, pr, dil[1])
+    xp = np.zeros((n, h + pt + pb, wd + pl + pr, c), np.float32)
+    xp[:, pt:pt + h, pl:pl + wd, :] = x
+    cog = co // groups
+    wg = w.reshape(groups, cog, kh, kw, cg)
+    out = np.zeros((n, oh, ow, groups, cog), np.float32)
+    for i in range(kh):
+        for j in range(kw):
+            hs, ws = i * dil[0], j * dil[1]
+            patch = xp[:, hs:hs + stride[0] * (oh - 1) + 1:stride[0], ws:ws + stride[1] * (ow - 1) + 1:stride[1], :]
+            patch = patch.reshape(n, oh, ow, groups, cg)
+            out += np.einsum("nhwgc,goc->nhwgo", patch, wg[:, :, i, j, :], optimize=True)
+    return (out.reshape(n, oh, ow, co) + b.astype(np.float32)).astype(np.float32)
+
+
+def apply_act(y, act):
+    if act is None:
+        return y
+    lo, hi = act
+    return np.clip(y, -np.inf if lo is None else lo, np.inf if hi is None else hi).astype(np.float32)
+
+
+@register
+class Conv2d(Op):
+    name = "conv2d"
+
+    def infer(self, node, graph):
+        x = graph.t(node.inputs[0]).shape
+        w = graph.t(node.inputs[1]).shape
+        a = node.attrs
+        pt, pl, pb, pr = a["pads"]
+        oh = conv_out_size(x[1], w[1], a["stride"][0], pt, pb, a["dilation"][0])
+        ow = conv_out_size(x[2], w[2], a["stride"][1], pl, pr, a["dilation"][1])
+        return [(x[0], oh, ow, w[0])]
+
+    def check(self, node, graph, fail):
+        x, w, b = (graph.t(i) for i in node.inputs)
+        g = node.attrs["groups"]
+        if len(x.shape) != 4 or len(w.shape) != 4 or x.shape[3] != w.shape[3] * g or w.shape[0] % g:
+            fail(f"n{node.id} conv2d: x {x.shape}, w {w.shape}, groups {g} do not match")
+        if b.shape != (w.shape[0],):
+            fail(f"n{node.id} conv2d: bias {b.shape} for {w.shape[0]} channels")
+        if x.dtype == "int8" and (w.dtype != "int8" or b.dtype != "int32" or "mult" not in node.attrs):
+            fail(f"n{node.id} conv2d: int8 input needs int8 weights, int32 bias and multipliers")
+
+    def ref(self, node, graph, ins):
+        a = node.attrs
+        w = graph.t(node.inputs[1])
+        b = graph.t(node.inputs[2])
+        wf = w.q.dequantize(w.data) if w.dtype == "int8" else w.data
+        bf = b.q.dequantize(b.data) if b.dtype == "int32" else b.data
+        y = conv2d_float(ins[0], wf, bf, a["stride"], a["pads"], a["dilation"], a["groups"])
+        return [apply_act(y, a.get("act"))]
+
+    def quantize(self, node, graph):
+        quantize_weighted(node, graph, k=int(np.prod(graph.t(node.inputs[1]).shape[1:])))
+
+    def sim(self, node, graph, ins):
+        a = node.attrs
+        x = ins[0]
+        shape = (x.shape[0],) + graph.t(node.outputs[0]).shape[1:]
+        out = np.empty(shape, np.int8)
+        _conv2d_s8(x, graph.t(node.inputs[1]).data, graph.t(node.inputs[2]).data, out,
+                   a["stride"][0], a["stride"][1], a["pads"][0], a["pads"][1], a["dilation"][0],
+                   a["dilation"][1], a["groups"], a["in_zp"], a["out_zp"], a["mult"], a["shift"],
+                   a["act_min"], a["act_max"])
+        return [out]
+
+    def macs(self, node, graph):
+        y = graph.t(node.outputs[0]).shape
+        w = graph.t(node.inputs[1]).shape
+        return int(np.prod(y[1:]) * np.prod(w[1:]))
+
+
+def quantize_weighted(node, graph, k):
+    """Shared by conv2d and fully_connected: per-channel int8 weights (axis 0),
+    int32 bias, per-channel requantization multipliers, the fused clamp."""
+    x, w, b, y = graph.t(node.inputs[0]), graph.t(node.inputs[1]), graph.t(node.inputs[2]), graph.t(node.outputs[0])
+    wq = w.q if (w.q is not None and w.q.axis == 0) else weight_qparams(w.data, axis=0)
+    s_x, s_y = float(x.q.scale), float(y.q.scale)
+    bias, bq = quantize_bias(b.data, wq.scale, s_x)
+    bound = int(k) * 255 * 127 + int(np.max(np.abs(bias.astype(np.int64)), initial=0))
+    if bound >= 2 ** 31:
+        raise TinytrainError(f"int32 accumulator could overflow ({k} products per output); "
+                             "split the layer", node=node.name, op=node.op)
+    w.data, w.dtype, w.q = quantize_weights(w.data, wq), "int8", wq
+    b.data, b.dtype, b.q = bias, "int32", bq
+    try:
+        mult, shift = quantize_multipliers(s_x * wq.scale.astype(np.float64) / s_y)
+    except ValueError as e:
+        raise TinytrainError(f"scales cannot be requantized: {e}", node=node.name, op=node.op) from None
+    lo, hi = clamp_range(y.q, node.attrs.get("act"))
+    node.attrs.update(in_zp=int(x.q.zero_point), out_zp=int(y.q.zero_point), mult=mult, shift=shift,
+                      act_min=lo, act_max=hi)

@@ -1,0 +1,100 @@
+"""add and mul of two activations (residual adds; squeeze-excite gating),
+with numpy broadcasting (e.g. [N, H, W, C] * [N, 1, 1, C]).
+
+add (TFLM's scheme): both inputs go to a common scale with 20 fraction bits,
+    y = requantize_s8(requantize((x1 - z1) << 20, m1) + requantize((x2 - z2) << 20, m2), m_out)
+    m1 = s1 / 2max, m2 = s2 / 2max, m_out = 2max / (2^20 s_y), max = max(s1, s2)
+mul: y = requantize_s8((x1 - z1) * (x2 - z2), s1 s2 / s_y)   (|acc| <= 255^2)
+"""
+import numpy as np
+from numba import njit
+
+from ..quant.fixedpoint import add_s8, quantize_multiplier, requantize_s8
+from ..quant.qparams import clamp_range
+from . import Op, register
+from .conv import apply_act
+
+ADD_LEFT_SHIFT = 20
+
+
+@njit(cache=True)
+def _add_s8(x1, z1, m1, s1, x2, z2, m2, s2, left_shift, mult, shift, zp, act_min, act_max, out):
+    for i in range(out.shape[0]):
+        out[i] = add_s8(x1[i], z1, m1, s1, x2[i], z2, m2, s2, left_shift, mult, shift, zp, act_min, act_max)
+
+
+@njit(cache=True)
+def _mul_s8(x1, z1, x2, z2, mult, shift, zp, act_min, act_max, out):
+    for i in range(out.shape[0]):
+        acc = (np.int32(x1[i]) - np.int32(z1)) * (np.int32(x2[i]) - np.int32(z2))
+        out[i] = requantize_s8(acc, mult, shift, zp, act_min, act_max)
+
+
+def _broadcast_pair(a, b):
+    shape = np.broadcast_shapes(a.shape, b.shape)
+    return (np.ascontiguousarray(np.broadcast_to(a, shape)).reshape(-1),
+            np.ascontiguousarray(np.broadcast_to(b, shape)).reshape(-1), shape)
+
+
+class _Binary(Op):
+    def infer(self, node, graph):
+        a, b = (graph.t(i).shape for i in node.inputs)
+        return [tuple(np.broadcast_shapes(a, b))]
+
+    def check(self, node, graph, fail):
+        a, b = (graph.t(i) for i in node.inputs)
+        if a.dtype != b.dtype:
+            fail(f"n{node.id} {self.name}: input dtypes {a.dtype} / {b.dtype}")
+
+
+@register
+class Add(_Binary):
+    name = "add"
+
+    def ref(self, node, graph, ins):
+        return [apply_act((ins[0] + ins[1]).astype(np.float32), node.attrs.get("act"))]
+
+    def quantize(self, node, graph):
+        q1, q2, qy = (graph.t(i).q for i in (*node.inputs, node.outputs[0]))
+        s1, s2, sy = float(q1.scale), float(q2.scale), float(qy.scale)
+        twice_max = 2.0 * max(s1, s2)
+        m1, sh1 = quantize_multiplier(s1 / twice_max)
+        m2, sh2 = quantize_multiplier(s2 / twice_max)
+        m, sh = quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * sy))
+        lo, hi = clamp_range(qy, node.attrs.get("act"))
+        node.attrs.update(z1=int(q1.zero_point), m1=m1, s1=sh1, z2=int(q2.zero_point), m2=m2, s2=sh2,
+                          left_shift=ADD_LEFT_SHIFT, mult=m, shift=sh, out_zp=int(qy.zero_point),
+                          act_min=lo, act_max=hi)
+
+    def sim(self, node, graph, ins):
+        a = node.attrs
+        x1, x2, shape = _broadcast_pair(ins[0], ins[1])
+        out = np.empty(x1.shape[0], np.int8)
+        _add_s8(x1, a["z1"], a["m1"], a["s1"], x2, a["z2"], a["m2"], a["s2"], a["left_shift"],
+                a["mult"], a["shift"], a["out_zp"], a["act_min"], a["act_max"], out)
+        return [out.reshape(shape)]
+
+
+@register
+class Mul(_Binary):
+    name = "mul"
+
+    def ref(self, node, graph, ins):
+        return [apply_act((ins[0] * ins[1]).astype(np.float32), node.attrs.get("act"))]
+
+    def quantize(self, node, graph):
+        q1, q2, qy = (graph.t(i).q for i in (*node.inputs, node.outputs[0]))
+        m, sh = quantize_multiplier(float(q1.scale) * float(q2.scale) / float(qy.scale))
+        lo, hi = clamp_range(qy, node.attrs.get("act"))
+        node.attrs.update(z1=int(q1.zero_point), z2=int(q2.zero_point), mult=m, shift=sh,
+                          out_zp=int(qy.zero_point), act_min=lo, act_max=hi)
+
+    def sim(self, node, graph, ins):
+        a = node.attrs
+        x1, x2, shape = _broadcast_pair(ins[0], ins[1])
+        out = np.empty(x1.shape[0], np.int8)
+        _mul_s8(x1, a["z1"], x2, a["z2"], a["mult"], a["shift"], a["out_zp"], a["act_min"], a["act_max"], out)
+        return [out.reshape(shape)]
+
+    def macs(self, node, graph):
+        return int(np.prod(graph.t(node.outputs[0]).shape[1:]))

@@ -1,0 +1,102 @@
+"""Data movement: reshape, transpose, concat.
+
+reshape and transpose keep the input's quantization parameters (the bytes
+move, the values do not change).  concat requantizes every input to the
+output's scale: y = requantize_s8(x - x_zp, s_x / s_y) + y_zp, |x - x_zp| <= 255.
+Axis 0 is the batch in every shape attribute (the IR is built for batch 1).
+"""
+import numpy as np
+from numba import njit
+
+from ..quant.fixedpoint import quantize_multiplier, requantize_s8
+from . import Op, register
+
+
+@register
+class Reshape(Op):
+    name = "reshape"
+    same_qparams = True
+
+    def infer(self, node, graph):
+        return [tuple(graph.t(node.inputs[0]).shape[:1]) + tuple(node.attrs["shape"][1:])]
+
+    def check(self, node, graph, fail):
+        x, y = graph.t(node.inputs[0]), graph.t(node.outputs[0])
+        if x.size != y.size:
+            fail(f"n{node.id} reshape {x.shape} -> {y.shape} changes the size")
+
+    def ref(self, node, graph, ins):
+        return [ins[0].reshape((ins[0].shape[0],) + tuple(node.attrs["shape"][1:]))]
+
+    def sim(self, node, graph, ins):
+        return self.ref(node, graph, ins)
+
+
+@register
+class Transpose(Op):
+    name = "transpose"
+    same_qparams = True
+
+    def infer(self, node, graph):
+        x = graph.t(node.inputs[0]).shape
+        return [tuple(x[p] for p in node.attrs["perm"])]
+
+    def check(self, node, graph, fail):
+        perm = tuple(node.attrs["perm"])
+        if sorted(perm) != list(range(len(graph.t(node.inputs[0]).shape))) or perm[0] != 0:
+            fail(f"n{node.id} transpose perm {perm} (must keep the batch first)")
+
+    def ref(self, node, graph, ins):
+        return [np.ascontiguousarray(np.transpose(ins[0], node.attrs["perm"]))]
+
+    def sim(self, node, graph, ins):
+        return self.ref(node, graph, ins)
+
+
+@njit(cache=True)
+def _requant_copy_s8(x, in_zp, mult, shift, out_zp, out):
+    for i in range(x.shape[0]):
+        out[i] = requantize_s8(np.int32(x[i]) - np.int32(in_zp), mult, shift, out_zp, -128, 127)
+
+
+@register
+class Concat(Op):
+    name = "concat"
+
+    def infer(self, node, graph):
+        shapes = [graph.t(i).shape for i in node.inputs]
+        ax = node.attrs["axis"]
+        out = list(shapes[0])
+        out[ax] = sum(s[ax] for s in shapes)
+        return [tuple(out)]
+
+    def check(self, node, graph, fail):
+        shapes = [graph.t(i).shape for i in node.inputs]
+        ax = node.attrs["axis"]
+        if ax == 0 or any(len(s) != len(shapes[0]) or s[:ax] + s[ax + 1:] != shapes[0][:ax] + shapes[0][ax + 1:]
+                          for s in shapes):
+            fail(f"n{node.id} concat of {shapes} on axis {ax}")
+
+    def ref(self, node, graph, ins):
+        return [np.concatenate(ins, axis=node.attrs["axis"]).astype(np.float32)]
+
+    def quantize(self, node, graph):
+        qy = graph.t(node.outputs[0]).q
+        node.attrs["out_zp"] = int(qy.zero_point)
+        node.attrs["in_zp"], node.attrs["mult"], node.attrs["shift"] = [], [], []
+        for i in node.inputs:
+            qx = graph.t(i).q
+            m, s = quantize_multiplier(float(qx.scale) / float(qy.scale))
+            node.attrs["in_zp"].append(int(qx.zero_point))
+            node.attrs["mult"].append(m)
+            node.attrs["shift"].append(s)
+
+    def sim(self, node, graph, ins):
+        a = node.attrs
+        parts = []
+        for k, x in enumerate(ins):
+            xf = np.ascontiguousarray(x).reshape(-1)
+            out = np.empty(xf.size, np.int8)
+            _requant_copy_s8(xf, a["in_zp"][k], a["mult"][k], a["shift"][k], a["out_zp"], out)
+            parts.append(out.reshape(x.shape))
+        return [np.concatenate(parts, axis=a["axis"])]

@@ -1,0 +1,54 @@
+"""Choosing quantization parameters (host side, compile time).
+
+* weights: symmetric int8 per output channel, scale = max|w| / 127, zero point 0
+* bias:    int32, b / (s_w * s_x) rounded half away from zero, zero point 0
+* activations: asymmetric int8 per tensor, the calibrated range widened to contain 0
+"""
+import numpy as np
+
+from ..ir import QParams
+
+
+def weight_qparams(w, axis=0):
+    w = np.asarray(w, dtype=np.float32)
+    red = tuple(i for i in range(w.ndim) if i != axis)
+    amax = np.max(np.abs(w), axis=red) if w.size else np.zeros(w.shape[axis], np.float32)
+    scale = np.where(amax > 0, amax / np.float32(127.0), np.float32(1.0)).astype(np.float32)
+    return QParams(scale, np.zeros_like(scale, dtype=np.int32), axis)
+
+
+def quantize_weights(w, q: QParams):
+    w = np.asarray(w, dtype=np.float32)
+    shp = [1] * w.ndim
+    shp[q.axis] = -1
+    return np.clip(np.round(w / q.scale.reshape(shp)), -127, 127).astype(np.int8)
+
+
+def quantize_bias(b, s_w, s_x):
+    """int32 bias = b / (s_w * s_x); the scale of the accumulator."""
+    s = (np.asarray(s_w, np.float64) * np.float64(s_x))
+    q = np.round(np.asarray(b, np.float64) / s)
+    q = np.clip(q, -(2 ** 31) + 1, 2 ** 31 - 1).astype(np.int32)
+    return q, QParams(s.astype(np.float32), np.zeros(s.shape, np.int32), 0 if s.ndim else None)
+
+
+def act_qparams(lo, hi):
+    """Asymmetric int8 parameters for the real range [lo, hi] (widened to hold 0)."""
+    lo = min(float(lo), 0.0)
+    hi = max(float(hi), 0.0)
+    if hi - lo < 1e-8:
+        hi = lo + 1e-8
+    scale = np.float32((hi - lo) / 255.0)
+    zp = int(np.clip(np.round(-128.0 - lo / float(scale)), -128, 127))
+    return QParams(scale, np.int32(zp), None)
+
+
+def clamp_range(q: QParams, act):
+    """Integer output clamp for a fused activation range act=(lo, hi) or None."""
+    if act is None:
+        return -128, 127
+    lo, hi = act
+    s, z = float(q.scale), int(q.zero_point)
+    qlo = -128 if lo is None or lo == -np.inf else int(np.clip(z + np.round(lo / s), -128, 127))
+    qhi = 127 if hi is None or hi == np.inf else int(np.clip(z + np.round(hi / s), -128, 127))
+    return qlo, qhi
