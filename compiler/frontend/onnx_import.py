@@ -1,0 +1,277 @@
+"""ONNX -> tinytrain float IR (NHWC).
+
+The importer walks the ONNX nodes in topological order.  Nodes whose inputs
+are all constants are folded (evaluated once with onnx's reference
+evaluator); `Shape` of an activation folds to its static shape.  Every other
+node goes to its converter in onnx_ops.py.
+
+Layouts: each ONNX activation maps to an IR tensor plus an `order`, the ONNX
+axis held by each IR axis (ir.shape[k] == onnx_shape[order[k]]).  4-D
+activations live as NHWC, order (0, 2, 3, 1); 1-D sensor data [N, C, L] as
+[N, L, C], order (0, 2, 1).  A layout-only ONNX Transpose only changes the
+order (no data moves); an IR transpose is emitted only where an op needs the
+ONNX element order (Flatten/Reshape of a tensor with H, W > 1) and the memory
+order really differs.
+"""
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..errors import TinytrainError
+from ..ir import Graph, QParams
+from .onnx_load import MAX_ELEMENTS, read_model, tensor_to_array, topo_sort
+
+# ops that are evaluated when all their inputs are constants
+FOLDABLE = {
+    "Add", "Sub", "Mul", "Div", "Neg", "Sqrt", "Reciprocal", "Pow", "Cast", "Reshape", "Flatten", "Squeeze",
+    "Unsqueeze", "Concat", "Gather", "Slice", "Transpose", "Identity", "ConstantOfShape", "Range", "Shape",
+    "Expand", "Equal", "Where", "Min", "Max", "Floor", "Ceil", "Abs", "ReduceProd", "ReduceSum",
+    "DequantizeLinear", "QuantizeLinear", "Size", "Tile", "Clip", "Relu", "Sign", "Not", "Less", "Greater",
+}
+
+
+def channels_last(rank):
+    """The IR order for an ONNX tensor of this rank (channels innermost)."""
+    return {4: (0, 2, 3, 1), 3: (0, 2, 1)}.get(rank, tuple(range(rank)))
+
+
+class Importer:
+    def __init__(self, path, input_shape=None):
+        self.path = Path(path)
+        self.model, self.opset = read_model(self.path)
+        self.graph = Graph(self.path.stem)
+        self.consts = {}        # onnx name -> np.ndarray
+        self.const_q = {}       # onnx name -> QParams of an int8 weight behind DequantizeLinear
+        self.values = {}        # onnx name -> (tensor id, order)
+        self.qdq = {}           # onnx name -> QParams given by a QuantizeLinear on an activation
+        self.input_shape = input_shape
+        self.node = None        # the ONNX node being converted (for errors)
+
+    # -- errors --------------------------------------------------------------
+    def error(self, problem, node=None):
+        node = node or self.node
+        return TinytrainError(problem, file=self.path, node=None if node is None else (node.name or node.output[0]),
+                              op=None if node is None else node.op_type)
+
+    # -- values --------------------------------------------------------------
+    def is_const(self, name):
+        return name in self.consts
+
+    def const(self, name, what="input"):
+        if name not in self.consts:
+            raise self.error(f"{what} '{name}' must be a constant (initializer), it is computed at run time")
+        return self.consts[name]
+
+    def weight(self, name, what="weight"):
+        w = self.const(name, what)
+        if np.issubdtype(w.dtype, np.floating) and not np.all(np.isfinite(w)):
+            raise self.error(f"{what} '{name}' contains NaN or Inf values")
+        return w.astype(np.float32)
+
+    def act(self, name):
+        if name not in self.values:
+            if name in self.consts:
+                raise self.error(f"input '{name}' is a constant where tinytrain expects an activation")
+            raise self.error(f"input '{name}' is unknown")
+        return self.values[name]
+
+    def onnx_shape(self, name):
+        tid, order = self.act(name)
+        ir = self.graph.t(tid).shape
+        shape = [0] * len(order)
+        for k, a in enumerate(order):
+            shape[a] = ir[k]
+        return tuple(shape)
+
+    def new_act(self, onnx_name, ir_shape, order, hint=None):
+        if any(d <= 0 for d in ir_shape):
+            raise self.error(f"output '{onnx_name}' would have shape {tuple(ir_shape)}")
+        if int(np.prod(ir_shape, dtype=np.float64)) > MAX_ELEMENTS:
+            raise self.error(f"output '{onnx_name}' would have {tuple(ir_shape)} elements, too large")
+        t = self.graph.add_tensor(hint or onnx_name, ir_shape)
+        if onnx_name is not None:
+            self.values[onnx_name] = (t.id, tuple(order))
+            if onnx_name in self.qdq:
+                t.q = self.qdq[onnx_name]
+        return t.id
+
+    def alias(self, onnx_name, tid, order):
+        self.values[onnx_name] = (tid, tuple(order))
+        if onnx_name in self.qdq and self.graph.t(tid).q is None:
+            self.graph.t(tid).q = self.qdq[onnx_name]
+
+    def emit(self, op, inputs, outputs, **attrs):
+        n = self.node
+        return self.graph.add_node(op, inputs, outputs, attrs, name=(n.name or n.output[0]) if n else "")
+
+    def add_const(self, name, data):
+        return self.graph.add_const(name, np.asarray(data, dtype=np.float32)).id
+
+    def materialize(self, name, order):
+        """The IR tensor of ONNX value `name` in the given order (emitting a
+        reshape when only size-1 axes move, a transpose otherwise)."""
+        tid, cur = self.act(name)
+        order = tuple(order)
+        if cur == order:
+            return tid
+        shape = self.onnx_shape(name)
+        new_shape = tuple(shape[a] for a in order)
+        moved = [a for a in cur if shape[a] != 1]
+        wanted = [a for a in order if shape[a] != 1]
+        if moved == wanted:
+            out = self.graph.add_tensor(f"{name}:reshape", new_shape).id
+            self.emit("reshape", [tid], [out], shape=new_shape)
+        else:
+            if cur[0] != 0 or order[0] != 0:
+                raise self.error(f"'{name}' would need the batch axis moved")
+            perm = tuple(cur.index(a) for a in order)
+            out = self.graph.add_tensor(f"{name}:transpose", new_shape).id
+            self.emit("transpose", [tid], [out], perm=perm)
+        self.values[name] = (out, order)     # later users reuse the materialized copy
+        return out
+
+    def attr(self, node, name, default=None):
+        for a in node.attribute:
+            if a.name == name:
+                return helper.get_attribute_value(a)
+        return default
+
+    # -- the walk ------------------------------------------------------------
+    def run(self):
+        g = self.model.graph
+        base = self.path.parent
+        for t in g.initializer:
+            self.consts[t.name] = tensor_to_array(t, self.path, base)
+        for sp in getattr(g, "sparse_initializer", []):
+            raise TinytrainError(f"sparse initializer '{sp.values.name}' is not supported", file=self.path)
+        inputs = [i for i in g.input if i.name not in self.consts]
+        if len(inputs) != 1:
+            raise TinytrainError(f"the model has {len(inputs)} data inputs; tinytrain handles models with one",
+                                 file=self.path)
+        self._add_input(inputs[0])
+        order = topo_sort(self.model, self.path, set(self.consts) | {inputs[0].name})
+        from .onnx_ops import CONVERTERS
+        for node in order:
+            self.node = node
+            if node.domain not in ("", "ai.onnx"):
+                raise self.error(f"custom-domain op {node.domain}.{node.op_type} is not supported")
+            if node.op_type == "Constant":
+                self._constant(node)
+            elif node.op_type == "Shape" and node.input[0] in self.values:
+                self._fold(node, {node.input[0]: np.zeros(self.onnx_shape(node.input[0]), np.float32)})
+            elif node.op_type in FOLDABLE and all((not i) or i in self.consts for i in node.input):
+                self._fold(node)
+            elif node.op_type in CONVERTERS:
+                CONVERTERS[node.op_type](self, node)
+            else:
+                raise self.error(f"unsupported op {node.op_type}; supported: {', '.join(sorted(CONVERTERS))}")
+        self.node = None
+        outs = []
+        for o in g.output:
+            if o.name in self.consts:
+                raise TinytrainError(f"graph output '{o.name}' is a constant", file=self.path)
+            tid = self.materialize(o.name, tuple(range(len(self.act(o.name)[1]))))
+            outs.append(tid)
+        self.graph.outputs = outs
+        self.graph.meta.update(source=str(self.path), opset=self.opset, output_names=[o.name for o in g.output],
+                               producer=f"{self.model.producer_name} {self.model.producer_version}".strip())
+        self.graph.meta.setdefault("output_activation", None)
+        self.graph.remove_unused()
+        return self.graph
+
+    def _add_input(self, vi):
+        name = vi.name
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type") or tt.elem_type != onnx.TensorProto.FLOAT:
+            raise TinytrainError(f"input '{name}' must be a float32 tensor", file=self.path, field=name)
+        if self.input_shape is not None:
+            shape = [int(d) for d in self.input_shape]
+        else:
+            if not tt.HasField("shape"):
+                raise TinytrainError(f"input '{name}' has no shape; pass --input-shape", file=self.path, field=name)
+            shape = []
+            for k, d in enumerate(tt.shape.dim):
+                if d.HasField("dim_value") and d.dim_value > 0:
+                    shape.append(int(d.dim_value))
+                elif k == 0:
+                    shape.append(1)      # symbolic batch: the device trains on one sample
+                else:
+                    raise TinytrainError(f"dimension {k} of input '{name}' is symbolic ('{d.dim_param}'); "
+                                         "pass --input-shape", file=self.path, field=name)
+        if len(shape) < 2 or shape[0] != 1 or any(d <= 0 for d in shape):
+            raise TinytrainError(f"input '{name}' shape {shape} is not [1, ...] with positive dims",
+                                 file=self.path, field=name)
+        if int(np.prod(shape, dtype=np.float64)) > MAX_ELEMENTS:
+            raise TinytrainError(f"input '{name}' shape {shape} is too large", file=self.path, field=name)
+        order = channels_last(len(shape))
+        t = self.graph.add_tensor(name, tuple(shape[a] for a in order), kind="input")
+        self.graph.inputs = [t.id]
+        self.values[name] = (t.id, order)
+        self.graph.meta.update(input_name=name, input_shape=shape, input_order=list(order))
+
+    def _constant(self, node):
+        a = node.attribute[0] if node.attribute else None
+        if a is None:
+            raise self.error("Constant without a value")
+        if a.name == "value":
+            val = tensor_to_array(a.t, self.path, what="constant")
+        elif a.name in ("value_float", "value_int"):
+            val = np.array(helper.get_attribute_value(a))
+        elif a.name in ("value_floats", "value_ints"):
+            val = np.array(list(helper.get_attribute_value(a)))
+        else:
+            raise self.error(f"Constant attribute '{a.name}' is not supported")
+        self.consts[node.output[0]] = val
+
+    def _fold(self, node, extra=None):
+        feeds = {i: self.consts[i] for i in node.input if i in self.consts}
+        feeds.update(extra or {})
+        if node.op_type in ("ConstantOfShape", "Expand", "Tile", "Range"):
+            self._guard_size(node, feeds)
+        ins = [helper.make_tensor_value_info(i, helper.np_dtype_to_tensor_dtype(feeds[i].dtype), feeds[i].shape)
+               for i in node.input if i]
+        outs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output if o]
+        m = helper.make_model(helper.make_graph([node], "fold", ins, outs),
+                              opset_imports=[helper.make_opsetid("", self.opset)])
+        try:
+            from onnx.reference import ReferenceEvaluator
+            res = ReferenceEvaluator(m).run(None, {i: feeds[i] for i in node.input if i})
+        except Exception as e:
+            raise self.error(f"cannot evaluate constant node: {type(e).__name__}: {e}") from None
+        for o, v in zip([o for o in node.output if o], res):
+            self.consts[o] = np.asarray(v)
+        if node.op_type == "DequantizeLinear" and node.input[0] in self.consts:
+            self._record_weight_qparams(node, feeds)
+        if node.op_type in ("QuantizeLinear",):
+            pass
+
+    def _record_weight_qparams(self, node, feeds):
+        x = feeds[node.input[0]]
+        if x.dtype not in (np.int8, np.uint8) or x.ndim < 2:
+            return
+        scale = np.asarray(feeds[node.input[1]], np.float32)
+        zp = np.asarray(feeds[node.input[2]]) if len(node.input) > 2 and node.input[2] else np.zeros_like(scale)
+        if np.any(zp != 0) or scale.ndim != 1:
+            return
+        axis = self.attr(node, "axis", 1)
+        self.const_q[node.output[0]] = QParams(scale, np.zeros(scale.shape, np.int32), axis % x.ndim)
+
+    def _guard_size(self, node, feeds):
+        vals = [feeds.get(i) for i in node.input]
+        n = None
+        if node.op_type in ("ConstantOfShape", "Expand") and vals and vals[-1] is not None:
+            n = float(np.prod(np.maximum(np.asarray(vals[-1], np.float64), 1)))
+        if node.op_type == "Tile" and len(vals) == 2:
+            n = float(np.asarray(vals[0]).size) * float(np.prod(np.asarray(vals[1], np.float64)))
+        if node.op_type == "Range" and len(vals) == 3:
+            s, l, d = (float(np.asarray(v)) for v in vals)
+            n = abs((l - s) / d) if d else float("inf")
+        if n is not None and n > MAX_ELEMENTS:
+            raise self.error(f"constant would have {n:.0f} elements, too large")
+
+
+def import_onnx(path, input_shape=None) -> Graph:
+    """Load an ONNX file into the float IR (NHWC, BatchNorm not yet folded)."""
+    return Importer(path, input_shape).run()

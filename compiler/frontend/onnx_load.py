@@ -1,0 +1,152 @@
+"""Reading an ONNX file safely: every user mistake becomes a TinytrainError.
+
+Checks, in order: the file exists and parses (truncated or corrupt protobuf),
+the opset, external data (missing, outside the model's folder, too short),
+initializers whose declared shape does not match their data (no huge
+allocation from a lying header), names that nothing produces (dangling
+inputs), cycles, and non-finite weights.
+"""
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..errors import TinytrainError
+
+OPSET_MIN, OPSET_MAX = 11, 21
+MAX_ELEMENTS = 1 << 26          # no single tensor above 64 M elements (256 MB of float32)
+MAX_FILE_BYTES = 2 << 30
+
+
+def _itemsize(data_type):
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)).itemsize
+    except Exception:
+        return None
+
+
+def read_model(path):
+    path = Path(path)
+    if not path.is_file():
+        raise TinytrainError("no such file", file=path)
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise TinytrainError(f"file is {path.stat().st_size} bytes, more than tinytrain reads", file=path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf DecodeError and friends
+        raise TinytrainError(f"not a readable ONNX model (truncated or corrupt?): {type(e).__name__}: {e}",
+                             file=path) from None
+    if not model.HasField("graph") or len(model.graph.node) == 0:
+        raise TinytrainError("the model has no graph nodes (empty, truncated or not an ONNX model)", file=path)
+    opset = None
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            opset = imp.version
+    if opset is None:
+        raise TinytrainError("the model declares no ai.onnx opset", file=path)
+    if not OPSET_MIN <= opset <= OPSET_MAX:
+        raise TinytrainError(f"opset {opset} is not supported (tinytrain reads opsets {OPSET_MIN} to {OPSET_MAX}; "
+                             "re-export with opset_version in that range)", file=path, field="opset_import")
+    return model, opset
+
+
+def _external_bytes(t, base, path):
+    info = {e.key: e.value for e in t.external_data}
+    loc = info.get("location")
+    if not loc:
+        raise TinytrainError(f"initializer '{t.name}' is external but names no location", file=path)
+    base = base.resolve()
+    target = (base / loc).resolve()
+    if os.path.isabs(loc) or not target.is_relative_to(base):
+        raise TinytrainError(f"external data '{loc}' of initializer '{t.name}' points outside the model's folder",
+                             file=path)
+    if not target.is_file():
+        raise TinytrainError(f"external data file '{loc}' of initializer '{t.name}' is missing", file=path)
+    try:
+        offset = int(info.get("offset", 0))
+        length = int(info["length"]) if "length" in info else target.stat().st_size - offset
+    except ValueError:
+        raise TinytrainError(f"external data of '{t.name}' has a bad offset/length", file=path) from None
+    if offset < 0 or length < 0 or offset + length > target.stat().st_size:
+        raise TinytrainError(f"external data '{loc}' is shorter than initializer '{t.name}' needs "
+                             f"(offset {offset} + length {length} > {target.stat().st_size} bytes)", file=path)
+    with open(target, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
+
+
+def tensor_to_array(t, path, base=None, what="initializer"):
+    """A TensorProto -> numpy array, refusing lies about its size."""
+    dims = [int(d) for d in t.dims]
+    if any(d < 0 for d in dims):
+        raise TinytrainError(f"{what} '{t.name}' has negative dims {dims}", file=path)
+    n = int(np.prod(dims, dtype=np.float64)) if dims else 1
+    if n > MAX_ELEMENTS:
+        raise TinytrainError(f"{what} '{t.name}' declares {dims} = {n} elements, too large for a device model",
+                             file=path)
+    itemsize = _itemsize(t.data_type)
+    if itemsize is None or t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        raise TinytrainError(f"{what} '{t.name}' has unsupported data type {t.data_type}", file=path)
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        raw = _external_bytes(t, base if base is not None else Path(path).parent, path)
+        t = onnx.TensorProto.FromString(t.SerializeToString())
+        t.ClearField("external_data")
+        t.data_location = onnx.TensorProto.DEFAULT
+        t.raw_data = raw
+    if t.HasField("raw_data"):
+        if len(t.raw_data) != n * itemsize:
+            raise TinytrainError(f"{what} '{t.name}' declares shape {dims} ({n * itemsize} bytes) "
+                                 f"but holds {len(t.raw_data)} bytes", file=path)
+    else:
+        held = max(len(t.float_data), len(t.int32_data), len(t.int64_data), len(t.double_data),
+                   len(t.uint64_data))
+        if held != n:
+            raise TinytrainError(f"{what} '{t.name}' declares shape {dims} ({n} values) but holds {held}",
+                                 file=path)
+    try:
+        return np.array(numpy_helper.to_array(t))
+    except Exception as e:
+        raise TinytrainError(f"{what} '{t.name}' cannot be read: {e}", file=path) from None
+
+
+def topo_sort(model, path, known):
+    """Nodes in an order where every input is known before use.
+
+    `known` holds the names of graph inputs and initializers.  Names nobody
+    produces are dangling inputs; nodes left over once nothing more can run
+    form a cycle."""
+    nodes = list(model.graph.node)
+    producers = {}
+    for n in nodes:
+        for o in n.output:
+            if o:
+                if o in producers or o in known:
+                    raise TinytrainError(f"output '{o}' is produced twice", file=path, node=n.name, op=n.op_type)
+                producers[o] = n
+    for n in nodes:
+        for i in n.input:
+            if i and i not in known and i not in producers:
+                raise TinytrainError(f"input '{i}' is not produced by any node, initializer or graph input "
+                                     "(dangling input)", file=path, node=n.name, op=n.op_type)
+    avail = set(known)
+    done = [False] * len(nodes)
+    order = []
+    progress = True
+    while progress:
+        progress = False
+        for k, n in enumerate(nodes):
+            if not done[k] and all((not i) or i in avail for i in n.input):
+                done[k] = True
+                order.append(n)
+                avail.update(o for o in n.output if o)
+                progress = True
+    if len(order) != len(nodes):
+        stuck = [n for k, n in enumerate(nodes) if not done[k]][0]
+        raise TinytrainError("the graph has a cycle through this node", file=path, node=stuck.name,
+                             op=stuck.op_type)
+    for o in model.graph.output:
+        if o.name not in avail:
+            raise TinytrainError(f"graph output '{o.name}' is never produced", file=path)
+    return order

@@ -1,0 +1,35 @@
+"""The compiler pipeline: a flat list of passes, each followed by the IR check.
+
+    import ONNX -> fold_affine (BatchNorm) -> fuse_activation (ReLU/ReLU6)
+        -> calibrate -> quantize
+"""
+import numpy as np
+
+from .frontend.onnx_import import import_onnx
+from .ir import verify
+from .passes.calibrate import calibrate
+from .passes.fold_affine import fold_affine
+from .passes.fuse_activation import fuse_activation
+from .passes.quantize import quantize
+
+FLOAT_PASSES = (
+    ("fold_affine", fold_affine),
+    ("fuse_activation", fuse_activation),
+)
+
+
+def load(path, input_shape=None):
+    """ONNX file -> verified float IR, BatchNorm folded, activations fused."""
+    g = verify(import_onnx(path, input_shape), "import")
+    for name, p in FLOAT_PASSES:
+        g = verify(p(g), name)
+    return g
+
+
+def quantize_graph(graph, calib_x, method="minmax", percentile=99.99):
+    """Float IR + calibration samples (ONNX input layout) -> verified int8 IR."""
+    ranges = calibrate(graph, calib_x, method=method, percentile=percentile)
+    info = {"method": method, "samples": int(len(np.asarray(calib_x)))}
+    if method == "percentile":
+        info["percentile"] = percentile
+    return verify(quantize(graph, ranges, info), "quantize")
