@@ -256,7 +256,7 @@ def train_classifier(model, x, y, *, epochs, batch_size=64, lr=3e-3,
             loss.backward()
             opt.step()
             sched.step()
-            tot += float(loss) * len(idx)
+            tot += loss.item() * len(idx)
             correct += int((out.argmax(1) == yb).sum())
             seen += len(idx)
         if (ep + 1) % log_every == 0 or ep == epochs - 1:
@@ -327,14 +327,16 @@ def export_torchscript(model, example, path, *, opset=13, keep_bn=True):
     model: the eval-mode Conv+BN fusion pass of the exporter is skipped, so
     every BatchNorm2d/1d stays a BatchNormalization node (inference form).
     keep_bn=False uses the exporter's default (TrainingMode.EVAL), which
-    folds BN into the preceding Conv."""
+    folds BN into the preceding Conv. Constant folding is switched off with
+    PRESERVE (the exporter warns otherwise; for an eval-mode model the graph is
+    identical either way)."""
     model.eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     kw = dict(training=torch.onnx.TrainingMode.PRESERVE) if keep_bn else {}
     torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset,
                       input_names=["input"], output_names=["logits"],
-                      do_constant_folding=True, **kw)
+                      do_constant_folding=not keep_bn, **kw)
     _check(path)
     return path
 

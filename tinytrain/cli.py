@@ -1,0 +1,131 @@
+"""tinytrain command line.  A user mistake prints one line and exits 2."""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .compiler.errors import TinytrainError
+
+
+def _shape(text):
+    try:
+        dims = [int(d) for d in text.replace("x", ",").split(",") if d.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a shape like 1,3,32,32") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a shape like 1,3,32,32")
+    return dims
+
+
+def cmd_inspect(args):
+    from .report import format_table, layer_table, onnx_op_support
+    from .api import load
+    print(f"model: {args.model}")
+    support = None
+    if not str(args.model).endswith(".tt.npz"):
+        try:
+            support = onnx_op_support(args.model)
+        except Exception:
+            support = None      # load() below gives the precise error
+    if support:
+        print("\nONNX ops:")
+        print(format_table(["op", "count", "supported"], [(o, c, "yes" if s else "NO") for o, c, s in support]))
+    g = load(args.model, args.input_shape)
+    rows = layer_table(g)
+    print(f"\ntinytrain IR ({g.t(g.inputs[0]).dtype}): input {g.meta.get('input_name')} "
+          f"{g.meta.get('input_shape')} (stored as {list(g.t(g.inputs[0]).shape)}, NHWC)")
+    print(format_table(["#", "layer", "op", "output (NHWC)", "params", "MACs", "fused act"],
+                       [(i, r["node"], r["op"], "x".join(map(str, r["output"])), r["params"], r["macs"],
+                         "" if r["act"] is None else f"clamp{tuple(r['act'])}") for i, r in enumerate(rows)]))
+    print(f"\ntotal: {len(rows)} layers, {sum(r['params'] for r in rows)} parameters, "
+          f"{sum(r['macs'] for r in rows)} MACs per sample")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": str(args.model), "layers": rows,
+                                               "onnx_ops": support}, indent=1, default=str))
+    unsupported = [o for o, _, s in (support or []) if not s]
+    return 2 if unsupported else 0
+
+
+def cmd_quantize(args):
+    from .api import load, quantize, save
+    from .data import load_dataset
+    from .report import accuracy, format_table, layer_errors
+    g = load(args.model, args.input_shape)
+    shape = g.meta["input_shape"]
+    cx, cy = load_dataset(args.calib, shape)
+    if args.max_calib:
+        cx, cy = cx[:args.max_calib], (None if cy is None else cy[:args.max_calib])
+    gq = quantize(g, cx, method=args.method, percentile=args.percentile)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    model_path = save(gq, out / (Path(args.model).name.split(".")[0] + ".tt.npz"))
+    report = {"model": str(args.model), "int8_model": str(model_path), "calibration": gq.meta["calibration"]}
+    lines = [f"int8 model: {model_path}",
+             f"calibration: {len(cx)} samples from {args.calib}, {args.method}"
+             + (f" ({args.percentile})" if args.method == "percentile" else "")]
+    if args.test:
+        tx, ty = load_dataset(args.test, shape, need_labels=True)
+        src = args.test
+    else:
+        tx, ty, src = cx, cy, args.calib
+    if ty is not None:
+        acc = accuracy(args.model, gq, tx, ty)
+        report["accuracy"] = dict(acc, data=str(src))
+        lines.append(f"accuracy on {acc['samples']} samples of {src}: float (onnxruntime) "
+                     f"{100 * acc['float_top1']:.2f}%, int8 (simulator) {100 * acc['int8_top1']:.2f}%, "
+                     f"top-1 agreement {100 * acc['top1_agreement']:.2f}%")
+    errs = layer_errors(g, gq, tx[:args.report_samples])
+    report["layers"] = errs
+    table = format_table(["layer", "op", "scale", "zp", "rms err", "max err", "SQNR dB"],
+                         [(r["node"], r["op"], f"{r['scale']:.3g}", r["zero_point"], f"{r['rms_error']:.3g}",
+                           f"{r['max_abs_error']:.3g}", "-" if r["sqnr_db"] is None else f"{r['sqnr_db']:.1f}")
+                          for r in errs])
+    text = "\n".join(lines) + f"\n\nper-layer error, int8 dequantized vs float ({min(len(tx), args.report_samples)} " \
+                              f"samples):\n" + table + "\n"
+    (out / "report.txt").write_text(text)
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    print(text, end="")
+    print(f"reports: {out / 'report.txt'}, {out / 'report.json'}")
+    return 0
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="tinytrain", description="On-device training compiler for int8 models.")
+    p.add_argument("--version", action="version", version=f"tinytrain {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("inspect", help="ops, shapes, parameters and MACs per layer, and what is not supported")
+    s.add_argument("model", help="model.onnx (or a .tt.npz saved by tinytrain)")
+    s.add_argument("--input-shape", type=_shape, help="override the input shape, e.g. 1,3,32,32")
+    s.add_argument("--json", help="also write the report as JSON to this file")
+    s.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("quantize", help="post-training int8 quantization with an accuracy report")
+    s.add_argument("model", help="model.onnx")
+    s.add_argument("--calib", required=True, help="calibration samples (.npz with x[, y], .npy, .csv)")
+    s.add_argument("--test", help="labelled test data for the float-vs-int8 accuracy report")
+    s.add_argument("--method", choices=["minmax", "percentile"], default="minmax")
+    s.add_argument("--percentile", type=float, default=99.99)
+    s.add_argument("--max-calib", type=int, default=0, help="use at most this many calibration samples")
+    s.add_argument("--report-samples", type=int, default=100, help="samples for the per-layer error report")
+    s.add_argument("--input-shape", type=_shape, help="override the input shape, e.g. 1,3,32,32")
+    s.add_argument("-o", "--output", required=True, help="output folder")
+    s.set_defaults(func=cmd_quantize)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TinytrainError as e:
+        print(f"tinytrain: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tinytrain: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
