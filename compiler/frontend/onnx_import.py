@@ -45,7 +45,6 @@ class Importer:
         self.consts = {}        # onnx name -> np.ndarray
         self.const_q = {}       # onnx name -> QParams of an int8 weight behind DequantizeLinear
         self.values = {}        # onnx name -> (tensor id, order)
-        self.qdq = {}           # onnx name -> QParams given by a QuantizeLinear on an activation
         self.input_shape = input_shape
         self.node = None        # the ONNX node being converted (for errors)
 
@@ -93,14 +92,10 @@ class Importer:
         t = self.graph.add_tensor(hint or onnx_name, ir_shape)
         if onnx_name is not None:
             self.values[onnx_name] = (t.id, tuple(order))
-            if onnx_name in self.qdq:
-                t.q = self.qdq[onnx_name]
         return t.id
 
     def alias(self, onnx_name, tid, order):
         self.values[onnx_name] = (tid, tuple(order))
-        if onnx_name in self.qdq and self.graph.t(tid).q is None:
-            self.graph.t(tid).q = self.qdq[onnx_name]
 
     def emit(self, op, inputs, outputs, **attrs):
         n = self.node
@@ -230,6 +225,10 @@ class Importer:
         feeds.update(extra or {})
         if node.op_type in ("ConstantOfShape", "Expand", "Tile", "Range"):
             self._guard_size(node, feeds)
+        if node.op_type == "DequantizeLinear":
+            self.consts[node.output[0]] = self._dequantize(node, feeds)
+            self._record_weight_qparams(node, feeds)
+            return
         ins = [helper.make_tensor_value_info(i, helper.np_dtype_to_tensor_dtype(feeds[i].dtype), feeds[i].shape)
                for i in node.input if i]
         outs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output if o]
@@ -242,10 +241,22 @@ class Importer:
             raise self.error(f"cannot evaluate constant node: {type(e).__name__}: {e}") from None
         for o, v in zip([o for o in node.output if o], res):
             self.consts[o] = np.asarray(v)
-        if node.op_type == "DequantizeLinear" and node.input[0] in self.consts:
-            self._record_weight_qparams(node, feeds)
-        if node.op_type in ("QuantizeLinear",):
-            pass
+
+    def _dequantize(self, node, feeds):
+        """DequantizeLinear of a constant (a QDQ model's weights and biases)."""
+        x = np.asarray(feeds[node.input[0]])
+        scale = np.asarray(feeds[node.input[1]], np.float32)
+        zp = np.asarray(feeds[node.input[2]]) if len(node.input) > 2 and node.input[2] else np.zeros((), x.dtype)
+        if self.attr(node, "block_size", 0):
+            raise self.error("blocked quantization (block_size) is not supported")
+        if scale.ndim == 1 and x.ndim > 0:
+            axis = int(self.attr(node, "axis", 1)) % x.ndim
+            if scale.shape[0] != x.shape[axis]:
+                raise self.error(f"scale of length {scale.shape[0]} for axis {axis} of {list(x.shape)}")
+            shp = [1] * x.ndim
+            shp[axis] = -1
+            scale, zp = scale.reshape(shp), zp.reshape(shp) if zp.ndim == 1 else zp
+        return ((x.astype(np.float64) - zp.astype(np.float64)) * scale).astype(np.float32)
 
     def _record_weight_qparams(self, node, feeds):
         x = feeds[node.input[0]]

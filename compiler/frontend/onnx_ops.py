@@ -110,8 +110,6 @@ def conv(imp, node):
     if oh <= 0 or ow <= 0:
         raise imp.error(f"kernel {kernel} with pads/strides gives an empty output for input {list(spatial)}")
     y = imp.graph.add_tensor(node.output[0] if rank == 4 else f"{node.output[0]}:4d", (1, oh, ow, w.shape[0])).id
-    if rank == 4 and node.output[0] in imp.qdq:
-        imp.graph.t(y).q = imp.qdq[node.output[0]]
     imp.emit("conv2d", [x, wt.id, bt], [y], stride=strides, pads=pads, dilation=dil, groups=group, act=None)
     _from_4d(imp, node.output[0], y, rank)
 
@@ -481,7 +479,7 @@ def matmul(imp, node):
 
 @converter("QuantizeLinear")
 def quantize_linear(imp, node):
-    """A QDQ pair on an activation: keep the float value, remember its scale."""
+    """A QDQ pair on an activation: a float clamp to the int8 range, carrying the model's scale."""
     tid, order = imp.act(node.input[0])
     scale = np.asarray(imp.const(node.input[1], "y_scale"), np.float32)
     zp = np.asarray(imp.const(node.input[2], "y_zero_point")) if len(node.input) > 2 and node.input[2] \
@@ -493,10 +491,17 @@ def quantize_linear(imp, node):
     elif zp.dtype != np.int8:
         raise imp.error(f"activation zero point of type {zp.dtype}: only int8/uint8")
     q = QParams(scale.reshape(()), np.int32(zp.reshape(())), None)
-    imp.qdq[node.output[0]] = q
-    if imp.graph.t(tid).q is None:
+    if tid in imp.graph.inputs:          # the input's own quantization
         imp.graph.t(tid).q = q
-    imp.alias(node.output[0], tid, order)
+        imp.alias(node.output[0], tid, order)
+        return
+    # Q -> DQ saturates to the int8 range: keep that as a float clamp (it fuses into the producer,
+    # as ORT's quantizer folds ReLU/ReLU6 into the range); the int8 graph then uses exactly this scale
+    lo = float(q.scale) * (-128 - int(q.zero_point))
+    hi = float(q.scale) * (127 - int(q.zero_point))
+    y = imp.new_act(node.output[0], imp.graph.t(tid).shape, order)
+    imp.graph.t(y).q = q
+    imp.emit("clamp", [tid], [y], act=(lo, hi))
 
 
 @converter("DequantizeLinear")
