@@ -24,16 +24,49 @@ def conv_out_size(size, k, stride, pad0, pad1, dil):
 
 
 @njit(cache=True)
+def _depthwise_conv2d_s8(x, w, b, out, sh, sw, pt, pl, dh, dw, in_zp, out_zp, mult, shift, act_min, act_max):
+    """groups == channels, one output per channel: the inner loop runs over
+    contiguous channels.  Integer sums, so the same result as _conv2d_s8."""
+    n_b, h, wd, c_n = x.shape
+    kh_n, kw_n = w.shape[1], w.shape[2]
+    acc = np.empty(c_n, np.int32)
+    for n in range(n_b):
+        for oh in range(out.shape[1]):
+            for ow in range(out.shape[2]):
+                for c in range(c_n):
+                    acc[c] = b[c]
+                for kh in range(kh_n):
+                    ih = oh * sh - pt + kh * dh
+                    if ih < 0 or ih >= h:
+                        continue
+                    for kw in range(kw_n):
+                        iw = ow * sw - pl + kw * dw
+                        if iw < 0 or iw >= wd:
+                            continue
+                        for c in range(c_n):
+                            acc[c] += (np.int32(x[n, ih, iw, c]) - np.int32(in_zp)) * np.int32(w[c, kh, kw, 0])
+                for c in range(c_n):
+                    out[n, oh, ow, c] = requantize_s8(acc[c], mult[c], shift[c], out_zp, act_min, act_max)
+
+
+@njit(cache=True)
 def _conv2d_s8(x, w, b, out, sh, sw, pt, pl, dh, dw, groups, in_zp, out_zp, mult, shift, act_min, act_max):
-    n_b, h, wd, _ = x.shape
+    n_b, h, wd, c_in = x.shape
     co_n, kh_n, kw_n, cg = w.shape
     oh_n, ow_n = out.shape[1], out.shape[2]
     cog = co_n // groups
+    # x - x_zp and w widened once, so the inner loop is a plain int32 dot product
+    xs = np.empty((h, wd, c_in), np.int32)
+    w32 = w.astype(np.int32)
     for n in range(n_b):
+        for i in range(h):
+            for j in range(wd):
+                for c in range(c_in):
+                    xs[i, j, c] = np.int32(x[n, i, j, c]) - np.int32(in_zp)
         for oh in range(oh_n):
             for ow in range(ow_n):
                 for co in range(co_n):
-                    g = co // cog
+                    c0 = (co // cog) * cg
                     acc = np.int32(b[co])
                     for kh in range(kh_n):
                         ih = oh * sh - pt + kh * dh
@@ -44,7 +77,7 @@ def _conv2d_s8(x, w, b, out, sh, sw, pt, pl, dh, dw, groups, in_zp, out_zp, mult
                             if iw < 0 or iw >= wd:
                                 continue
                             for ci in range(cg):
-                                acc += (np.int32(x[n, ih, iw, g * cg + ci]) - np.int32(in_zp)) * np.int32(w[co, kh, kw, ci])
+                                acc += xs[ih, iw, c0 + ci] * w32[co, kh, kw, ci]
                     out[n, oh, ow, co] = requantize_s8(acc, mult[co], shift[co], out_zp, act_min, act_max)
 
 
@@ -116,7 +149,13 @@ class Conv2d(Op):
         x = ins[0]
         shape = (x.shape[0],) + graph.t(node.outputs[0]).shape[1:]
         out = np.empty(shape, np.int8)
-        _conv2d_s8(x, graph.t(node.inputs[1]).data, graph.t(node.inputs[2]).data, out,
+        w = graph.t(node.inputs[1]).data
+        if a["groups"] == x.shape[3] == w.shape[0]:
+            _depthwise_conv2d_s8(x, w, graph.t(node.inputs[2]).data, out, a["stride"][0], a["stride"][1],
+                                 a["pads"][0], a["pads"][1], a["dilation"][0], a["dilation"][1], a["in_zp"],
+                                 a["out_zp"], a["mult"], a["shift"], a["act_min"], a["act_max"])
+            return [out]
+        _conv2d_s8(x, w, graph.t(node.inputs[2]).data, out,
                    a["stride"][0], a["stride"][1], a["pads"][0], a["pads"][1], a["dilation"][0],
                    a["dilation"][1], a["groups"], a["in_zp"], a["out_zp"], a["mult"], a["shift"],
                    a["act_min"], a["act_max"])

@@ -1,0 +1,73 @@
+"""The command line: the README's main job, reports, and one-line errors with exit 2."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tinytrain as tt
+from tinytrain.cli import main
+from tinytrain.data import load_dataset
+
+from .onnx_builder import Builder
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = ROOT / "models" / "mcu_cnn_mnist.onnx"
+CALIB = ROOT / "models" / "data" / "mnist_calib.npz"
+TEST = ROOT / "models" / "data" / "mnist_test.npz"
+
+
+def test_quantize_writes_model_and_reports(tmp_path, capsys):
+    assert main(["quantize", str(MODEL), "--calib", str(CALIB), "--test", str(TEST), "-o", str(tmp_path),
+                 "--report-samples", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "float (onnxruntime)" in out and "SQNR" in out
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["accuracy"]["samples"] == 1000 and len(rep["layers"]) > 10
+    assert (tmp_path / "report.txt").read_text().startswith("int8 model:")
+    # the saved int8 model reloads and predicts exactly like the reported accuracy says
+    gq = tt.load(rep["int8_model"])
+    tx, ty = load_dataset(TEST)
+    assert np.mean(tt.Simulator(gq).predict(tx) == ty) == pytest.approx(rep["accuracy"]["int8_top1"])
+
+
+def test_quantize_percentile(tmp_path, capsys):
+    assert main(["quantize", str(MODEL), "--calib", str(CALIB), "--method", "percentile", "--percentile", "99.9",
+                 "--max-calib", "50", "-o", str(tmp_path), "--report-samples", "10"]) == 0
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["calibration"] == {"method": "percentile", "samples": 50, "percentile": 99.9}
+    assert "accuracy" in rep          # mnist_calib has labels: accuracy on the calibration data
+
+
+def test_inspect(capsys):
+    assert main(["inspect", str(MODEL)]) == 0
+    out = capsys.readouterr().out
+    assert "conv2d" in out and "fully_connected" in out and "parameters" in out
+
+
+def test_inspect_lists_unsupported_ops(tmp_path, capsys):
+    b = Builder([1, 4])
+    y = b.op("Gemm", ["x", b.init(np.ones((3, 4), np.float32))], transB=1)
+    y = b.op("Erf", [y])
+    b.model(y, tmp_path / "m.onnx")
+    assert main(["inspect", str(tmp_path / "m.onnx")]) == 2
+    cap = capsys.readouterr()
+    assert "Erf" in cap.out and "NO" in cap.out
+    err = cap.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tinytrain: error:") and "Erf" in err[0] and "Erf_2" in err[0]
+
+
+@pytest.mark.parametrize("problem", ["missing", "no_x", "bad_shape", "nan", "bad_labels"])
+def test_bad_data_is_one_line_exit_2(problem, tmp_path, capsys):
+    path = tmp_path / "d.npz"
+    if problem == "no_x":
+        np.savez(path, images=np.zeros((2, 1, 28, 28), np.float32))
+    elif problem == "bad_shape":
+        np.savez(path, x=np.zeros((2, 3, 28, 28), np.float32))
+    elif problem == "nan":
+        np.savez(path, x=np.full((2, 1, 28, 28), np.nan, np.float32))
+    elif problem == "bad_labels":
+        np.savez(path, x=np.zeros((2, 1, 28, 28), np.float32), y=np.zeros(3))
+    assert main(["quantize", str(MODEL), "--calib", str(path), "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tinytrain: error:") and "d.npz" in err[0], err
