@@ -1,12 +1,14 @@
 """The compiler pipeline: a flat list of passes, each followed by the IR check.
 
     import ONNX -> fold_affine (BatchNorm) -> fuse_activation (ReLU/ReLU6)
+        -> absorb_transpose (Flatten of NHWC into the linear layer's weights)
         -> calibrate -> quantize
 """
 import numpy as np
 
 from .frontend.onnx_import import import_onnx
 from .ir import verify
+from .passes.absorb_transpose import absorb_transpose
 from .passes.calibrate import calibrate
 from .passes.fold_affine import fold_affine
 from .passes.fuse_activation import fuse_activation
@@ -15,6 +17,7 @@ from .passes.quantize import quantize
 FLOAT_PASSES = (
     ("fold_affine", fold_affine),
     ("fuse_activation", fuse_activation),
+    ("absorb_transpose", absorb_transpose),
 )
 
 

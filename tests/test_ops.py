@@ -49,8 +49,15 @@ def test_layout_only_transposes_move_no_data(tmp_path):
     from .op_cases import layout_only_transposes
     g = load(build_case(layout_only_transposes, tmp_path)[0])
     ops = [n.op for n in g.nodes]
-    # the NCHW->NHWC->NCHW pair around the conv is free; only the final Transpose+Flatten moves data
-    assert ops.count("transpose") == 1 and ops[0] == "conv2d", ops
+    # the NCHW->NHWC->NCHW pair around the conv is free, and the final Transpose+Flatten is absorbed
+    # into the Gemm's weight columns: no data moves at all
+    assert ops == ["conv2d", "reshape", "fully_connected"], ops
+
+
+def test_flatten_of_nhwc_map_costs_no_transpose(tmp_path):
+    from .op_cases import flatten_gemm_nhwc_order
+    g = load(build_case(flatten_gemm_nhwc_order, tmp_path)[0])
+    assert [n.op for n in g.nodes] == ["conv2d", "reshape", "fully_connected"]
 
 
 def test_batchnorm_folds_into_conv(tmp_path):
