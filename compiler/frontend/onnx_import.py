@@ -104,9 +104,11 @@ class Importer:
     def add_const(self, name, data):
         return self.graph.add_const(name, np.asarray(data, dtype=np.float32)).id
 
-    def materialize(self, name, order):
+    def materialize(self, name, order, reshape_follows=False):
         """The IR tensor of ONNX value `name` in the given order (emitting a
-        reshape when only size-1 axes move, a transpose otherwise)."""
+        reshape when only size-1 axes move, a transpose otherwise).  With
+        reshape_follows, a tensor whose bytes are already in that order is
+        returned as it is (the caller reshapes it anyway)."""
         tid, cur = self.act(name)
         order = tuple(order)
         if cur == order:
@@ -115,6 +117,8 @@ class Importer:
         new_shape = tuple(shape[a] for a in order)
         moved = [a for a in cur if shape[a] != 1]
         wanted = [a for a in order if shape[a] != 1]
+        if moved == wanted and reshape_follows:
+            return tid
         if moved == wanted:
             out = self.graph.add_tensor(f"{name}:reshape", new_shape).id
             self.emit("reshape", [tid], [out], shape=new_shape)

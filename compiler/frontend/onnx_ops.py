@@ -340,7 +340,7 @@ def _reshape_to(imp, node, new_shape):
         raise imp.error(f"cannot reshape {list(shape)} to {list(new_shape)}")
     if new_shape[0] != shape[0]:
         raise imp.error(f"reshape {list(shape)} -> {list(new_shape)} mixes the batch axis")
-    tid = imp.materialize(src, tuple(range(len(shape))))
+    tid = imp.materialize(src, tuple(range(len(shape))), reshape_follows=True)
     y = imp.new_act(node.output[0], new_shape, tuple(range(len(new_shape))))
     imp.emit("reshape", [tid], [y], shape=new_shape)
 
