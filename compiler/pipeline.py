@@ -1,6 +1,6 @@
 """The compiler pipeline: a flat list of passes, each followed by the IR check.
 
-    import ONNX -> fold_affine (BatchNorm) -> fuse_activation (ReLU/ReLU6)
+    import ONNX -> simplify_reshapes -> fold_affine (BatchNorm) -> fuse_activation (ReLU/ReLU6)
         -> absorb_transpose (Flatten of NHWC into the linear layer's weights)
         -> calibrate -> quantize
 """
@@ -13,8 +13,10 @@ from .passes.calibrate import calibrate
 from .passes.fold_affine import fold_affine
 from .passes.fuse_activation import fuse_activation
 from .passes.quantize import quantize
+from .passes.simplify_reshapes import simplify_reshapes
 
 FLOAT_PASSES = (
+    ("simplify_reshapes", simplify_reshapes),
     ("fold_affine", fold_affine),
     ("fuse_activation", fuse_activation),
     ("absorb_transpose", absorb_transpose),

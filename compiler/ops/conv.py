@@ -14,6 +14,7 @@ import numpy as np
 from numba import njit
 
 from ..errors import TinytrainError
+from ..ir import QParams
 from ..quant.fixedpoint import quantize_multipliers, requantize_s8
 from ..quant.qparams import clamp_range, quantize_bias, quantize_weights, weight_qparams
 from . import Op, register
@@ -173,11 +174,17 @@ def quantize_weighted(node, graph, k):
     x, w, b, y = graph.t(node.inputs[0]), graph.t(node.inputs[1]), graph.t(node.inputs[2]), graph.t(node.outputs[0])
     wq = w.q if (w.q is not None and w.q.axis == 0) else weight_qparams(w.data, axis=0)
     s_x, s_y = float(x.q.scale), float(y.q.scale)
-    bias, bq = quantize_bias(b.data, wq.scale, s_x)
-    bound = int(k) * 255 * 127 + int(np.max(np.abs(bias.astype(np.int64)), initial=0))
-    if bound >= 2 ** 31:
+    # The accumulator must hold K products (each |.| <= 255 * 127) plus the bias.  A channel whose
+    # weights are tiny next to its bias (e.g. a BatchNorm with gamma ~ 0) would need a bias beyond
+    # int32: give it a coarser weight scale instead, so that |bias| <= 2^31 - 1 - K * 32385.
+    room = float(2 ** 31 - 1 - int(k) * 255 * 127)
+    if room <= 2 ** 20:
         raise TinytrainError(f"int32 accumulator could overflow ({k} products per output); "
                              "split the layer", node=node.name, op=node.op)
+    need = np.abs(b.data.astype(np.float64)) / (s_x * room) * 1.0001
+    if np.any(need > wq.scale):
+        wq = QParams(np.maximum(wq.scale, need).astype(np.float32), wq.zero_point, 0)
+    bias, bq = quantize_bias(b.data, wq.scale, s_x)
     w.data, w.dtype, w.q = quantize_weights(w.data, wq), "int8", wq
     b.data, b.dtype, b.q = bias, "int32", bq
     try:
