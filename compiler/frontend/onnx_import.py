@@ -32,6 +32,17 @@ FOLDABLE = {
 }
 
 
+_A = onnx.AttributeProto
+ATTR_TYPES = {
+    "strides": _A.INTS, "pads": _A.INTS, "dilations": _A.INTS, "kernel_shape": _A.INTS, "perm": _A.INTS,
+    "axes": _A.INTS, "group": _A.INT, "axis": _A.INT, "keepdims": _A.INT, "transA": _A.INT, "transB": _A.INT,
+    "count_include_pad": _A.INT, "ceil_mode": _A.INT, "allowzero": _A.INT, "block_size": _A.INT,
+    "auto_pad": _A.STRING, "epsilon": _A.FLOAT, "alpha": _A.FLOAT, "beta": _A.FLOAT, "min": _A.FLOAT,
+    "max": _A.FLOAT,
+}
+BROADCASTING = {"Add", "Sub", "Mul", "Div", "Pow", "Equal", "Where", "Min", "Max", "Less", "Greater"}
+
+
 def channels_last(rank):
     """The IR order for an ONNX tensor of this rank (channels innermost)."""
     return {4: (0, 2, 3, 1), 3: (0, 2, 1)}.get(rank, tuple(range(rank)))
@@ -51,8 +62,8 @@ class Importer:
     # -- errors --------------------------------------------------------------
     def error(self, problem, node=None):
         node = node or self.node
-        return TinytrainError(problem, file=self.path, node=None if node is None else (node.name or node.output[0]),
-                              op=None if node is None else node.op_type)
+        label = None if node is None else (node.name or next((o for o in node.output if o), "") or "(unnamed)")
+        return TinytrainError(problem, file=self.path, node=label, op=None if node is None else node.op_type)
 
     # -- values --------------------------------------------------------------
     def is_const(self, name):
@@ -84,12 +95,16 @@ class Importer:
             shape[a] = ir[k]
         return tuple(shape)
 
-    def new_act(self, onnx_name, ir_shape, order, hint=None):
+    def tensor(self, name, ir_shape):
+        """A new activation tensor, refusing empty or oversized shapes."""
         if any(d <= 0 for d in ir_shape):
-            raise self.error(f"output '{onnx_name}' would have shape {tuple(ir_shape)}")
-        if int(np.prod(ir_shape, dtype=np.float64)) > MAX_ELEMENTS:
-            raise self.error(f"output '{onnx_name}' would have {tuple(ir_shape)} elements, too large")
-        t = self.graph.add_tensor(hint or onnx_name, ir_shape)
+            raise self.error(f"output '{name}' would have shape {tuple(ir_shape)}")
+        if float(np.prod(ir_shape, dtype=np.float64)) > MAX_ELEMENTS:
+            raise self.error(f"output '{name}' would have shape {tuple(ir_shape)}, too large for a device model")
+        return self.graph.add_tensor(name, ir_shape)
+
+    def new_act(self, onnx_name, ir_shape, order, hint=None):
+        t = self.tensor(hint or onnx_name, ir_shape)
         if onnx_name is not None:
             self.values[onnx_name] = (t.id, tuple(order))
         return t.id
@@ -132,10 +147,30 @@ class Importer:
         return out
 
     def attr(self, node, name, default=None):
+        """An attribute's value, checked against the type ONNX gives it."""
         for a in node.attribute:
             if a.name == name:
+                want = ATTR_TYPES.get(name)
+                if want is not None and a.type != want:
+                    raise self.error(f"attribute '{name}' should be {onnx.AttributeProto.AttributeType.Name(want)}, "
+                                     f"is {onnx.AttributeProto.AttributeType.Name(a.type)}")
                 return helper.get_attribute_value(a)
         return default
+
+    def check_arity(self, node):
+        """Inputs and outputs the op's schema requires (no IndexError later)."""
+        try:
+            schema = onnx.defs.get_schema(node.op_type, self.opset, node.domain or "")
+        except Exception:
+            return
+        n_in = len(node.input)
+        if n_in < schema.min_input or n_in > schema.max_input:
+            raise self.error(f"has {n_in} inputs, the op takes {schema.min_input} to {schema.max_input}")
+        for k, formal in enumerate(schema.inputs[:n_in]):
+            if not node.input[k] and formal.option == onnx.defs.OpSchema.FormalParameterOption.Single:
+                raise self.error(f"required input {k} ('{formal.name}') is empty")
+        if len([o for o in node.output if o]) < max(schema.min_output, 1):
+            raise self.error(f"has {len(node.output)} outputs, the op needs at least {max(schema.min_output, 1)}")
 
     # -- the walk ------------------------------------------------------------
     def run(self):
@@ -156,6 +191,10 @@ class Importer:
             self.node = node
             if node.domain not in ("", "ai.onnx"):
                 raise self.error(f"custom-domain op {node.domain}.{node.op_type} is not supported")
+            known = node.op_type in CONVERTERS or node.op_type in FOLDABLE or node.op_type == "Constant"
+            if not known:
+                raise self.error(f"unsupported op {node.op_type}; supported: {', '.join(sorted(CONVERTERS))}")
+            self.check_arity(node)
             if node.op_type == "Constant":
                 self._constant(node)
             elif node.op_type == "Shape" and node.input[0] in self.values:
@@ -165,7 +204,8 @@ class Importer:
             elif node.op_type in CONVERTERS:
                 CONVERTERS[node.op_type](self, node)
             else:
-                raise self.error(f"unsupported op {node.op_type}; supported: {', '.join(sorted(CONVERTERS))}")
+                raise self.error(f"{node.op_type} is supported only on constants (it is folded at compile "
+                                 "time); here it reads a run-time activation")
         self.node = None
         outs = []
         for o in g.output:
@@ -194,6 +234,9 @@ class Importer:
             for k, d in enumerate(tt.shape.dim):
                 if d.HasField("dim_value") and d.dim_value > 0:
                     shape.append(int(d.dim_value))
+                elif d.HasField("dim_value"):
+                    raise TinytrainError(f"dimension {k} of input '{name}' is {d.dim_value}", file=self.path,
+                                         field=name)
                 elif k == 0:
                     shape.append(1)      # symbolic batch: the device trains on one sample
                 else:
@@ -229,6 +272,13 @@ class Importer:
         feeds.update(extra or {})
         if node.op_type in ("ConstantOfShape", "Expand", "Tile", "Range"):
             self._guard_size(node, feeds)
+        if node.op_type in BROADCASTING:
+            try:
+                shape = np.broadcast_shapes(*[np.shape(feeds[i]) for i in node.input if i])
+            except ValueError:
+                raise self.error("constant inputs do not broadcast") from None
+            if float(np.prod(shape, dtype=np.float64)) > MAX_ELEMENTS:
+                raise self.error(f"constant would have shape {list(shape)}, too large")
         if node.op_type == "DequantizeLinear":
             self.consts[node.output[0]] = self._dequantize(node, feeds)
             self._record_weight_qparams(node, feeds)
@@ -281,7 +331,9 @@ class Importer:
         if node.op_type == "Tile" and len(vals) == 2:
             n = float(np.asarray(vals[0]).size) * float(np.prod(np.asarray(vals[1], np.float64)))
         if node.op_type == "Range" and len(vals) == 3:
-            s, l, d = (float(np.asarray(v)) for v in vals)
+            if any(v is None or np.size(v) != 1 for v in vals):
+                raise self.error("Range inputs must be scalars")
+            s, l, d = (float(np.asarray(v).reshape(())) for v in vals)
             n = abs((l - s) / d) if d else float("inf")
         if n is not None and n > MAX_ELEMENTS:
             raise self.error(f"constant would have {n:.0f} elements, too large")

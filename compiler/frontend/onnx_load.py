@@ -6,6 +6,7 @@ initializers whose declared shape does not match their data (no huge
 allocation from a lying header), names that nothing produces (dangling
 inputs), cycles, and non-finite weights.
 """
+import heapq
 import os
 from pathlib import Path
 
@@ -27,12 +28,27 @@ def _itemsize(data_type):
         return None
 
 
+def _file_size(p):
+    """Size of a regular file, or None (missing, a folder, a FIFO, or a path
+    the OS refuses: too long, NUL byte, no permission)."""
+    try:
+        return p.stat().st_size if p.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def node_label(n):
+    """How errors name a node: its name, else its first output (as the importer does)."""
+    return n.name or next((o for o in n.output if o), "")
+
+
 def read_model(path):
     path = Path(path)
-    if not path.is_file():
+    size = _file_size(path)
+    if size is None:
         raise TinytrainError("no such file", file=path)
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise TinytrainError(f"file is {path.stat().st_size} bytes, more than tinytrain reads", file=path)
+    if size > MAX_FILE_BYTES:
+        raise TinytrainError(f"file is {size} bytes, more than tinytrain reads", file=path)
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf DecodeError and friends
@@ -40,6 +56,8 @@ def read_model(path):
                              file=path) from None
     if not model.HasField("graph") or len(model.graph.node) == 0:
         raise TinytrainError("the model has no graph nodes (empty, truncated or not an ONNX model)", file=path)
+    if len(model.graph.output) == 0:
+        raise TinytrainError("the model has no graph outputs", file=path)
     opset = None
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
@@ -57,24 +75,49 @@ def _external_bytes(t, base, path):
     loc = info.get("location")
     if not loc:
         raise TinytrainError(f"initializer '{t.name}' is external but names no location", file=path)
-    base = base.resolve()
-    target = (base / loc).resolve()
+    try:
+        base = base.resolve()
+        target = (base / loc).resolve()
+    except (OSError, ValueError, RuntimeError) as e:   # NUL byte, name too long, symlink loop
+        raise TinytrainError(f"external data location '{loc}' of initializer '{t.name}' is not a usable path: {e}",
+                             file=path) from None
     if os.path.isabs(loc) or not target.is_relative_to(base):
         raise TinytrainError(f"external data '{loc}' of initializer '{t.name}' points outside the model's folder",
                              file=path)
-    if not target.is_file():
+    size = _file_size(target)
+    if size is None:
         raise TinytrainError(f"external data file '{loc}' of initializer '{t.name}' is missing", file=path)
     try:
         offset = int(info.get("offset", 0))
-        length = int(info["length"]) if "length" in info else target.stat().st_size - offset
+        length = int(info["length"]) if "length" in info else size - offset
     except ValueError:
         raise TinytrainError(f"external data of '{t.name}' has a bad offset/length", file=path) from None
-    if offset < 0 or length < 0 or offset + length > target.stat().st_size:
+    if offset < 0 or length < 0 or offset + length > size:
         raise TinytrainError(f"external data '{loc}' is shorter than initializer '{t.name}' needs "
-                             f"(offset {offset} + length {length} > {target.stat().st_size} bytes)", file=path)
-    with open(target, "rb") as f:
-        f.seek(offset)
-        return f.read(length)
+                             f"(offset {offset} + length {length} > {size} bytes)", file=path)
+    try:
+        with open(target, "rb") as f:
+            f.seek(offset)
+            raw = f.read(length)
+    except OSError as e:
+        raise TinytrainError(f"external data '{loc}' of initializer '{t.name}' cannot be read: {e}",
+                             file=path) from None
+    if len(raw) != length:      # the file shrank under us
+        raise TinytrainError(f"external data '{loc}' is shorter than initializer '{t.name}' needs", file=path)
+    return raw
+
+
+def _count(dims):
+    """Elements of a shape, exactly, but it stops multiplying once past
+    MAX_ELEMENTS (a float product overflows; a Python-int one can grow huge)."""
+    if 0 in dims:
+        return 0
+    n = 1
+    for d in dims:
+        n *= d
+        if n > MAX_ELEMENTS:
+            break
+    return n
 
 
 def tensor_to_array(t, path, base=None, what="initializer"):
@@ -82,10 +125,11 @@ def tensor_to_array(t, path, base=None, what="initializer"):
     dims = [int(d) for d in t.dims]
     if any(d < 0 for d in dims):
         raise TinytrainError(f"{what} '{t.name}' has negative dims {dims}", file=path)
-    n = int(np.prod(dims, dtype=np.float64)) if dims else 1
+    n = _count(dims)
     if n > MAX_ELEMENTS:
-        raise TinytrainError(f"{what} '{t.name}' declares {dims} = {n} elements, too large for a device model",
-                             file=path)
+        shown = dims if len(dims) <= 8 else dims[:8] + ["..."]
+        raise TinytrainError(f"{what} '{t.name}' declares shape {shown}, more than {MAX_ELEMENTS} elements: "
+                             "too large for a device model", file=path)
     itemsize = _itemsize(t.data_type)
     if itemsize is None or t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
         raise TinytrainError(f"{what} '{t.name}' has unsupported data type {t.data_type}", file=path)
@@ -118,34 +162,53 @@ def topo_sort(model, path, known):
     produces are dangling inputs; nodes left over once nothing more can run
     form a cycle."""
     nodes = list(model.graph.node)
-    producers = {}
-    for n in nodes:
+    producers = {}              # value name -> index of the node producing it
+    for k, n in enumerate(nodes):
         for o in n.output:
             if o:
                 if o in producers or o in known:
-                    raise TinytrainError(f"output '{o}' is produced twice", file=path, node=n.name, op=n.op_type)
-                producers[o] = n
+                    raise TinytrainError(f"output '{o}' is produced twice", file=path, node=node_label(n),
+                                         op=n.op_type)
+                producers[o] = k
     for n in nodes:
         for i in n.input:
             if i and i not in known and i not in producers:
                 raise TinytrainError(f"input '{i}' is not produced by any node, initializer or graph input "
-                                     "(dangling input)", file=path, node=n.name, op=n.op_type)
-    avail = set(known)
-    done = [False] * len(nodes)
-    order = []
-    progress = True
-    while progress:
-        progress = False
-        for k, n in enumerate(nodes):
-            if not done[k] and all((not i) or i in avail for i in n.input):
-                done[k] = True
-                order.append(n)
-                avail.update(o for o in n.output if o)
-                progress = True
+                                     "(dangling input)", file=path, node=node_label(n), op=n.op_type)
+    # Kahn's algorithm, always taking the ready node that comes first in the
+    # file (so a sorted file keeps its order); linear-ish even when the file
+    # lists a long chain backwards.
+    consumers = [[] for _ in nodes]
+    waiting = [0] * len(nodes)          # inputs not yet available, per node
+    for k, n in enumerate(nodes):
+        for i in set(n.input):
+            if i and i not in known:
+                consumers[producers[i]].append(k)
+                waiting[k] += 1
+    ready = [k for k, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    avail, done, order = set(known), [False] * len(nodes), []
+    while ready:
+        k = heapq.heappop(ready)
+        done[k] = True
+        order.append(nodes[k])
+        avail.update(o for o in nodes[k].output if o)
+        for c in consumers[k]:
+            waiting[c] -= 1
+            if waiting[c] == 0:
+                heapq.heappush(ready, c)
     if len(order) != len(nodes):
-        stuck = [n for k, n in enumerate(nodes) if not done[k]][0]
-        raise TinytrainError("the graph has a cycle through this node", file=path, node=stuck.name,
-                             op=stuck.op_type)
+        # Walk back from a stuck node through inputs that never became
+        # available: each is made by another stuck node (dangling names were
+        # refused above), so the walk must come back to a node it has seen.
+        k, seen = done.index(False), {}
+        while k not in seen:
+            seen[k] = len(seen)
+            k = producers[next(i for i in nodes[k].input if i and i not in avail)]
+        cycle = list(seen)[seen[k]:][::-1]      # in data-flow order
+        names = " -> ".join(node_label(nodes[j]) for j in cycle + cycle[:1])
+        raise TinytrainError(f"the graph has a cycle: {names}", file=path, node=node_label(nodes[cycle[0]]),
+                             op=nodes[cycle[0]].op_type)
     for o in model.graph.output:
         if o.name not in avail:
             raise TinytrainError(f"graph output '{o.name}' is never produced", file=path)

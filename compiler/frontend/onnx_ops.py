@@ -33,8 +33,10 @@ def _spatial_pads(imp, node, spatial, kernel, strides, dil):
         begin, end = [p[0] for p in pp], [p[1] for p in pp]
     elif auto in ("NOTSET", "VALID", ""):
         pads = list(imp.attr(node, "pads", [0] * (2 * r))) if auto != "VALID" else [0] * (2 * r)
-        if len(pads) != 2 * r or any(p < 0 for p in pads):
+        if len(pads) != 2 * r:
             raise imp.error(f"pads {pads} do not fit {r} spatial dims")
+        if any(p < 0 for p in pads):
+            raise imp.error(f"pads {pads} are negative")
         begin, end = pads[:r], pads[r:]
     else:
         raise imp.error(f"auto_pad '{auto}' is not supported")
@@ -51,7 +53,7 @@ def _to_4d(imp, name):
     if len(shape) == 3:
         tid = imp.materialize(name, (0, 2, 1))
         n, c, ln = shape
-        out = imp.graph.add_tensor(f"{name}:4d", (n, 1, ln, c)).id
+        out = imp.tensor(f"{name}:4d", (n, 1, ln, c)).id
         imp.emit("reshape", [tid], [out], shape=(n, 1, ln, c))
         return out, 3
     raise imp.error(f"'{name}' has rank {len(shape)}; expected [N, C, H, W] or [N, C, L]")
@@ -68,13 +70,15 @@ def _from_4d(imp, onnx_name, tid4, rank):
 
 
 def _out4d(imp, name):
-    return imp.graph.add_tensor(name, (1, 1, 1, 1))
+    return imp.tensor(name, (1, 1, 1, 1))
 
 
 @converter("Conv")
 def conv(imp, node):
     x, rank = _to_4d(imp, node.input[0])
     w = imp.weight(node.input[1], "weight")
+    if w.size == 0:
+        raise imp.error(f"weight '{node.input[1]}' has shape {list(w.shape)}")
     cin = imp.graph.t(x).shape[3]
     if w.ndim != rank:
         raise imp.error(f"weight '{node.input[1]}' has rank {w.ndim} for a rank-{rank} input")
@@ -109,7 +113,7 @@ def conv(imp, node):
     ow = conv_out_size(xs[2], w.shape[3], strides[1], pads[1], pads[3], dil[1])
     if oh <= 0 or ow <= 0:
         raise imp.error(f"kernel {kernel} with pads/strides gives an empty output for input {list(spatial)}")
-    y = imp.graph.add_tensor(node.output[0] if rank == 4 else f"{node.output[0]}:4d", (1, oh, ow, w.shape[0])).id
+    y = imp.tensor(node.output[0] if rank == 4 else f"{node.output[0]}:4d", (1, oh, ow, w.shape[0])).id
     imp.emit("conv2d", [x, wt.id, bt], [y], stride=strides, pads=pads, dilation=dil, groups=group, act=None)
     _from_4d(imp, node.output[0], y, rank)
 
@@ -177,8 +181,7 @@ def binary(imp, node):
         imp.emit(op.lower(), [ta, tb], [y], act=None)
         return
     x, c = (a, b) if imp.is_const(b) else (b, a)
-    if imp.is_const(x):
-        raise imp.error("both inputs are constant")  # folded before; defensive
+    imp.weight(c, "constant")          # names the constant if it holds NaN or Inf
     vec = _channel_vector(imp, node, c, x)
     if vec is None:
         raise imp.error(f"{op} by constant '{c}' of shape {list(np.shape(imp.const(c)))}: only scalars and "
@@ -258,7 +261,7 @@ def softmax(imp, node):
 def global_avg_pool(imp, node):
     x, rank = _to_4d(imp, node.input[0])
     n, h, w, c = imp.graph.t(x).shape
-    y = imp.graph.add_tensor(f"{node.output[0]}:4d" if rank == 3 else node.output[0], (n, 1, 1, c)).id
+    y = imp.tensor(f"{node.output[0]}:4d" if rank == 3 else node.output[0], (n, 1, 1, c)).id
     imp.emit("global_avg_pool", [x], [y], act=None)
     if rank == 4:
         imp.alias(node.output[0], y, (0, 2, 3, 1))
@@ -280,7 +283,7 @@ def reduce_mean(imp, node):
     keep = int(imp.attr(node, "keepdims", 1))
     x, rank = _to_4d(imp, node.input[0])
     n, h, w, c = imp.graph.t(x).shape
-    y = imp.graph.add_tensor(f"{node.output[0]}:pool", (n, 1, 1, c)).id
+    y = imp.tensor(f"{node.output[0]}:pool", (n, 1, 1, c)).id
     imp.emit("global_avg_pool", [x], [y], act=None)
     if keep and rank == 4:
         imp.alias(node.output[0], y, (0, 2, 3, 1))
@@ -327,7 +330,7 @@ def pool(imp, node):
     ow = conv_out_size(xs[2], kernel[1], strides[1], pads[1], pads[3], dil[1])
     if oh <= 0 or ow <= 0:
         raise imp.error("the pooling window gives an empty output")
-    y = imp.graph.add_tensor(node.output[0] if rank == 4 else f"{node.output[0]}:4d", (xs[0], oh, ow, xs[3])).id
+    y = imp.tensor(node.output[0] if rank == 4 else f"{node.output[0]}:4d", (xs[0], oh, ow, xs[3])).id
     imp.emit(op, [x], [y], **attrs)
     _from_4d(imp, node.output[0], y, rank)
 
@@ -348,7 +351,10 @@ def _reshape_to(imp, node, new_shape):
 @converter("Reshape")
 def reshape(imp, node):
     shape = imp.onnx_shape(node.input[0])
-    target = [int(d) for d in imp.const(node.input[1], "shape")]
+    target = np.asarray(imp.const(node.input[1], "shape"))
+    if target.ndim != 1 or not np.issubdtype(target.dtype, np.integer):
+        raise imp.error(f"shape must be a 1-D integer tensor, got {target.dtype} {list(target.shape)}")
+    target = [int(d) for d in target]
     allowzero = int(imp.attr(node, "allowzero", 0))
     out = [shape[i] if (d == 0 and not allowzero and i < len(shape)) else d for i, d in enumerate(target)]
     if out.count(-1) > 1:
@@ -364,7 +370,11 @@ def reshape(imp, node):
 @converter("Flatten")
 def flatten(imp, node):
     shape = imp.onnx_shape(node.input[0])
-    axis = int(imp.attr(node, "axis", 1)) % max(len(shape), 1)
+    axis = int(imp.attr(node, "axis", 1))
+    if not -len(shape) <= axis <= len(shape):
+        raise imp.error(f"axis {axis} is out of range for rank {len(shape)}")
+    if axis < 0:
+        axis += len(shape)
     _reshape_to(imp, node, (int(np.prod(shape[:axis])), int(np.prod(shape[axis:]))))
 
 
@@ -413,7 +423,10 @@ def concat(imp, node):
     names = [n for n in node.input if n]
     shapes = [imp.onnx_shape(n) for n in names]
     r = len(shapes[0])
-    axis = int(imp.attr(node, "axis", 1)) % r
+    axis = int(imp.attr(node, "axis", 1))
+    if not -r <= axis < r:
+        raise imp.error(f"axis {axis} is out of range for rank {r}")
+    axis %= r
     if axis == 0:
         raise imp.error("Concat over the batch axis is not supported")
     for s in shapes:
@@ -431,6 +444,8 @@ def _fc(imp, node, a_name, w_mk, bias):
     shape = imp.onnx_shape(a_name)
     if len(shape) != 2:
         raise imp.error(f"{node.op_type} on a rank-{len(shape)} input {list(shape)}: only [N, K] is supported")
+    if w_mk.size == 0:
+        raise imp.error(f"weight of shape {list(w_mk.shape)}")
     if w_mk.shape[1] != shape[1]:
         raise imp.error(f"weight {list(w_mk.shape)} does not fit input {list(shape)}")
     x = imp.materialize(a_name, (0, 1))

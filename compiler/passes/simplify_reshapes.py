@@ -23,7 +23,8 @@ def _swap_channelwise(graph):
                 or x.shape[-1] != graph.t(y).shape[-1]):
             continue
         a = users[0]
-        moved = graph.add_tensor(f"{x.name}:{a.op}", x.shape)
+        # the reshape keeps quantization parameters, so the moved op's output takes any given ones
+        moved = graph.add_tensor(f"{x.name}:{a.op}", x.shape, q=graph.t(a.outputs[0]).q)
         a.inputs = (x.id,) + tuple(a.inputs[1:])
         r.inputs, r.outputs, a.outputs = (moved.id,), a.outputs, (moved.id,)
         i, j = graph.nodes.index(r), graph.nodes.index(a)
