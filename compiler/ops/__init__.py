@@ -45,7 +45,8 @@ class Op:
     def quantize(self, node, graph):
         pass
 
-    def sim(self, node, graph, ins):
+    def sim(self, node, graph, ins, masks=None):
+        """int8 forward; with a dict `masks`, also keep {node id: 1-bit clamp mask}."""
         raise NotImplementedError
 
     def macs(self, node, graph):

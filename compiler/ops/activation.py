@@ -21,9 +21,10 @@ def _lut_s8(x, table, out):
 
 
 @njit(cache=True)
-def _clamp_s8(x, lo, hi, out):
+def _clamp_s8(x, lo, hi, out, mask):
     for i in range(x.shape[0]):
         v = np.int32(x[i])
+        mask[i] = np.uint8(lo <= v <= hi)
         if v < lo:
             v = np.int32(lo)
         if v > hi:
@@ -49,10 +50,13 @@ class Clamp(_Elementwise):
         lo, hi = clamp_range(graph.t(node.outputs[0]).q, node.attrs["act"])
         node.attrs.update(act_min=lo, act_max=hi)
 
-    def sim(self, node, graph, ins):
+    def sim(self, node, graph, ins, masks=None):
         x = np.ascontiguousarray(ins[0])
         out = np.empty(x.size, np.int8)
-        _clamp_s8(x.reshape(-1), node.attrs["act_min"], node.attrs["act_max"], out)
+        mask = np.empty(x.size, np.uint8)
+        _clamp_s8(x.reshape(-1), node.attrs["act_min"], node.attrs["act_max"], out, mask)
+        if masks is not None:
+            masks[node.id] = mask.reshape(x.shape)
         return [out.reshape(x.shape)]
 
 
@@ -70,7 +74,7 @@ class _Lut(_Elementwise):
         yq = np.floor(y / float(qy.scale) + 0.5) + int(qy.zero_point)
         node.attrs["table"] = np.clip(yq, -128, 127).astype(np.int8)
 
-    def sim(self, node, graph, ins):
+    def sim(self, node, graph, ins, masks=None):
         x = np.ascontiguousarray(ins[0])
         out = np.empty(x.size, np.int8)
         _lut_s8(x.reshape(-1), node.attrs["table"], out)

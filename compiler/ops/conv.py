@@ -15,7 +15,7 @@ from numba import njit
 
 from ..errors import TinytrainError
 from ..ir import QParams
-from ..quant.fixedpoint import quantize_multipliers, requantize_s8
+from ..quant.fixedpoint import clamp_s32, quantize_multipliers, requantize_zp
 from ..quant.qparams import clamp_range, quantize_bias, quantize_weights, weight_qparams
 from . import Op, register
 
@@ -25,7 +25,7 @@ def conv_out_size(size, k, stride, pad0, pad1, dil):
 
 
 @njit(cache=True)
-def _depthwise_conv2d_s8(x, w, b, out, sh, sw, pt, pl, dh, dw, in_zp, out_zp, mult, shift, act_min, act_max):
+def _depthwise_conv2d_s8(x, w, b, out, mask, sh, sw, pt, pl, dh, dw, in_zp, out_zp, mult, shift, act_min, act_max):
     """groups == channels, one output per channel: the inner loop runs over
     contiguous channels.  Integer sums, so the same result as _conv2d_s8."""
     n_b, h, wd, c_n = x.shape
@@ -47,11 +47,13 @@ def _depthwise_conv2d_s8(x, w, b, out, sh, sw, pt, pl, dh, dw, in_zp, out_zp, mu
                         for c in range(c_n):
                             acc[c] += (np.int32(x[n, ih, iw, c]) - np.int32(in_zp)) * np.int32(w[c, kh, kw, 0])
                 for c in range(c_n):
-                    out[n, oh, ow, c] = requantize_s8(acc[c], mult[c], shift[c], out_zp, act_min, act_max)
+                    v = requantize_zp(acc[c], mult[c], shift[c], out_zp)
+                    mask[n, oh, ow, c] = np.uint8(act_min <= v <= act_max)
+                    out[n, oh, ow, c] = np.int8(clamp_s32(v, act_min, act_max))
 
 
 @njit(cache=True)
-def _conv2d_s8(x, w, b, out, sh, sw, pt, pl, dh, dw, groups, in_zp, out_zp, mult, shift, act_min, act_max):
+def _conv2d_s8(x, w, b, out, mask, sh, sw, pt, pl, dh, dw, groups, in_zp, out_zp, mult, shift, act_min, act_max):
     n_b, h, wd, c_in = x.shape
     co_n, kh_n, kw_n, cg = w.shape
     oh_n, ow_n = out.shape[1], out.shape[2]
@@ -79,7 +81,9 @@ def _conv2d_s8(x, w, b, out, sh, sw, pt, pl, dh, dw, groups, in_zp, out_zp, mult
                                 continue
                             for ci in range(cg):
                                 acc += xs[ih, iw, c0 + ci] * w32[co, kh, kw, ci]
-                    out[n, oh, ow, co] = requantize_s8(acc, mult[co], shift[co], out_zp, act_min, act_max)
+                    v = requantize_zp(acc, mult[co], shift[co], out_zp)
+                    mask[n, oh, ow, co] = np.uint8(act_min <= v <= act_max)
+                    out[n, oh, ow, co] = np.int8(clamp_s32(v, act_min, act_max))
 
 
 def conv2d_float(x, w, b, stride, pads, dil, groups):
@@ -101,6 +105,15 @@ def conv2d_float(x, w, b, stride, pads, dil, groups):
             patch = patch.reshape(n, oh, ow, groups, cg)
             out += np.einsum("nhwgc,goc->nhwgo", patch, wg[:, :, i, j, :], optimize=True)
     return (out.reshape(n, oh, ow, co) + b.astype(np.float32)).astype(np.float32)
+
+
+def keep_mask(masks, node, shape):
+    """The 1-bit clamp mask of a node's output (uint8 0/1 here; packed bits on
+    the device): kept in `masks` when training, scratch otherwise."""
+    mask = np.empty(shape, np.uint8)
+    if masks is not None:
+        masks[node.id] = mask
+    return mask
 
 
 def apply_act(y, act):
@@ -145,18 +158,19 @@ class Conv2d(Op):
     def quantize(self, node, graph):
         quantize_weighted(node, graph, k=int(np.prod(graph.t(node.inputs[1]).shape[1:])))
 
-    def sim(self, node, graph, ins):
+    def sim(self, node, graph, ins, masks=None):
         a = node.attrs
         x = ins[0]
         shape = (x.shape[0],) + graph.t(node.outputs[0]).shape[1:]
         out = np.empty(shape, np.int8)
+        mask = keep_mask(masks, node, shape)
         w = graph.t(node.inputs[1]).data
         if a["groups"] == x.shape[3] == w.shape[0]:
-            _depthwise_conv2d_s8(x, w, graph.t(node.inputs[2]).data, out, a["stride"][0], a["stride"][1],
+            _depthwise_conv2d_s8(x, w, graph.t(node.inputs[2]).data, out, mask, a["stride"][0], a["stride"][1],
                                  a["pads"][0], a["pads"][1], a["dilation"][0], a["dilation"][1], a["in_zp"],
                                  a["out_zp"], a["mult"], a["shift"], a["act_min"], a["act_max"])
             return [out]
-        _conv2d_s8(x, w, graph.t(node.inputs[2]).data, out,
+        _conv2d_s8(x, w, graph.t(node.inputs[2]).data, out, mask,
                    a["stride"][0], a["stride"][1], a["pads"][0], a["pads"][1], a["dilation"][0],
                    a["dilation"][1], a["groups"], a["in_zp"], a["out_zp"], a["mult"], a["shift"],
                    a["act_min"], a["act_max"])

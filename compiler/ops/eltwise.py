@@ -9,25 +9,29 @@ mul: y = requantize_s8((x1 - z1) * (x2 - z2), s1 s2 / s_y)   (|acc| <= 255^2)
 import numpy as np
 from numba import njit
 
-from ..quant.fixedpoint import add_s8, quantize_multiplier, requantize_s8
+from ..quant.fixedpoint import add_zp, clamp_s32, quantize_multiplier, requantize_zp
 from ..quant.qparams import clamp_range
 from . import Op, register
-from .conv import apply_act
+from .conv import apply_act, keep_mask
 
 ADD_LEFT_SHIFT = 20
 
 
 @njit(cache=True)
-def _add_s8(x1, z1, m1, s1, x2, z2, m2, s2, left_shift, mult, shift, zp, act_min, act_max, out):
+def _add_s8(x1, z1, m1, s1, x2, z2, m2, s2, left_shift, mult, shift, zp, act_min, act_max, out, mask):
     for i in range(out.shape[0]):
-        out[i] = add_s8(x1[i], z1, m1, s1, x2[i], z2, m2, s2, left_shift, mult, shift, zp, act_min, act_max)
+        v = add_zp(x1[i], z1, m1, s1, x2[i], z2, m2, s2, left_shift, mult, shift, zp)
+        mask[i] = np.uint8(act_min <= v <= act_max)
+        out[i] = np.int8(clamp_s32(v, act_min, act_max))
 
 
 @njit(cache=True)
-def _mul_s8(x1, z1, x2, z2, mult, shift, zp, act_min, act_max, out):
+def _mul_s8(x1, z1, x2, z2, mult, shift, zp, act_min, act_max, out, mask):
     for i in range(out.shape[0]):
         acc = (np.int32(x1[i]) - np.int32(z1)) * (np.int32(x2[i]) - np.int32(z2))
-        out[i] = requantize_s8(acc, mult, shift, zp, act_min, act_max)
+        v = requantize_zp(acc, mult, shift, zp)
+        mask[i] = np.uint8(act_min <= v <= act_max)
+        out[i] = np.int8(clamp_s32(v, act_min, act_max))
 
 
 def _broadcast_pair(a, b):
@@ -66,12 +70,15 @@ class Add(_Binary):
                           left_shift=ADD_LEFT_SHIFT, mult=m, shift=sh, out_zp=int(qy.zero_point),
                           act_min=lo, act_max=hi)
 
-    def sim(self, node, graph, ins):
+    def sim(self, node, graph, ins, masks=None):
         a = node.attrs
         x1, x2, shape = _broadcast_pair(ins[0], ins[1])
         out = np.empty(x1.shape[0], np.int8)
+        mask = keep_mask(masks, node, out.shape)
         _add_s8(x1, a["z1"], a["m1"], a["s1"], x2, a["z2"], a["m2"], a["s2"], a["left_shift"],
-                a["mult"], a["shift"], a["out_zp"], a["act_min"], a["act_max"], out)
+                a["mult"], a["shift"], a["out_zp"], a["act_min"], a["act_max"], out, mask)
+        if masks is not None:
+            masks[node.id] = mask.reshape(shape)
         return [out.reshape(shape)]
 
 
@@ -89,11 +96,14 @@ class Mul(_Binary):
         node.attrs.update(z1=int(q1.zero_point), z2=int(q2.zero_point), mult=m, shift=sh,
                           out_zp=int(qy.zero_point), act_min=lo, act_max=hi)
 
-    def sim(self, node, graph, ins):
+    def sim(self, node, graph, ins, masks=None):
         a = node.attrs
         x1, x2, shape = _broadcast_pair(ins[0], ins[1])
         out = np.empty(x1.shape[0], np.int8)
-        _mul_s8(x1, a["z1"], x2, a["z2"], a["mult"], a["shift"], a["out_zp"], a["act_min"], a["act_max"], out)
+        mask = keep_mask(masks, node, out.shape)
+        _mul_s8(x1, a["z1"], x2, a["z2"], a["mult"], a["shift"], a["out_zp"], a["act_min"], a["act_max"], out, mask)
+        if masks is not None:
+            masks[node.id] = mask.reshape(shape)
         return [out.reshape(shape)]
 
     def macs(self, node, graph):

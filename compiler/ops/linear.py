@@ -6,13 +6,13 @@ conv2d), y = requantize_s8(acc, mult[m], shift[m], y_zp, act_min, act_max).
 import numpy as np
 from numba import njit
 
-from ..quant.fixedpoint import requantize_s8
+from ..quant.fixedpoint import clamp_s32, requantize_zp
 from . import Op, register
-from .conv import apply_act, quantize_weighted
+from .conv import apply_act, keep_mask, quantize_weighted
 
 
 @njit(cache=True)
-def _fully_connected_s8(x, w, b, out, in_zp, out_zp, mult, shift, act_min, act_max):
+def _fully_connected_s8(x, w, b, out, mask, in_zp, out_zp, mult, shift, act_min, act_max):
     n_b, k_n = x.shape
     m_n = w.shape[0]
     for n in range(n_b):
@@ -20,7 +20,9 @@ def _fully_connected_s8(x, w, b, out, in_zp, out_zp, mult, shift, act_min, act_m
             acc = np.int32(b[m])
             for k in range(k_n):
                 acc += (np.int32(x[n, k]) - np.int32(in_zp)) * np.int32(w[m, k])
-            out[n, m] = requantize_s8(acc, mult[m], shift[m], out_zp, act_min, act_max)
+            v = requantize_zp(acc, mult[m], shift[m], out_zp)
+            mask[n, m] = np.uint8(act_min <= v <= act_max)
+            out[n, m] = np.int8(clamp_s32(v, act_min, act_max))
 
 
 @register
@@ -50,11 +52,12 @@ class FullyConnected(Op):
     def quantize(self, node, graph):
         quantize_weighted(node, graph, k=graph.t(node.inputs[1]).shape[1])
 
-    def sim(self, node, graph, ins):
+    def sim(self, node, graph, ins, masks=None):
         a = node.attrs
         x = ins[0]
         out = np.empty((x.shape[0], graph.t(node.outputs[0]).shape[1]), np.int8)
-        _fully_connected_s8(x, graph.t(node.inputs[1]).data, graph.t(node.inputs[2]).data, out,
+        mask = keep_mask(masks, node, out.shape)
+        _fully_connected_s8(x, graph.t(node.inputs[1]).data, graph.t(node.inputs[2]).data, out, mask,
                             a["in_zp"], a["out_zp"], a["mult"], a["shift"], a["act_min"], a["act_max"])
         return [out]
 

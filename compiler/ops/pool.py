@@ -11,14 +11,14 @@ quantization parameters.
 import numpy as np
 from numba import njit
 
-from ..quant.fixedpoint import quantize_multipliers, requantize_s8
+from ..quant.fixedpoint import clamp_s32, quantize_multipliers, requantize_zp
 from ..quant.qparams import clamp_range
 from . import Op, register
-from .conv import apply_act, conv_out_size
+from .conv import apply_act, conv_out_size, keep_mask
 
 
 @njit(cache=True)
-def _avg_pool_s8(x, out, kh_n, kw_n, sh, sw, pt, pl, include_pad, in_zp, out_zp, mult, shift, act_min, act_max):
+def _avg_pool_s8(x, out, mask, kh_n, kw_n, sh, sw, pt, pl, include_pad, in_zp, out_zp, mult, shift, act_min, act_max):
     n_b, h, wd, c_n = x.shape
     for n in range(n_b):
         for oh in range(out.shape[1]):
@@ -38,11 +38,13 @@ def _avg_pool_s8(x, out, kh_n, kw_n, sh, sw, pt, pl, include_pad, in_zp, out_zp,
                             count += np.int32(1)
                     if include_pad:
                         count = np.int32(kh_n * kw_n)
-                    out[n, oh, ow, c] = requantize_s8(acc, mult[count], shift[count], out_zp, act_min, act_max)
+                    v = requantize_zp(acc, mult[count], shift[count], out_zp)
+                    mask[n, oh, ow, c] = np.uint8(act_min <= v <= act_max)
+                    out[n, oh, ow, c] = np.int8(clamp_s32(v, act_min, act_max))
 
 
 @njit(cache=True)
-def _max_pool_s8(x, out, kh_n, kw_n, sh, sw, pt, pl, dh, dw, act_min, act_max):
+def _max_pool_s8(x, out, mask, kh_n, kw_n, sh, sw, pt, pl, dh, dw, act_min, act_max):
     n_b, h, wd, c_n = x.shape
     for n in range(n_b):
         for oh in range(out.shape[1]):
@@ -60,15 +62,12 @@ def _max_pool_s8(x, out, kh_n, kw_n, sh, sw, pt, pl, dh, dw, act_min, act_max):
                             v = np.int32(x[n, ih, iw, c])
                             if v > m:
                                 m = v
-                    if m < act_min:
-                        m = np.int32(act_min)
-                    if m > act_max:
-                        m = np.int32(act_max)
-                    out[n, oh, ow, c] = np.int8(m)
+                    mask[n, oh, ow, c] = np.uint8(act_min <= m <= act_max)
+                    out[n, oh, ow, c] = np.int8(clamp_s32(m, act_min, act_max))
 
 
 @njit(cache=True)
-def _global_avg_pool_s8(x, out, in_zp, out_zp, mult, shift, act_min, act_max):
+def _global_avg_pool_s8(x, out, mask, in_zp, out_zp, mult, shift, act_min, act_max):
     n_b, h, wd, c_n = x.shape
     for n in range(n_b):
         for c in range(c_n):
@@ -76,7 +75,9 @@ def _global_avg_pool_s8(x, out, in_zp, out_zp, mult, shift, act_min, act_max):
             for ih in range(h):
                 for iw in range(wd):
                     acc += np.int32(x[n, ih, iw, c]) - np.int32(in_zp)
-            out[n, 0, 0, c] = requantize_s8(acc, mult, shift, out_zp, act_min, act_max)
+            v = requantize_zp(acc, mult, shift, out_zp)
+            mask[n, 0, 0, c] = np.uint8(act_min <= v <= act_max)
+            out[n, 0, 0, c] = np.int8(clamp_s32(v, act_min, act_max))
 
 
 def _pool_shape(node, graph):
@@ -132,11 +133,11 @@ class AvgPool(Op):
         node.attrs.update(in_zp=int(qx.zero_point), out_zp=int(qy.zero_point), mult=mult, shift=shift,
                           act_min=lo, act_max=hi)
 
-    def sim(self, node, graph, ins):
+    def sim(self, node, graph, ins, masks=None):
         a = node.attrs
         x = ins[0]
         out = np.empty((x.shape[0],) + graph.t(node.outputs[0]).shape[1:], np.int8)
-        _avg_pool_s8(x, out, a["kernel"][0], a["kernel"][1], a["stride"][0], a["stride"][1], a["pads"][0],
+        _avg_pool_s8(x, out, keep_mask(masks, node, out.shape), a["kernel"][0], a["kernel"][1], a["stride"][0], a["stride"][1], a["pads"][0],
                      a["pads"][1], bool(a["count_include_pad"]), a["in_zp"], a["out_zp"], a["mult"], a["shift"],
                      a["act_min"], a["act_max"])
         return [out]
@@ -158,12 +159,12 @@ class MaxPool(Op):
         lo, hi = clamp_range(graph.t(node.outputs[0]).q, node.attrs.get("act"))
         node.attrs.update(act_min=lo, act_max=hi)
 
-    def sim(self, node, graph, ins):
+    def sim(self, node, graph, ins, masks=None):
         a = node.attrs
         x = ins[0]
         out = np.empty((x.shape[0],) + graph.t(node.outputs[0]).shape[1:], np.int8)
         dil = a.get("dilation", (1, 1))
-        _max_pool_s8(x, out, a["kernel"][0], a["kernel"][1], a["stride"][0], a["stride"][1], a["pads"][0],
+        _max_pool_s8(x, out, keep_mask(masks, node, out.shape), a["kernel"][0], a["kernel"][1], a["stride"][0], a["stride"][1], a["pads"][0],
                      a["pads"][1], dil[0], dil[1], a["act_min"], a["act_max"])
         return [out]
 
@@ -190,11 +191,11 @@ class GlobalAvgPool(Op):
         node.attrs.update(in_zp=int(qx.zero_point), out_zp=int(qy.zero_point), mult=int(mult[0]),
                           shift=int(shift[0]), act_min=lo, act_max=hi)
 
-    def sim(self, node, graph, ins):
+    def sim(self, node, graph, ins, masks=None):
         a = node.attrs
         x = ins[0]
         out = np.empty((x.shape[0], 1, 1, x.shape[3]), np.int8)
-        _global_avg_pool_s8(x, out, a["in_zp"], a["out_zp"], a["mult"], a["shift"], a["act_min"], a["act_max"])
+        _global_avg_pool_s8(x, out, keep_mask(masks, node, out.shape), a["in_zp"], a["out_zp"], a["mult"], a["shift"], a["act_min"], a["act_max"])
         return [out]
 
     def macs(self, node, graph):

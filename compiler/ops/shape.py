@@ -8,7 +8,7 @@ Axis 0 is the batch in every shape attribute (the IR is built for batch 1).
 import numpy as np
 from numba import njit
 
-from ..quant.fixedpoint import quantize_multiplier, requantize_s8
+from ..quant.fixedpoint import clamp_s32, quantize_multiplier, requantize_zp
 from . import Op, register
 
 
@@ -28,7 +28,7 @@ class Reshape(Op):
     def ref(self, node, graph, ins):
         return [ins[0].reshape((ins[0].shape[0],) + tuple(node.attrs["shape"][1:]))]
 
-    def sim(self, node, graph, ins):
+    def sim(self, node, graph, ins, masks=None):
         return self.ref(node, graph, ins)
 
 
@@ -49,14 +49,14 @@ class Transpose(Op):
     def ref(self, node, graph, ins):
         return [np.ascontiguousarray(np.transpose(ins[0], node.attrs["perm"]))]
 
-    def sim(self, node, graph, ins):
+    def sim(self, node, graph, ins, masks=None):
         return self.ref(node, graph, ins)
 
 
 @njit(cache=True)
 def _requant_copy_s8(x, in_zp, mult, shift, out_zp, out):
     for i in range(x.shape[0]):
-        out[i] = requantize_s8(np.int32(x[i]) - np.int32(in_zp), mult, shift, out_zp, -128, 127)
+        out[i] = np.int8(clamp_s32(requantize_zp(np.int32(x[i]) - np.int32(in_zp), mult, shift, out_zp), -128, 127))
 
 
 @register
@@ -91,7 +91,7 @@ class Concat(Op):
             node.attrs["mult"].append(m)
             node.attrs["shift"].append(s)
 
-    def sim(self, node, graph, ins):
+    def sim(self, node, graph, ins, masks=None):
         a = node.attrs
         parts = []
         for k, x in enumerate(ins):

@@ -79,23 +79,37 @@ def requantize(acc, mult, shift):
 
 
 @njit(cache=True)
-def requantize_s8(acc, mult, shift, zero_point, act_min, act_max):
-    """requantize, add the output zero point, clamp to [act_min, act_max]
-    (a subrange of [-128, 127] that carries a fused ReLU/ReLU6) (tt_requantize_s8)."""
-    y = np.int64(requantize(acc, mult, shift)) + np.int64(zero_point)
-    return np.int8(clamp_s32(sat_s32(y), act_min, act_max))
+def requantize_zp(acc, mult, shift, zero_point):
+    """requantize plus the output zero point, before the output clamp (tt_requantize_zp).
+    Training keeps one bit per element: was this value inside [act_min, act_max]?"""
+    return sat_s32(np.int64(requantize(acc, mult, shift)) + np.int64(zero_point))
 
 
 @njit(cache=True)
-def add_s8(x1, z1, m1, s1, x2, z2, m2, s2, left_shift, mult, shift, zero_point, act_min, act_max):
-    """One element of the int8 addition y = s_1 (x1 - z1) + s_2 (x2 - z2) (tt_add_s8).
+def requantize_s8(acc, mult, shift, zero_point, act_min, act_max):
+    """requantize, add the output zero point, clamp to [act_min, act_max]
+    (a subrange of [-128, 127] that carries a fused ReLU/ReLU6) (tt_requantize_s8)."""
+    return np.int8(clamp_s32(requantize_zp(acc, mult, shift, zero_point), act_min, act_max))
+
+
+@njit(cache=True)
+def add_zp(x1, z1, m1, s1, x2, z2, m2, s2, left_shift, mult, shift, zero_point):
+    """One element of the int8 addition y = s_1 (x1 - z1) + s_2 (x2 - z2), before
+    the output clamp (tt_add_zp).
 
     Both inputs are moved to a common fixed-point scale with `left_shift`
     fraction bits (|x - z| <= 255, so 255 * 2^20 < 2^28 fits), rescaled by
     their own multipliers, summed (|sum| < 2^29) and requantized once more."""
     a = requantize(np.int32((np.int32(x1) - np.int32(z1)) * (np.int32(1) << np.int32(left_shift))), m1, s1)
     b = requantize(np.int32((np.int32(x2) - np.int32(z2)) * (np.int32(1) << np.int32(left_shift))), m2, s2)
-    return requantize_s8(np.int32(a + b), mult, shift, zero_point, act_min, act_max)
+    return requantize_zp(np.int32(a + b), mult, shift, zero_point)
+
+
+@njit(cache=True)
+def add_s8(x1, z1, m1, s1, x2, z2, m2, s2, left_shift, mult, shift, zero_point, act_min, act_max):
+    """add_zp clamped to [act_min, act_max] (tt_add_s8)."""
+    v = add_zp(x1, z1, m1, s1, x2, z2, m2, s2, left_shift, mult, shift, zero_point)
+    return np.int8(clamp_s32(v, act_min, act_max))
 
 
 def quantize_multiplier(real):

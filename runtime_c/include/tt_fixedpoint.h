@@ -73,27 +73,44 @@ static inline int32_t tt_requantize(int32_t acc, int32_t mult, int32_t shift)
 }
 
 /**
+ * tt_requantize plus the output zero point, before the output clamp.
+ * Training keeps one bit per element: was this value inside [act_min, act_max]?
+ */
+static inline int32_t tt_requantize_zp(int32_t acc, int32_t mult, int32_t shift, int32_t zero_point)
+{
+    return tt_sat_s32((int64_t)tt_requantize(acc, mult, shift) + (int64_t)zero_point);
+}
+
+/**
  * tt_requantize, plus the output zero point, clamped to [act_min, act_max]
  * (a subrange of [-128, 127] carrying a fused ReLU / ReLU6).
  */
 static inline int8_t tt_requantize_s8(int32_t acc, int32_t mult, int32_t shift, int32_t zero_point,
                                       int32_t act_min, int32_t act_max)
 {
-    const int64_t y = (int64_t)tt_requantize(acc, mult, shift) + (int64_t)zero_point;
-    return (int8_t)tt_clamp_s32(tt_sat_s32(y), act_min, act_max);
+    return (int8_t)tt_clamp_s32(tt_requantize_zp(acc, mult, shift, zero_point), act_min, act_max);
 }
 
 /**
- * One element of y = s_1 (x1 - z1) + s_2 (x2 - z2), requantized to int8.
+ * One element of y = s_1 (x1 - z1) + s_2 (x2 - z2), before the output clamp.
  * |x - z| <= 255, so (x - z) * 2^left_shift fits in int32 for left_shift <= 20.
  */
+static inline int32_t tt_add_zp(int32_t x1, int32_t z1, int32_t m1, int32_t s1, int32_t x2, int32_t z2,
+                                int32_t m2, int32_t s2, int32_t left_shift, int32_t mult, int32_t shift,
+                                int32_t zero_point)
+{
+    const int32_t a = tt_requantize((int32_t)((x1 - z1) * ((int32_t)1 << left_shift)), m1, s1);
+    const int32_t b = tt_requantize((int32_t)((x2 - z2) * ((int32_t)1 << left_shift)), m2, s2);
+    return tt_requantize_zp((int32_t)(a + b), mult, shift, zero_point);
+}
+
+/** tt_add_zp clamped to [act_min, act_max]. */
 static inline int8_t tt_add_s8(int32_t x1, int32_t z1, int32_t m1, int32_t s1, int32_t x2, int32_t z2,
                                int32_t m2, int32_t s2, int32_t left_shift, int32_t mult, int32_t shift,
                                int32_t zero_point, int32_t act_min, int32_t act_max)
 {
-    const int32_t a = tt_requantize((int32_t)((x1 - z1) * ((int32_t)1 << left_shift)), m1, s1);
-    const int32_t b = tt_requantize((int32_t)((x2 - z2) * ((int32_t)1 << left_shift)), m2, s2);
-    return tt_requantize_s8((int32_t)(a + b), mult, shift, zero_point, act_min, act_max);
+    const int32_t v = tt_add_zp(x1, z1, m1, s1, x2, z2, m2, s2, left_shift, mult, shift, zero_point);
+    return (int8_t)tt_clamp_s32(v, act_min, act_max);
 }
 
 #ifdef __cplusplus

@@ -33,12 +33,14 @@ class Simulator:
                                  field="x")
         return quantize_input(to_ir_layout(self.graph, x), self.input_q)
 
-    def run_int8(self, xq, keep=False):
+    def run_int8(self, xq, keep=False, masks=None):
+        """int8 forward.  keep=True also returns every activation; a dict `masks`
+        receives the 1-bit clamp masks that training needs."""
         g = self.graph
         env = {g.inputs[0]: np.ascontiguousarray(xq, dtype=np.int8)}
         for node in g.nodes:
             ins = [env[i] if i in env else g.t(i).data for i in node.inputs]
-            for o, v in zip(node.outputs, get_op(node.op).sim(node, g, ins)):
+            for o, v in zip(node.outputs, get_op(node.op).sim(node, g, ins, masks)):
                 env[o] = v
         outs = [env[o] for o in g.outputs]
         return (outs, env) if keep else outs
