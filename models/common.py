@@ -327,16 +327,20 @@ def export_torchscript(model, example, path, *, opset=13, keep_bn=True):
     model: the eval-mode Conv+BN fusion pass of the exporter is skipped, so
     every BatchNorm2d/1d stays a BatchNormalization node (inference form).
     keep_bn=False uses the exporter's default (TrainingMode.EVAL), which
-    folds BN into the preceding Conv. Constant folding is switched off with
-    PRESERVE (the exporter warns otherwise; for an eval-mode model the graph is
-    identical either way)."""
+    folds BN into the preceding Conv. Constant folding stays on in both
+    cases (without it e.g. ZeroPad2d becomes a Shape/Gather/Concat/... subgraph);
+    the exporter's warning about folding in PRESERVE mode concerns models in
+    training mode only and is silenced (the model is in eval mode)."""
+    import warnings
     model.eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     kw = dict(training=torch.onnx.TrainingMode.PRESERVE) if keep_bn else {}
-    torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset,
-                      input_names=["input"], output_names=["logits"],
-                      do_constant_folding=not keep_bn, **kw)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*constant folding be turned off.*")
+        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset,
+                          input_names=["input"], output_names=["logits"],
+                          do_constant_folding=True, **kw)
     _check(path)
     return path
 
@@ -370,14 +374,61 @@ def _check(path):
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 
+def fold_constant_nodes(m):
+    """Evaluate (onnx.reference) every node whose inputs are all constants
+    (initializers or Constant nodes) and replace it by an initializer.
+    The TorchScript exporter in TrainingMode.PRESERVE leaves e.g. the pads of
+    ZeroPad2d as a ConstantOfShape/Concat/Reshape/Slice/Transpose/Cast chain."""
+    import onnx
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+    g = m.graph
+    known = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    graph_outputs = {o.name for o in g.output}
+    keep, folded = [], 0
+    for n in g.node:
+        if n.op_type == "Constant" and n.output[0] not in graph_outputs:
+            known[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+            keep.append(n)
+            continue
+        ins = [i for i in n.input if i]
+        if (n.op_type != "Constant" and n.domain in ("", "ai.onnx") and ins
+                and all(i in known for i in ins) and not set(n.output) & graph_outputs):
+            sub = helper.make_model(
+                helper.make_graph([n], "fold", [], [helper.make_tensor_value_info(o, 0, None) for o in n.output],
+                                  initializer=[numpy_helper.from_array(known[i], i) for i in ins]),
+                opset_imports=list(m.opset_import))
+            outs = ReferenceEvaluator(sub).run(None, {})
+            for o, v in zip(n.output, outs):
+                known[o] = np.asarray(v)
+                g.initializer.append(numpy_helper.from_array(np.asarray(v), o))
+            folded += 1
+            continue
+        keep.append(n)
+    del g.node[:]
+    g.node.extend(keep)
+    _drop_unused(g)
+    return folded
+
+
+def _drop_unused(g):
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    for n in [n for n in g.node if n.op_type == "Constant" and n.output[0] not in used]:
+        g.node.remove(n)
+    for t in [t for t in g.initializer if t.name not in used]:
+        g.initializer.remove(t)
+
+
 def fuse_pad_into_conv(path):
     """Fold `Pad(mode=constant, value 0) -> Conv` into the Conv's own `pads`
     attribute (ONNX Conv supports asymmetric pads). Used for the TF-'SAME'
     padding of EfficientNet-Lite, which torch expresses as ZeroPad2d + Conv2d.
-    Returns the number of Pad nodes removed."""
+    Constant subgraphs are folded first (fold_constant_nodes).
+    Returns (number of constant nodes folded, number of Pad nodes removed)."""
     import onnx
     from onnx import numpy_helper, helper
     m = onnx.load(str(path))
+    n_folded = fold_constant_nodes(m)
     g = m.graph
     inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     consts = {}
@@ -421,15 +472,24 @@ def fuse_pad_into_conv(path):
         removed.append(pad)
     for p in removed:
         g.node.remove(p)
-    # drop Constant nodes / initializers that became unused
-    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-    for n in [n for n in g.node if n.op_type == "Constant" and n.output[0] not in used]:
-        g.node.remove(n)
-    for t in [t for t in g.initializer if t.name not in used]:
-        g.initializer.remove(t)
+    _drop_unused(g)
     onnx.checker.check_model(m, full_check=True)
     onnx.save(m, str(path))
-    return len(removed)
+    return n_folded, len(removed)
+
+
+def prune_opset_imports(path):
+    """Drop opset imports of domains that no node uses (onnxruntime's
+    quant_pre_process adds com.microsoft, ai.onnx.ml, ... to every model)."""
+    import onnx
+    m = onnx.load(str(path))
+    used = {n.domain or "" for n in m.graph.node} | {""}
+    keep = [o for o in m.opset_import if (o.domain or "") in used]
+    if len(keep) != len(m.opset_import):
+        del m.opset_import[:]
+        m.opset_import.extend(keep)
+        onnx.checker.check_model(m, full_check=True)
+        onnx.save(m, str(path))
 
 
 def op_types(path) -> dict:

@@ -244,8 +244,9 @@ def main():
     out = C.MODELS_DIR / "effnet_lite0_fmnist.onnx"
     example = torch.from_numpy(x_npz_te[:1])
     C.export_torchscript(model, example, out, opset=13, keep_bn=True)
-    n_pad = C.fuse_pad_into_conv(out)
-    print(f"folded {n_pad} Pad nodes into Conv pads")
+    n_const, n_pad = C.fuse_pad_into_conv(out)
+    print(f"folded {n_const} constant nodes; folded {n_pad} Pad nodes into Conv pads")
+    assert "Pad" not in C.op_types(out)
 
     lt = C.predict_torch(model, x_npz_te)
     lo = C.predict_ort(out, x_npz_te)

@@ -80,6 +80,7 @@ def quantize_qdq(float_onnx: Path, calib_x: np.ndarray, out: Path):
                         per_channel=True, weight_type=QuantType.QInt8,
                         activation_type=QuantType.QInt8,
                         extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+    C.prune_opset_imports(out)
     C._check(out)
 
 
