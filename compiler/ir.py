@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-DTYPES = ("float32", "int8", "int32", "int64")
+DTYPES = ("float32", "int8", "int32", "int64", "uint8")
 KINDS = ("input", "const", "act")
 
 
@@ -131,10 +131,11 @@ class Graph:
 
     def remove_unused(self):
         """Drop nodes whose outputs nobody needs and tensors nothing refers to."""
+        from .ops import get_op
         live = set(self.outputs)
         kept = []
         for n in reversed(self.nodes):
-            if any(o in live for o in n.outputs):
+            if get_op(n.op).side_effect or any(o in live for o in n.outputs):
                 kept.append(n)
                 live.update(n.inputs)
         self.nodes = kept[::-1]
@@ -217,7 +218,11 @@ def verify(graph: Graph, stage: str = "") -> Graph:
         op = get_op(n.op)
         if op is None:
             fail(f"n{n.id} has unknown op {n.op}")
-        shapes = op.infer(n, graph)
+        shapes = list(op.infer(n, graph))
+        if n.attrs.get("keep_mask"):
+            shapes.append(shapes[0])             # the 1-bit clamp mask of the output
+        if len(shapes) != len(n.outputs):
+            fail(f"n{n.id} {n.op} has {len(n.outputs)} outputs, rule says {len(shapes)}")
         for o, s in zip(n.outputs, shapes):
             if tuple(graph.tensors[o].shape) != tuple(s):
                 fail(f"n{n.id} {n.op} output t{o} has shape {graph.tensors[o].shape}, rule says {tuple(s)}")

@@ -32,6 +32,18 @@ class Op:
     same_qparams = False
     # float-only op: must be gone (folded) before quantization
     float_only = False
+    # training: does the backward gate the output gradient by the 1-bit clamp mask,
+    # and which grad op (with which operands: dy, dpre, in0, in1, ...) produces the
+    # gradient of each input ({input index or "*": (grad op, operands)}) and parameter
+    uses_mask = False
+    input_grads = {}
+    param_grads = {}
+    # an op with no outputs that changes a parameter in place (SGD)
+    side_effect = False
+
+    @staticmethod
+    def grad_attrs(node, graph, grad_op, k):
+        return {}
 
     def infer(self, node, graph):
         raise NotImplementedError
@@ -62,4 +74,4 @@ def batched(shape, n):
 
 
 # importing the modules registers the ops
-from . import activation, affine, conv, eltwise, linear, pool, shape  # noqa: E402,F401
+from . import activation, affine, conv, eltwise, linear, pool, shape, train, update  # noqa: E402,F401

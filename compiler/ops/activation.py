@@ -105,3 +105,49 @@ class HardSwish(_Lut):
 
     def f(self, x, attrs):
         return x * np.clip(x / 6.0 + 0.5, 0.0, 1.0)
+
+
+# Backward.  clamp: the mask does it all (dx = dpre).  Table ops: a second,
+# float32 table of f'(dequantize(q)) built at compile time, dx = dy * dtable[x].
+
+@njit(cache=True)
+def _lut_grad_f32(dy, x, dtable, dx):
+    for i in range(dx.shape[0]):
+        dx[i] = dy[i] * dtable[np.int32(x[i]) + np.int32(128)]
+
+
+@register
+class LutGrad(Op):
+    name = "lut_grad"
+
+    def infer(self, node, graph):
+        return [graph.t(node.inputs[0]).shape]
+
+    def sim(self, node, graph, ins, masks=None):
+        dy = np.ascontiguousarray(ins[0], np.float32)
+        dx = np.empty(dy.size, np.float32)
+        _lut_grad_f32(dy.reshape(-1), np.ascontiguousarray(ins[1]).reshape(-1), node.attrs["dtable"], dx)
+        return [dx.reshape(dy.shape)]
+
+
+def _lut_grad_attrs(node, graph, grad_op, k=0):
+    qx = graph.t(node.inputs[0]).q
+    x = float(qx.scale) * (np.arange(-128, 128, dtype=np.float64) - int(qx.zero_point))
+    return dict(dtable=get_op_class(node.op).df(x, node.attrs).astype(np.float32))
+
+
+def get_op_class(name):
+    from . import get_op
+    return get_op(name)
+
+
+Clamp.uses_mask = True
+Clamp.input_grads = {0: ("pass", ("dpre",))}
+for _cls, _df in ((Sigmoid, lambda x, a: (lambda s: s * (1.0 - s))(1.0 / (1.0 + np.exp(-x)))),
+                  (HardSigmoid, lambda x, a: np.where((a["alpha"] * x + a["beta"] > 0) & (a["alpha"] * x + a["beta"] < 1),
+                                                      a["alpha"], 0.0)),
+                  (HardSwish, lambda x, a: np.where(x < -3, 0.0, np.where(x > 3, 1.0, (2.0 * x + 3.0) / 6.0)))):
+    _cls.uses_mask = False
+    _cls.input_grads = {0: ("lut_grad", ("dy", "in0"))}
+    _cls.grad_attrs = staticmethod(_lut_grad_attrs)
+    _cls.df = staticmethod(_df)

@@ -208,3 +208,154 @@ def quantize_weighted(node, graph, k):
     lo, hi = clamp_range(y.q, node.attrs.get("act"))
     node.attrs.update(in_zp=int(x.q.zero_point), out_zp=int(y.q.zero_point), mult=mult, shift=shift,
                       act_min=lo, act_max=hi)
+
+
+# ---------------------------------------------------------------------------
+# Backward.  Gradients are float32 and are taken with respect to the
+# dequantized tensors (straight-through rounding); the clamp mask is applied
+# by the `mask_grad` op before these run.  Every loop nest below is the
+# contract with the C kernels: the same float operations in the same order.
+# ---------------------------------------------------------------------------
+
+@njit(cache=True)
+def _conv2d_grad_input_f32(dpre, w, w_scale, dx, sh, sw, pt, pl, dh, dw, groups):
+    """dx[n, ih, iw, ci] += (dpre[n, oh, ow, co] * s_w[co]) * w[co, kh, kw, ci],
+    scattered in the order n, oh, ow, co, kh, kw, ci."""
+    n_b, h, wd, _ = dx.shape
+    co_n, kh_n, kw_n, cg = w.shape
+    cog = co_n // groups
+    dx[:] = np.float32(0.0)
+    for n in range(n_b):
+        for oh in range(dpre.shape[1]):
+            for ow in range(dpre.shape[2]):
+                for co in range(co_n):
+                    d = dpre[n, oh, ow, co] * w_scale[co]
+                    c0 = (co // cog) * cg
+                    for kh in range(kh_n):
+                        ih = oh * sh - pt + kh * dh
+                        if ih < 0 or ih >= h:
+                            continue
+                        for kw in range(kw_n):
+                            iw = ow * sw - pl + kw * dw
+                            if iw < 0 or iw >= wd:
+                                continue
+                            for ci in range(cg):
+                                dx[n, ih, iw, c0 + ci] += d * np.float32(w[co, kh, kw, ci])
+
+
+@njit(cache=True)
+def _conv2d_grad_weight_f32(dpre, x, x_zp, x_scale, dwt, sh, sw, pt, pl, dh, dw, groups, co_n):
+    """dwt[co, kh, kw, ci] = s_x * sum_{n, oh, ow} dpre[n, oh, ow, co] * (x - x_zp),
+    for the first co_n output and dwt.shape[3] input channels (sparse update)."""
+    n_b, h, wd, _ = x.shape
+    _, kh_n, kw_n, ci_n = dwt.shape
+    cog = dpre.shape[3] // groups
+    cg = x.shape[3] // groups
+    for co in range(co_n):
+        c0 = (co // cog) * cg
+        for kh in range(kh_n):
+            for kw in range(kw_n):
+                for ci in range(ci_n):
+                    acc = np.float32(0.0)
+                    for n in range(n_b):
+                        for oh in range(dpre.shape[1]):
+                            ih = oh * sh - pt + kh * dh
+                            if ih < 0 or ih >= h:
+                                continue
+                            for ow in range(dpre.shape[2]):
+                                iw = ow * sw - pl + kw * dw
+                                if iw < 0 or iw >= wd:
+                                    continue
+                                acc += dpre[n, oh, ow, co] * np.float32(np.int32(x[n, ih, iw, c0 + ci]) - np.int32(x_zp))
+                    dwt[co, kh, kw, ci] = acc * x_scale
+
+
+@njit(cache=True)
+def _bias_grad_f32(dpre, db):
+    """db[c] = sum over every position of dpre[..., c], positions in memory order."""
+    flat = dpre.reshape(-1, dpre.shape[-1])
+    for c in range(db.shape[0]):
+        acc = np.float32(0.0)
+        for i in range(flat.shape[0]):
+            acc += flat[i, c]
+        db[c] = acc
+
+
+def grad_update_shape(w_shape, ratio, depthwise):
+    """The part of a weight that a sparse update trains: the first channels."""
+    co, kh, kw, ci = w_shape
+    if depthwise:
+        return (max(1, int(np.ceil(co * ratio))), kh, kw, ci)
+    return (co, kh, kw, max(1, int(np.ceil(ci * ratio))))
+
+
+@register
+class Conv2dGradInput(Op):
+    name = "conv2d_grad_input"
+
+    def infer(self, node, graph):
+        return [tuple(node.attrs["x_shape"])]
+
+    def sim(self, node, graph, ins, masks=None):
+        a = node.attrs
+        dpre, w = ins[0], graph.t(node.inputs[1]).data
+        dx = np.empty((dpre.shape[0],) + tuple(a["x_shape"][1:]), np.float32)
+        _conv2d_grad_input_f32(dpre, w, a["w_scale"], dx, a["stride"][0], a["stride"][1], a["pads"][0],
+                               a["pads"][1], a["dilation"][0], a["dilation"][1], a["groups"])
+        return [dx]
+
+    def macs(self, node, graph):
+        dpre, w = graph.t(node.inputs[0]).shape, graph.t(node.inputs[1]).shape
+        return int(np.prod(dpre[1:]) * np.prod(w[1:]))
+
+
+@register
+class Conv2dGradWeight(Op):
+    name = "conv2d_grad_weight"
+
+    def infer(self, node, graph):
+        return [tuple(node.attrs["dw_shape"])]
+
+    def sim(self, node, graph, ins, masks=None):
+        a = node.attrs
+        dpre, x = ins
+        dwt = np.empty(tuple(a["dw_shape"]), np.float32)
+        _conv2d_grad_weight_f32(dpre, x, a["x_zp"], np.float32(a["x_scale"]), dwt, a["stride"][0], a["stride"][1],
+                                a["pads"][0], a["pads"][1], a["dilation"][0], a["dilation"][1], a["groups"],
+                                dwt.shape[0])
+        return [dwt]
+
+    def macs(self, node, graph):
+        dpre = graph.t(node.inputs[0]).shape
+        return int(dpre[1] * dpre[2] * np.prod(node.attrs["dw_shape"]))
+
+
+@register
+class BiasGrad(Op):
+    name = "bias_grad"
+
+    def infer(self, node, graph):
+        return [(graph.t(node.inputs[0]).shape[-1],)]
+
+    def sim(self, node, graph, ins, masks=None):
+        db = np.empty(ins[0].shape[-1], np.float32)
+        _bias_grad_f32(np.ascontiguousarray(ins[0]), db)
+        return [db]
+
+
+def _conv_grad_attrs(node, graph, grad_op, k, ratio=1.0):
+    a = node.attrs
+    x, w = graph.t(node.inputs[0]), graph.t(node.inputs[1])
+    base = dict(stride=a["stride"], pads=a["pads"], dilation=a["dilation"], groups=a["groups"])
+    if grad_op == "conv2d_grad_input":
+        return dict(base, x_shape=x.shape, w_scale=w.q.scale.astype(np.float32))
+    if grad_op == "conv2d_grad_weight":
+        dw_shape = grad_update_shape(w.shape, ratio, a["groups"] > 1 and w.shape[3] == 1)
+        return dict(base, x_zp=int(x.q.zero_point), x_scale=float(x.q.scale), dw_shape=dw_shape)
+    return {}
+
+
+Conv2d.uses_mask = True
+Conv2d.input_grads = {0: ("conv2d_grad_input", ("dpre", "in1"))}
+Conv2d.param_grads = {1: ("conv2d_grad_weight", ("dpre", "in0")), 2: ("bias_grad", ("dpre",))}
+Conv2d.grad_attrs = staticmethod(_conv_grad_attrs)

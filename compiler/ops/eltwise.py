@@ -108,3 +108,56 @@ class Mul(_Binary):
 
     def macs(self, node, graph):
         return int(np.prod(graph.t(node.outputs[0]).shape[1:]))
+
+
+# Backward.  add: d(x1 + x2) passes dpre to both inputs (summed over broadcast
+# axes); mul: d x1 = dpre * x2, d x2 = dpre * x1 (dequantized, summed likewise).
+
+@njit(cache=True)
+def _mul_grad_4d_f32(d, other, o_zp, o_scale, out):
+    """out (shape of the input, broadcast to d) += d * s_o (other - o_zp), d in memory order."""
+    out[:] = np.float32(0.0)
+    for n in range(d.shape[0]):
+        for h in range(d.shape[1]):
+            for w in range(d.shape[2]):
+                for c in range(d.shape[3]):
+                    v = np.float32(np.int32(other[n if other.shape[0] > 1 else 0, h if other.shape[1] > 1 else 0,
+                                                  w if other.shape[2] > 1 else 0, c if other.shape[3] > 1 else 0])
+                                   - np.int32(o_zp)) * o_scale
+                    out[n if out.shape[0] > 1 else 0, h if out.shape[1] > 1 else 0, w if out.shape[2] > 1 else 0,
+                        c if out.shape[3] > 1 else 0] += d[n, h, w, c] * v
+
+
+@register
+class MulGrad(Op):
+    name = "mul_grad"
+
+    def infer(self, node, graph):
+        return [tuple(node.attrs["shape"])]
+
+    def sim(self, node, graph, ins, masks=None):
+        from .train import to4d
+        d, other = ins
+        a = node.attrs
+        shape = (d.shape[0],) + tuple(a["shape"][1:])      # activations always carry the batch
+        out = np.empty(shape, np.float32)
+        _mul_grad_4d_f32(to4d(np.ascontiguousarray(d)), to4d(np.ascontiguousarray(other)), a["o_zp"],
+                         np.float32(a["o_scale"]), to4d(out))
+        return [out]
+
+
+def _add_grad_attrs(node, graph, grad_op, k):
+    return dict(shape=graph.t(node.inputs[k]).shape)
+
+
+def _mul_grad_attrs(node, graph, grad_op, k):
+    other = graph.t(node.inputs[1 - k])
+    return dict(shape=graph.t(node.inputs[k]).shape, o_zp=int(other.q.zero_point), o_scale=float(other.q.scale))
+
+
+Add.uses_mask = True
+Add.input_grads = {0: ("sum_to", ("dpre",)), 1: ("sum_to", ("dpre",))}
+Add.grad_attrs = staticmethod(_add_grad_attrs)
+Mul.uses_mask = True
+Mul.input_grads = {0: ("mul_grad", ("dpre", "in1")), 1: ("mul_grad", ("dpre", "in0"))}
+Mul.grad_attrs = staticmethod(_mul_grad_attrs)

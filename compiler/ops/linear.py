@@ -64,3 +64,78 @@ class FullyConnected(Op):
     def macs(self, node, graph):
         w = graph.t(node.inputs[1]).shape
         return int(w[0] * w[1])
+
+
+# Backward (see conv.py for the conventions).
+
+@njit(cache=True)
+def _fc_grad_input_f32(dpre, w, w_scale, dx):
+    """dx[n, k] = sum_m (dpre[n, m] * s_w[m]) * w[m, k], m ascending."""
+    for n in range(dx.shape[0]):
+        for k in range(dx.shape[1]):
+            acc = np.float32(0.0)
+            for m in range(w.shape[0]):
+                acc += (dpre[n, m] * w_scale[m]) * np.float32(w[m, k])
+            dx[n, k] = acc
+
+
+@njit(cache=True)
+def _fc_grad_weight_f32(dpre, x, x_zp, x_scale, dwt):
+    """dwt[m, k] = s_x * sum_n dpre[n, m] * (x[n, k] - x_zp), first dwt.shape[1] inputs."""
+    for m in range(dwt.shape[0]):
+        for k in range(dwt.shape[1]):
+            acc = np.float32(0.0)
+            for n in range(x.shape[0]):
+                acc += dpre[n, m] * np.float32(np.int32(x[n, k]) - np.int32(x_zp))
+            dwt[m, k] = acc * x_scale
+
+
+@register
+class FcGradInput(Op):
+    name = "fully_connected_grad_input"
+
+    def infer(self, node, graph):
+        return [tuple(node.attrs["x_shape"])]
+
+    def sim(self, node, graph, ins, masks=None):
+        dpre, w = ins[0], graph.t(node.inputs[1]).data
+        dx = np.empty((dpre.shape[0], node.attrs["x_shape"][1]), np.float32)
+        _fc_grad_input_f32(dpre, w, node.attrs["w_scale"], dx)
+        return [dx]
+
+    def macs(self, node, graph):
+        w = graph.t(node.inputs[1]).shape
+        return int(w[0] * w[1])
+
+
+@register
+class FcGradWeight(Op):
+    name = "fully_connected_grad_weight"
+
+    def infer(self, node, graph):
+        return [tuple(node.attrs["dw_shape"])]
+
+    def sim(self, node, graph, ins, masks=None):
+        a = node.attrs
+        dwt = np.empty(tuple(a["dw_shape"]), np.float32)
+        _fc_grad_weight_f32(ins[0], ins[1], a["x_zp"], np.float32(a["x_scale"]), dwt)
+        return [dwt]
+
+    def macs(self, node, graph):
+        return int(np.prod(node.attrs["dw_shape"]))
+
+
+def _fc_grad_attrs(node, graph, grad_op, k, ratio=1.0):
+    x, w = graph.t(node.inputs[0]), graph.t(node.inputs[1])
+    if grad_op == "fully_connected_grad_input":
+        return dict(x_shape=x.shape, w_scale=w.q.scale.astype(np.float32))
+    if grad_op == "fully_connected_grad_weight":
+        return dict(x_zp=int(x.q.zero_point), x_scale=float(x.q.scale),
+                    dw_shape=(w.shape[0], max(1, int(np.ceil(w.shape[1] * ratio)))))
+    return {}
+
+
+FullyConnected.uses_mask = True
+FullyConnected.input_grads = {0: ("fully_connected_grad_input", ("dpre", "in1"))}
+FullyConnected.param_grads = {1: ("fully_connected_grad_weight", ("dpre", "in0")), 2: ("bias_grad", ("dpre",))}
+FullyConnected.grad_attrs = staticmethod(_fc_grad_attrs)

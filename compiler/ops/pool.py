@@ -200,3 +200,137 @@ class GlobalAvgPool(Op):
 
     def macs(self, node, graph):
         return graph.t(node.inputs[0]).size
+
+
+# Backward.
+
+@njit(cache=True)
+def _avg_pool_grad_f32(d, dx, kh_n, kw_n, sh, sw, pt, pl, include_pad, inv_count):
+    """Each output's gradient times 1/count, scattered to its window (order n, oh, ow, c, kh, kw)."""
+    n_b, h, wd, c_n = dx.shape
+    dx[:] = np.float32(0.0)
+    for n in range(n_b):
+        for oh in range(d.shape[1]):
+            for ow in range(d.shape[2]):
+                for c in range(c_n):
+                    count = 0
+                    for kh in range(kh_n):
+                        ih = oh * sh - pt + kh
+                        for kw in range(kw_n):
+                            iw = ow * sw - pl + kw
+                            if 0 <= ih < h and 0 <= iw < wd:
+                                count += 1
+                    if include_pad:
+                        count = kh_n * kw_n
+                    g = d[n, oh, ow, c] * inv_count[count]
+                    for kh in range(kh_n):
+                        ih = oh * sh - pt + kh
+                        if ih < 0 or ih >= h:
+                            continue
+                        for kw in range(kw_n):
+                            iw = ow * sw - pl + kw
+                            if iw < 0 or iw >= wd:
+                                continue
+                            dx[n, ih, iw, c] += g
+
+
+@njit(cache=True)
+def _max_pool_grad_f32(d, x, dx, kh_n, kw_n, sh, sw, pt, pl, dh, dw):
+    """Each output's gradient goes to the first position holding the window's maximum."""
+    n_b, h, wd, c_n = dx.shape
+    dx[:] = np.float32(0.0)
+    for n in range(n_b):
+        for oh in range(d.shape[1]):
+            for ow in range(d.shape[2]):
+                for c in range(c_n):
+                    best = -1000
+                    bi, bj = -1, -1
+                    for kh in range(kh_n):
+                        ih = oh * sh - pt + kh * dh
+                        if ih < 0 or ih >= h:
+                            continue
+                        for kw in range(kw_n):
+                            iw = ow * sw - pl + kw * dw
+                            if iw < 0 or iw >= wd:
+                                continue
+                            if np.int32(x[n, ih, iw, c]) > best:
+                                best = np.int32(x[n, ih, iw, c])
+                                bi, bj = ih, iw
+                    if bi >= 0:
+                        dx[n, bi, bj, c] += d[n, oh, ow, c]
+
+
+@njit(cache=True)
+def _global_avg_pool_grad_f32(d, dx, inv_hw):
+    for n in range(dx.shape[0]):
+        for i in range(dx.shape[1]):
+            for j in range(dx.shape[2]):
+                for c in range(dx.shape[3]):
+                    dx[n, i, j, c] = d[n, 0, 0, c] * inv_hw
+
+
+class _PoolGrad(Op):
+    def infer(self, node, graph):
+        return [tuple(node.attrs["x_shape"])]
+
+    def _dx(self, node, d):
+        return np.empty((d.shape[0],) + tuple(node.attrs["x_shape"][1:]), np.float32)
+
+
+@register
+class AvgPoolGrad(_PoolGrad):
+    name = "avg_pool_grad"
+
+    def sim(self, node, graph, ins, masks=None):
+        a = node.attrs
+        dx = self._dx(node, ins[0])
+        _avg_pool_grad_f32(ins[0], dx, a["kernel"][0], a["kernel"][1], a["stride"][0], a["stride"][1],
+                           a["pads"][0], a["pads"][1], bool(a["count_include_pad"]), a["inv_count"])
+        return [dx]
+
+
+@register
+class MaxPoolGrad(_PoolGrad):
+    name = "max_pool_grad"
+
+    def sim(self, node, graph, ins, masks=None):
+        a = node.attrs
+        dx = self._dx(node, ins[0])
+        dil = a.get("dilation", (1, 1))
+        _max_pool_grad_f32(ins[0], ins[1], dx, a["kernel"][0], a["kernel"][1], a["stride"][0], a["stride"][1],
+                           a["pads"][0], a["pads"][1], dil[0], dil[1])
+        return [dx]
+
+
+@register
+class GlobalAvgPoolGrad(_PoolGrad):
+    name = "global_avg_pool_grad"
+
+    def sim(self, node, graph, ins, masks=None):
+        dx = self._dx(node, ins[0])
+        _global_avg_pool_grad_f32(ins[0], dx, np.float32(node.attrs["inv_hw"]))
+        return [dx]
+
+
+def _pool_grad_attrs(node, graph, grad_op, k=0):
+    x = graph.t(node.inputs[0])
+    a = dict(node.attrs, x_shape=x.shape)
+    for key in ("mult", "shift", "in_zp", "out_zp", "act_min", "act_max", "act", "keep_mask"):
+        a.pop(key, None)
+    if grad_op == "avg_pool_grad":
+        kh, kw = node.attrs["kernel"]
+        a["inv_count"] = np.array([0.0] + [1.0 / c for c in range(1, kh * kw + 1)], np.float32)
+    if grad_op == "global_avg_pool_grad":
+        a["inv_hw"] = float(np.float32(1.0 / (x.shape[1] * x.shape[2])))
+    return a
+
+
+AvgPool.uses_mask = True
+AvgPool.input_grads = {0: ("avg_pool_grad", ("dpre",))}
+AvgPool.grad_attrs = staticmethod(_pool_grad_attrs)
+MaxPool.uses_mask = True
+MaxPool.input_grads = {0: ("max_pool_grad", ("dpre", "in0"))}
+MaxPool.grad_attrs = staticmethod(_pool_grad_attrs)
+GlobalAvgPool.uses_mask = True
+GlobalAvgPool.input_grads = {0: ("global_avg_pool_grad", ("dpre",))}
+GlobalAvgPool.grad_attrs = staticmethod(_pool_grad_attrs)

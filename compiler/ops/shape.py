@@ -100,3 +100,47 @@ class Concat(Op):
             _requant_copy_s8(xf, a["in_zp"][k], a["mult"][k], a["shift"][k], a["out_zp"], out)
             parts.append(out.reshape(x.shape))
         return [np.concatenate(parts, axis=a["axis"])]
+
+
+# Backward: reshape back, transpose by the inverse permutation, slice a concat.
+
+@register
+class Slice(Op):
+    """The part [start, stop) of axis `axis` (a concat's gradient, per input)."""
+    name = "slice"
+
+    def infer(self, node, graph):
+        s = list(graph.t(node.inputs[0]).shape)
+        s[node.attrs["axis"]] = node.attrs["stop"] - node.attrs["start"]
+        return [tuple(s)]
+
+    def sim(self, node, graph, ins, masks=None):
+        a = node.attrs
+        idx = [slice(None)] * ins[0].ndim
+        idx[a["axis"]] = slice(a["start"], a["stop"])
+        return [np.ascontiguousarray(ins[0][tuple(idx)])]
+
+    ref = sim
+
+
+def _shape_grad_attrs(node, graph, grad_op, k=0):
+    x = graph.t(node.inputs[k])
+    if grad_op == "reshape":
+        return dict(shape=x.shape)
+    if grad_op == "transpose":
+        perm = list(node.attrs["perm"])
+        return dict(perm=tuple(perm.index(i) for i in range(len(perm))))
+    ax = node.attrs["axis"]
+    start = sum(graph.t(i).shape[ax] for i in node.inputs[:k])
+    return dict(axis=ax, start=start, stop=start + x.shape[ax])
+
+
+Reshape.uses_mask = False
+Reshape.input_grads = {0: ("reshape", ("dy",))}
+Reshape.grad_attrs = staticmethod(_shape_grad_attrs)
+Transpose.uses_mask = False
+Transpose.input_grads = {0: ("transpose", ("dy",))}
+Transpose.grad_attrs = staticmethod(_shape_grad_attrs)
+Concat.uses_mask = False
+Concat.input_grads = {"*": ("slice", ("dy",))}       # every input: its slice
+Concat.grad_attrs = staticmethod(_shape_grad_attrs)

@@ -1,0 +1,112 @@
+"""Ops of the training graph that belong to no single forward op: the loss,
+the clamp-mask gate, gradient accumulation, broadcast reduction.
+
+All float32; the loop nests are the contract with the C kernels."""
+import numpy as np
+from numba import njit
+
+from ..quant.fmath import softmax_xent
+from . import Op, register
+
+
+@njit(cache=True)
+def _mask_grad_f32(dy, mask, out):
+    for i in range(out.shape[0]):
+        out[i] = dy[i] if mask[i] != 0 else np.float32(0.0)
+
+
+@njit(cache=True)
+def _add_f32(a, b, out):
+    for i in range(out.shape[0]):
+        out[i] = a[i] + b[i]
+
+
+@njit(cache=True)
+def _sum_to_4d_f32(d, out):
+    """out (broadcast to d's shape) receives the sum of d, d in memory order."""
+    out[:] = np.float32(0.0)
+    for n in range(d.shape[0]):
+        a = n if out.shape[0] > 1 else 0
+        for h in range(d.shape[1]):
+            b = h if out.shape[1] > 1 else 0
+            for w in range(d.shape[2]):
+                c_ = w if out.shape[2] > 1 else 0
+                for c in range(d.shape[3]):
+                    out[a, b, c_, c if out.shape[3] > 1 else 0] += d[n, h, w, c]
+
+
+def to4d(a):
+    return a.reshape((1,) * (4 - a.ndim) + a.shape)
+
+
+@register
+class MaskGrad(Op):
+    """dpre = dy where the forward value was inside its clamp range, else 0."""
+    name = "mask_grad"
+
+    def infer(self, node, graph):
+        return [graph.t(node.inputs[0]).shape]
+
+    def sim(self, node, graph, ins, masks=None):
+        dy = np.ascontiguousarray(ins[0], np.float32)
+        out = np.empty(dy.size, np.float32)
+        _mask_grad_f32(dy.reshape(-1), np.ascontiguousarray(ins[1]).reshape(-1), out)
+        return [out.reshape(dy.shape)]
+
+
+@register
+class GradAdd(Op):
+    """Two gradient contributions to one tensor (a tensor read twice, e.g. a residual)."""
+    name = "grad_add"
+
+    def infer(self, node, graph):
+        return [graph.t(node.inputs[0]).shape]
+
+    def sim(self, node, graph, ins, masks=None):
+        a = np.ascontiguousarray(ins[0]).reshape(-1)
+        out = np.empty(a.size, np.float32)
+        _add_f32(a, np.ascontiguousarray(ins[1]).reshape(-1), out)
+        return [out.reshape(ins[0].shape)]
+
+
+@register
+class SumTo(Op):
+    """The gradient of a broadcast: sum d over the axes where `shape` is 1."""
+    name = "sum_to"
+
+    def infer(self, node, graph):
+        return [tuple(node.attrs["shape"])]
+
+    def sim(self, node, graph, ins, masks=None):
+        d = ins[0]
+        shape = (d.shape[0],) + tuple(node.attrs["shape"][1:])      # activations always carry the batch
+        out = np.empty(shape, np.float32)
+        _sum_to_4d_f32(to4d(np.ascontiguousarray(d)), to4d(out))
+        return [out]
+
+
+@register
+class SoftmaxXent(Op):
+    """loss = cross-entropy of softmax(logits) with the label; dlogits = softmax - onehot.
+
+    Inputs: the logits (int8, dequantized here with their scale, or float32 from a
+    float classifier) and the label (int32 [N]).  Outputs: loss [N], dlogits."""
+    name = "softmax_xent"
+
+    def infer(self, node, graph):
+        lg = graph.t(node.inputs[0]).shape
+        return [(lg[0],), lg]
+
+    def sim(self, node, graph, ins, masks=None):
+        logits, label = ins
+        t = graph.t(node.inputs[0])
+        if t.dtype == "int8":
+            z = (np.float32(t.q.scale) * (logits.astype(np.int32) - np.int32(t.q.zero_point)).astype(np.float32))
+        else:
+            z = logits
+        z = np.ascontiguousarray(z, np.float32).reshape(logits.shape[0], -1)
+        loss = np.empty(z.shape[0], np.float32)
+        grad = np.empty_like(z)
+        for n in range(z.shape[0]):
+            loss[n] = softmax_xent(z[n], np.int32(label[n]), grad[n])
+        return [loss, grad.reshape(logits.shape)]

@@ -1,0 +1,111 @@
+"""SGD updates, applied in place as soon as a parameter's gradient exists.
+
+Quantization-aware scaling (QAS): the int8 weight w_q = w / s_w has the
+gradient s_w G_w; QAS multiplies it by s_w^-2, so the integer step is
+lr * G_w / s_w, i.e. the float weight moves by lr * G_w, as in float training.
+For the int32 bias (scale s_w s_x) the step is lr * G_b / (s_w s_x).  Without
+QAS the steps are lr * G_w * s_w and lr * G_b * s_w s_x.  The per-channel
+factor (1/s or s) is computed at compile time.
+
+Steps smaller than one quantization step must not vanish:
+  stochastic  w -= floor(step + u), u uniform in [0, 1) from the shared PRNG
+              (one draw per updated element, in memory order): unbiased, no memory
+  shadow      int16 shadow weights with 8 fraction bits: sh -= round(256 step),
+              w = round(sh / 256): deterministic, 2 bytes more per trained weight
+Weights saturate at [-127, 127], biases at the int32 limits.
+"""
+import numpy as np
+from numba import njit
+
+from ..quant.fixedpoint import asr64, sat_s32
+from ..quant.prng import prng_uniform
+from . import Op, register
+
+STEP_LIMIT = np.float32(1 << 20)
+
+
+@njit(cache=True)
+def _clip_step(step):
+    if step > STEP_LIMIT:
+        return STEP_LIMIT
+    if step < -STEP_LIMIT:
+        return -STEP_LIMIT
+    return step
+
+
+@njit(cache=True)
+def _sgd_s8_stochastic(w, g, factor, lr, state):
+    """w[co, ..., :k] -= floor((g * factor[co]) * lr + u)."""
+    co_n = g.shape[0]
+    inner = g.shape[1] * g.shape[2] * g.shape[3] if g.ndim == 4 else g.shape[1]
+    g2 = g.reshape(co_n, inner)
+    w2 = w.reshape(w.shape[0], -1)
+    k_n = g.shape[-1]
+    w_k = w.shape[-1]
+    for co in range(co_n):
+        for i in range(inner):
+            step = _clip_step((g2[co, i] * factor[co]) * lr)
+            d = np.int32(np.floor(step + prng_uniform(state)))
+            j = (i // k_n) * w_k + (i % k_n)
+            v = np.int32(w2[co, j]) - d
+            w2[co, j] = np.int8(max(-127, min(127, v)))
+
+
+@njit(cache=True)
+def _sgd_s8_shadow(w, sh, g, factor, lr):
+    """sh -= round(256 step); w = round(sh / 256) (sh has 8 fraction bits)."""
+    co_n = g.shape[0]
+    inner = g.shape[1] * g.shape[2] * g.shape[3] if g.ndim == 4 else g.shape[1]
+    g2 = g.reshape(co_n, inner)
+    w2 = w.reshape(w.shape[0], -1)
+    s2 = sh.reshape(sh.shape[0], -1)
+    k_n = g.shape[-1]
+    w_k = w.shape[-1]
+    for co in range(co_n):
+        for i in range(inner):
+            step = _clip_step((g2[co, i] * factor[co]) * lr)
+            d = np.int32(np.floor(step * np.float32(256.0) + np.float32(0.5)))
+            j = (i // k_n) * w_k + (i % k_n)
+            v = max(-127 * 256, min(127 * 256, np.int32(s2[co, j]) - d))
+            s2[co, j] = np.int16(v)
+            w2[co, j] = np.int8(max(-127, min(127, np.int32(asr64(np.int64(v) + np.int64(128), 8)))))
+
+
+@njit(cache=True)
+def _sgd_s32_stochastic(b, g, factor, lr, state):
+    for c in range(g.shape[0]):
+        step = _clip_step((g[c] * factor[c]) * lr)
+        d = np.int64(np.floor(step + prng_uniform(state)))
+        b[c] = sat_s32(np.int64(b[c]) - d)
+
+
+@njit(cache=True)
+def _sgd_f32(w, g, lr):
+    wf, gf = w.reshape(-1), g.reshape(-1)
+    for i in range(gf.shape[0]):
+        wf[i] = wf[i] - gf[i] * lr
+
+
+@register
+class SgdUpdate(Op):
+    """In place: parameter (input 0, a constant that lives in SRAM) -= its gradient (input 1)."""
+    name = "sgd_update"
+    side_effect = True
+
+    def infer(self, node, graph):
+        return []
+
+    def apply(self, node, graph, grad, ctx):
+        p = graph.t(node.inputs[0])
+        lr = np.float32(ctx.lr)
+        if p.dtype == "float32":
+            _sgd_f32(p.data, grad, lr)
+        elif p.dtype == "int32":
+            _sgd_s32_stochastic(p.data, grad, node.attrs["factor"], lr, ctx.prng)
+        elif ctx.rounding == "shadow":
+            sh = ctx.shadow.get(p.id)
+            if sh is None:
+                sh = ctx.shadow[p.id] = (p.data.astype(np.int16) * np.int16(256)).astype(np.int16)
+            _sgd_s8_shadow(p.data, sh, grad, node.attrs["factor"], lr)
+        else:
+            _sgd_s8_stochastic(p.data, grad, node.attrs["factor"], lr, ctx.prng)

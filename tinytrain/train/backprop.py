@@ -1,0 +1,91 @@
+"""Backprop training of the int8 graph in the simulator, one sample per step
+(the device's batch 1), bit-exact with the C runtime by construction."""
+import numpy as np
+
+from ..compiler.errors import TinytrainError
+from ..compiler.ops import get_op
+from ..compiler.quant.prng import prng_seed
+from ..sim.simulator import Simulator
+
+
+class TrainContext:
+    """Run-time hyper-parameters and state that the update ops read."""
+
+    def __init__(self, lr, rounding="stochastic", seed=0):
+        if rounding not in ("stochastic", "shadow"):
+            raise TinytrainError(f"unknown rounding '{rounding}' (stochastic or shadow)", field="rounding")
+        if not (np.isfinite(lr) and lr > 0):
+            raise TinytrainError(f"learning rate {lr} must be a positive number", field="lr")
+        self.lr = np.float32(lr)
+        self.rounding = rounding
+        self.prng = np.zeros(1, np.uint32)
+        prng_seed(self.prng, np.uint32(seed))
+        self.shadow = {}
+        self.skipped = 0            # steps or updates skipped by the divergence guard
+
+
+class BackpropTrainer:
+    def __init__(self, train_graph, lr=0.01, rounding="stochastic", seed=0):
+        self.graph = train_graph
+        self.ctx = TrainContext(lr, rounding, seed)
+        fwd = set(train_graph.meta["training"]["forward"])
+        self.forward_nodes = [n for n in train_graph.nodes if n.id in fwd]
+        self.sim = _ForwardView(train_graph, self.forward_nodes)
+        self.steps = 0
+
+    def step(self, x_onnx, label):
+        """One sample: forward, loss, backward with in-place updates.  -> (loss, logits)"""
+        g = self.graph
+        xq = self.sim.quantize_input(np.asarray(x_onnx, np.float32)[None] if np.ndim(x_onnx) ==
+                                     len(g.meta["input_shape"]) - 1 else x_onnx)
+        n_cls = g.t(g.outputs[0]).shape[-1]
+        label = int(label)
+        if not 0 <= label < n_cls:
+            raise TinytrainError(f"label {label} is outside the model's {n_cls} classes", field="y")
+        env = {g.inputs[0]: xq, g.inputs[1]: np.array([label], np.int32)}
+        masks = {}
+        loss = None
+        for node in g.nodes:
+            op = get_op(node.op)
+            ins = [env[i] if i in env else g.t(i).data for i in node.inputs]
+            if op.side_effect:
+                grad = ins[1]
+                if not np.all(np.isfinite(grad)):
+                    self.ctx.skipped += 1
+                    continue
+                op.apply(node, g, grad, self.ctx)
+                continue
+            outs = op.sim(node, g, ins, masks if node.attrs.get("keep_mask") else None)
+            if node.attrs.get("keep_mask"):
+                outs = list(outs) + [masks[node.id]]
+            for o, v in zip(node.outputs, outs):
+                env[o] = v
+            if node.op == "softmax_xent":
+                loss = float(outs[0][0])
+                if not np.isfinite(loss):
+                    self.ctx.skipped += 1           # divergence guard: no update this step
+                    break
+        self.steps += 1
+        return loss, env[g.outputs[0]]
+
+    def evaluate(self, x, y, batch=256):
+        pred = self.sim.predict(x, batch)
+        return float(np.mean(pred == np.asarray(y)))
+
+
+class _ForwardView(Simulator):
+    """The forward part of a training graph, run with the current weights."""
+
+    def __init__(self, graph, nodes):
+        self.graph = graph
+        self.nodes = nodes
+
+    def run_int8(self, xq, keep=False, masks=None):
+        g = self.graph
+        env = {g.inputs[0]: np.ascontiguousarray(xq, dtype=np.int8)}
+        for node in self.nodes:
+            ins = [env[i] if i in env else g.t(i).data for i in node.inputs]
+            for o, v in zip(node.outputs, get_op(node.op).sim(node, g, ins, masks)):
+                env[o] = v
+        outs = [env[g.outputs[0]]]
+        return (outs, env) if keep else outs
