@@ -90,6 +90,51 @@ def cmd_quantize(args):
     return 0
 
 
+def cmd_train(args):
+    from .api import load, quantize, save
+    from .compiler.pipeline import training_graph
+    from .compiler.passes.autodiff import strip_training
+    from .compiler.scheme import resolve
+    from .data import load_dataset
+    from .train.backprop import BackpropTrainer
+    from .train.loop import fit
+    g = load(args.model, args.input_shape)
+    shape = g.meta["input_shape"]
+    x, y = load_dataset(args.data, shape, need_labels=True)
+    test = load_dataset(args.test, shape, need_labels=True) if args.test else None
+    if g.t(g.inputs[0]).dtype != "int8":
+        cx = load_dataset(args.calib, shape)[0] if args.calib else x
+        g = quantize(g, cx[:500])
+    n_cls = g.t(g.outputs[0]).shape[-1]
+    for name, labels in (("--data", y), ("--test", None if test is None else test[1])):
+        if labels is not None and (labels.min() < 0 or labels.max() >= n_cls):
+            raise TinytrainError(f"{name} has labels outside the model's {n_cls} classes", field="y")
+    scheme = resolve(g, args.update)
+    tg = training_graph(g, scheme, qas=not args.no_qas)
+    trainer = BackpropTrainer(tg, lr=args.lr, rounding=args.rounding, seed=args.seed)
+    rows = scheme.describe(g)
+    print(f"update scheme '{scheme.name}': {sum(1 for r in rows if r[3] != '-')} weight tensors, "
+          f"{sum(1 for r in rows if r[4] == 'yes')} biases of {len(rows)} layers; QAS {'off' if args.no_qas else 'on'}, "
+          f"{args.rounding} rounding, lr {args.lr}")
+    report = {"model": str(args.model), "scheme": scheme.name, "lr": args.lr, "qas": not args.no_qas,
+              "rounding": args.rounding, "seed": args.seed}
+    if test is not None:
+        report["test_accuracy_before"] = trainer.evaluate(*test)
+        print(f"test accuracy before training: {100 * report['test_accuracy_before']:.2f}%")
+    report["history"] = fit(trainer, x, y, epochs=args.epochs, seed=args.seed, test=test,
+                            progress=not args.quiet, out=sys.stdout)
+    report["skipped_updates"] = trainer.ctx.skipped
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    path = save(strip_training(tg), out / (Path(args.model).name.split(".")[0] + ".trained.tt.npz"))
+    report["trained_model"] = str(path)
+    (out / "train_report.json").write_text(json.dumps(report, indent=1))
+    print(f"trained int8 model: {path}")
+    if test is not None:
+        print(f"test accuracy after training: {100 * report['history'][-1]['test_accuracy']:.2f}%")
+    return 0
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="tinytrain", description="On-device training compiler for int8 models.")
     p.add_argument("--version", action="version", version=f"tinytrain {__version__}")
@@ -112,6 +157,25 @@ def build_parser():
     s.add_argument("--input-shape", type=_shape, help="override the input shape, e.g. 1,3,32,32")
     s.add_argument("-o", "--output", required=True, help="output folder")
     s.set_defaults(func=cmd_quantize)
+
+    s = sub.add_parser("train", help="train the int8 model on labelled data (sparse update, QAS)")
+    s.add_argument("model", help="model.onnx (quantized on --calib or --data first) or an int8 .tt.npz")
+    s.add_argument("--data", required=True, help="labelled training data (.npz with x and y, or .csv)")
+    s.add_argument("--test", help="labelled test data, evaluated before and after every epoch")
+    s.add_argument("--calib", help="calibration samples for a float model (default: the training data)")
+    s.add_argument("--update", default="sparse",
+                   help="full, bias, classifier, sparse, last-<k>, or a scheme.json (default sparse)")
+    s.add_argument("--epochs", type=int, default=1)
+    s.add_argument("--lr", type=float, default=0.05)
+    s.add_argument("--rounding", choices=["stochastic", "shadow"], default="stochastic",
+                   help="how int8 updates below one step survive (default stochastic)")
+    s.add_argument("--no-qas", action="store_true", help="turn quantization-aware scaling off (for comparison)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--backend", choices=["sim"], default="sim", help="sim: the bit-exact numba simulator")
+    s.add_argument("--input-shape", type=_shape, help="override the input shape, e.g. 1,3,32,32")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("-o", "--output", required=True, help="output folder")
+    s.set_defaults(func=cmd_train)
     return p
 
 

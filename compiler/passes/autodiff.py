@@ -93,3 +93,22 @@ def autodiff(graph, qas=True):
     g.meta["training"] = {"qas": bool(qas), "forward": [n.id for n in forward],
                           "blocked": {int(t): n.name for t, n in blocked.items()}}
     return g
+
+
+def strip_training(train_graph):
+    """The inference graph inside a training graph, with the current (trained)
+    weights: forward nodes only, no masks, no label."""
+    g = train_graph.copy()
+    fwd = set(g.meta["training"]["forward"])
+    g.nodes = [n for n in g.nodes if n.id in fwd]
+    for n in g.nodes:
+        if n.attrs.pop("keep_mask", False):
+            n.outputs = n.outputs[:1]
+    g.inputs = g.inputs[:1]
+    g.outputs = g.outputs[:1]
+    for t in g.tensors.values():
+        if t.kind == "const":
+            t.data = t.data.copy()
+    g.meta["trained"] = {k: v for k, v in g.meta.pop("training").items() if k in ("qas", "scheme")}
+    g.remove_unused()
+    return g

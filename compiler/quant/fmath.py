@@ -59,7 +59,8 @@ softmax_xent(logits, label, grad) -> loss
     grad_k = e_k / S,  grad_label -= 1
     loss = logf_tt(S) - (z_label - m)
 e_argmax = expf_tt(0) = 1, so 1 <= S <= K and the loss is >= 0 and finite.
-Logits must be a float32 array of finite values; terms with z_k - m <
+Logits must be a float32 array of finite values with max - min <= FLT_MAX
+(else z_label - m overflows and the loss is +inf); terms with z_k - m <
 EXP_MIN contribute exactly 0.
 """
 import numpy as np

@@ -35,9 +35,23 @@ class BackpropTrainer:
 
     def step(self, x_onnx, label):
         """One sample: forward, loss, backward with in-place updates.  -> (loss, logits)"""
+        env, loss = self._run(x_onnx, label, apply=True)
+        self.steps += 1
+        return loss, env[self.graph.outputs[0]]
+
+    def gradients(self, x_onnx, label):
+        """One sample's forward and backward without updating anything.
+        -> {tensor id: value} for every tensor of the step (activations, masks,
+        gradients; a parameter's gradient is the second input of its sgd_update)."""
+        env, _ = self._run(x_onnx, label, apply=False)
+        return env
+
+    def _run(self, x_onnx, label, apply):
         g = self.graph
-        xq = self.sim.quantize_input(np.asarray(x_onnx, np.float32)[None] if np.ndim(x_onnx) ==
-                                     len(g.meta["input_shape"]) - 1 else x_onnx)
+        x = np.asarray(x_onnx, np.float32)
+        if x.ndim == len(g.meta["input_shape"]) - 1:
+            x = x[None]
+        xq = self.sim.quantize_input(x)
         n_cls = g.t(g.outputs[0]).shape[-1]
         label = int(label)
         if not 0 <= label < n_cls:
@@ -49,11 +63,12 @@ class BackpropTrainer:
             op = get_op(node.op)
             ins = [env[i] if i in env else g.t(i).data for i in node.inputs]
             if op.side_effect:
-                grad = ins[1]
-                if not np.all(np.isfinite(grad)):
-                    self.ctx.skipped += 1
+                if not apply:
                     continue
-                op.apply(node, g, grad, self.ctx)
+                if not np.all(np.isfinite(ins[1])):
+                    self.ctx.skipped += 1            # divergence guard: this update is skipped
+                    continue
+                op.apply(node, g, ins[1], self.ctx)
                 continue
             outs = op.sim(node, g, ins, masks if node.attrs.get("keep_mask") else None)
             if node.attrs.get("keep_mask"):
@@ -65,8 +80,7 @@ class BackpropTrainer:
                 if not np.isfinite(loss):
                     self.ctx.skipped += 1           # divergence guard: no update this step
                     break
-        self.steps += 1
-        return loss, env[g.outputs[0]]
+        return env, loss
 
     def evaluate(self, x, y, batch=256):
         pred = self.sim.predict(x, batch)

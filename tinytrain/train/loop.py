@@ -1,0 +1,40 @@
+"""The training loop shared by the CLI and the Python API: epochs over a data
+set, a progress line, evaluation, a history."""
+import sys
+import time
+
+import numpy as np
+
+
+def fit(trainer, x, y, epochs=1, seed=0, test=None, progress=True, out=sys.stderr, limit=0):
+    """Train `trainer` (step(x, label) -> (loss, logits)) on (x, y) for `epochs`.
+    -> history: one dict per epoch (loss, train accuracy, test accuracy, seconds)."""
+    rng = np.random.default_rng(seed)
+    history = []
+    n = len(x) if not limit else min(limit, len(x))
+    tty = progress and hasattr(out, "isatty") and out.isatty()
+    for ep in range(epochs):
+        t0 = time.perf_counter()
+        order = rng.permutation(len(x))[:n]
+        loss_sum, correct, seen = 0.0, 0, 0
+        for k, i in enumerate(order):
+            loss, logits = trainer.step(x[i], y[i])
+            if loss is not None and np.isfinite(loss):
+                loss_sum += loss
+                seen += 1
+            correct += int(np.argmax(logits.reshape(-1)) == y[i])
+            if progress and (tty or (k + 1) % max(1, n // 4) == 0 or k + 1 == n):
+                bar = "#" * int(30 * (k + 1) / n)
+                line = (f"epoch {ep + 1}/{epochs} [{bar:<30}] {k + 1}/{n}  loss {loss_sum / max(seen, 1):.4f}  "
+                        f"acc {100 * correct / (k + 1):.1f}%")
+                print(("\r" + line) if tty else line, end="" if tty else "\n", file=out, flush=True)
+        if tty:
+            print(file=out)
+        rec = {"epoch": ep + 1, "loss": loss_sum / max(seen, 1), "train_accuracy": correct / n,
+               "seconds": time.perf_counter() - t0}
+        if test is not None:
+            rec["test_accuracy"] = trainer.evaluate(*test)
+            if progress:
+                print(f"epoch {ep + 1}: test accuracy {100 * rec['test_accuracy']:.2f}%", file=out)
+        history.append(rec)
+    return history
