@@ -13,6 +13,7 @@ from .passes.absorb_transpose import absorb_transpose
 from .passes.autodiff import autodiff
 from .passes.prune import prune
 from .passes.calibrate import calibrate
+from .passes.float_head import float_head
 from .passes.fold_affine import fold_affine
 from .passes.fuse_activation import fuse_activation
 from .passes.quantize import quantize
@@ -35,18 +36,32 @@ def load(path, input_shape=None):
     return g
 
 
-def quantize_graph(graph, calib_x, method="minmax", percentile=99.99):
-    """Float IR + calibration samples (ONNX input layout) -> verified int8 IR."""
+def quantize_graph(graph, calib_x, method="minmax", percentile=99.99, output_range=None):
+    """Float IR + calibration samples (ONNX input layout) -> verified int8 IR.
+
+    output_range=(lo, hi) fixes the logits' range instead of calibrating it: a
+    model that will be trained (a new classifier head) needs room for logits
+    larger than the ones it produces before training."""
     ranges = calibrate(graph, calib_x, method=method, percentile=percentile)
+    if output_range is not None:
+        lo, hi = (float(v) for v in output_range)
+        if not lo < 0 < hi:
+            from .errors import TinytrainError
+            raise TinytrainError(f"output range {output_range} must contain 0", field="output_range")
+        ranges[graph.outputs[0]] = (lo, hi)
     info = {"method": method, "samples": int(len(np.asarray(calib_x)))}
+    if output_range is not None:
+        info["output_range"] = [lo, hi]
     if method == "percentile":
         info["percentile"] = percentile
     return verify(quantize(graph, ranges, info), "quantize")
 
 
-def training_graph(graph_int8, update="sparse", qas=True):
+def training_graph(graph_int8, update="sparse", qas=True, float_classifier=False):
     """int8 IR -> verified training graph for an update scheme (preset name,
-    JSON path, dict or Scheme)."""
+    JSON path, dict or Scheme); optionally with a float32 classifier."""
     scheme = resolve_scheme(graph_int8, update)
+    if float_classifier:
+        graph_int8 = verify(float_head(graph_int8), "float_head")
     g = verify(autodiff(graph_int8, qas=qas), "autodiff")
     return verify(prune(g, scheme), "prune")

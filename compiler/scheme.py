@@ -29,7 +29,7 @@ PRESETS = ("full", "bias", "classifier", "sparse", "last-<k>")
 
 
 def weighted_layers(graph):
-    return [n for n in graph.nodes if n.op in ("conv2d", "fully_connected")]
+    return [n for n in graph.nodes if n.op in ("conv2d", "fully_connected", "fully_connected_f32")]
 
 
 def is_depthwise(graph, node):

@@ -19,11 +19,12 @@ def load(path, input_shape=None):
     return _load(path, input_shape)
 
 
-def quantize(model, calib_x, method="minmax", percentile=99.99):
-    """Post-training int8 quantization calibrated on calib_x (ONNX input layout)."""
+def quantize(model, calib_x, method="minmax", percentile=99.99, output_range=None):
+    """Post-training int8 quantization calibrated on calib_x (ONNX input layout).
+    output_range=(lo, hi) fixes the logits' range (room to grow during training)."""
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         model = load(model)
-    return quantize_graph(model, calib_x, method=method, percentile=percentile)
+    return quantize_graph(model, calib_x, method=method, percentile=percentile, output_range=output_range)
 
 
 def save(graph, path):

@@ -104,20 +104,20 @@ def cmd_train(args):
     test = load_dataset(args.test, shape, need_labels=True) if args.test else None
     if g.t(g.inputs[0]).dtype != "int8":
         cx = load_dataset(args.calib, shape)[0] if args.calib else x
-        g = quantize(g, cx[:500])
+        g = quantize(g, cx[:500], output_range=(-args.logit_range, args.logit_range))
     n_cls = g.t(g.outputs[0]).shape[-1]
     for name, labels in (("--data", y), ("--test", None if test is None else test[1])):
         if labels is not None and (labels.min() < 0 or labels.max() >= n_cls):
             raise TinytrainError(f"{name} has labels outside the model's {n_cls} classes", field="y")
     scheme = resolve(g, args.update)
-    tg = training_graph(g, scheme, qas=not args.no_qas)
+    tg = training_graph(g, scheme, qas=not args.no_qas, float_classifier=args.float_classifier)
     trainer = BackpropTrainer(tg, lr=args.lr, rounding=args.rounding, seed=args.seed)
     rows = scheme.describe(g)
     print(f"update scheme '{scheme.name}': {sum(1 for r in rows if r[3] != '-')} weight tensors, "
           f"{sum(1 for r in rows if r[4] == 'yes')} biases of {len(rows)} layers; QAS {'off' if args.no_qas else 'on'}, "
           f"{args.rounding} rounding, lr {args.lr}")
     report = {"model": str(args.model), "scheme": scheme.name, "lr": args.lr, "qas": not args.no_qas,
-              "rounding": args.rounding, "seed": args.seed}
+              "rounding": args.rounding, "seed": args.seed, "float_classifier": args.float_classifier}
     if test is not None:
         report["test_accuracy_before"] = trainer.evaluate(*test)
         print(f"test accuracy before training: {100 * report['test_accuracy_before']:.2f}%")
@@ -170,6 +170,10 @@ def build_parser():
     s.add_argument("--rounding", choices=["stochastic", "shadow"], default="stochastic",
                    help="how int8 updates below one step survive (default stochastic)")
     s.add_argument("--no-qas", action="store_true", help="turn quantization-aware scaling off (for comparison)")
+    s.add_argument("--float-classifier", action="store_true",
+                   help="keep the last layer in float32 (more accurate updates, 4x its weight memory)")
+    s.add_argument("--logit-range", type=float, default=16.0,
+                   help="a float model's logits are quantized to [-R, R], room to grow while training (default 16)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--backend", choices=["sim"], default="sim", help="sim: the bit-exact numba simulator")
     s.add_argument("--input-shape", type=_shape, help="override the input shape, e.g. 1,3,32,32")

@@ -16,8 +16,11 @@ from ..ops import get_op
 
 
 def _qas_factor(graph, node, k, qas):
-    """Per output channel: QAS 1/s (s = s_w, or s_w s_x for the bias), else s."""
+    """Per output channel: QAS 1/s (s = s_w, or s_w s_x for the bias), else s.
+    Float parameters (a float classifier) need no factor."""
     w = graph.t(node.inputs[1])
+    if w.q is None:
+        return np.ones(w.shape[0], np.float32)
     s = w.q.scale.astype(np.float64)
     if k == 2:
         s = s * float(graph.t(node.inputs[0]).q.scale)

@@ -43,7 +43,7 @@ logf_tt (max error 0.86 ulp, measured exhaustively over all positive floats)
     x = 2^k m,  m in [sqrt(2)/2, sqrt(2)),  f = m - 1 (exact, Sterbenz)
     s = f / (2 + f),  z = s^2,  log(1 + f) = 2 atanh(s) = 2s + s R(z),
     R = z (LG1 + z (LG2 + z (LG3 + z LG4))),  LGi = 2 / (2i + 1)  (Taylor;
-    the truncation error s^11 2/11 < 3e-10 relative is negligible)
+    |s| <= 0.1716, the first omitted term 2 s^11 / 11 < 7e-10 is negligible)
 and 2s is rewritten as f - hfsq + s hfsq with hfsq = f^2 / 2 (fdlibm's
 trick: the large term f is exact, only small terms carry rounding):
     log x = ((((s (hfsq + R)) + k LN2_LO) - hfsq) + f) + k LN2_HI

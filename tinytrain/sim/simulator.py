@@ -51,7 +51,8 @@ class Simulator:
         res = []
         for s in range(0, len(x), batch):
             out = self.run_int8(self.quantize_input(x[s:s + batch]))[0]
-            res.append(self.graph.t(self.graph.outputs[0]).q.dequantize(out))
+            q = self.graph.t(self.graph.outputs[0]).q
+            res.append(out if q is None else q.dequantize(out))      # a float classifier gives float logits
         return np.concatenate(res)
 
     def predict(self, x_onnx, batch=256):
