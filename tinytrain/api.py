@@ -27,8 +27,33 @@ def quantize(model, calib_x, method="minmax", percentile=99.99, output_range=Non
     return quantize_graph(model, calib_x, method=method, percentile=percentile, output_range=output_range)
 
 
+def train(model, x, y, test=None, update="sparse", epochs=1, lr=0.05, qas=True, rounding="stochastic",
+          float_classifier=False, momentum=0.0, accumulate=1, seed=0, calib=None, logit_range=16.0,
+          progress=True):
+    """Train a model on (x, y) in the bit-exact simulator, as the device would.
+
+    model: an ONNX path, a float IR (quantized on `calib` or x first) or an int8 IR.
+    -> (trained int8 IR, history, trainer).  Works in a notebook:
+        qmodel, history, _ = tt.train("model.onnx", x, y, test=(tx, ty), update="sparse", epochs=2)
+    """
+    import sys
+
+    from .compiler.passes.autodiff import strip_training
+    from .compiler.pipeline import training_graph
+    from .train.backprop import BackpropTrainer
+    from .train.loop import fit
+    if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        model = load(model)
+    if model.t(model.inputs[0]).dtype != "int8":
+        model = quantize(model, (x if calib is None else calib)[:500], output_range=(-logit_range, logit_range))
+    tg = training_graph(model, update, qas=qas, float_classifier=float_classifier)
+    trainer = BackpropTrainer(tg, lr=lr, rounding=rounding, seed=seed, momentum=momentum, accumulate=accumulate)
+    history = fit(trainer, x, y, epochs=epochs, seed=seed, test=test, progress=progress, out=sys.stdout)
+    return strip_training(tg), history, trainer
+
+
 def save(graph, path):
     return serialize.save(graph, path)
 
 
-__all__ = ["load", "quantize", "save", "Simulator"]
+__all__ = ["load", "quantize", "train", "save", "Simulator"]

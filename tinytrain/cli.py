@@ -111,7 +111,8 @@ def cmd_train(args):
             raise TinytrainError(f"{name} has labels outside the model's {n_cls} classes", field="y")
     scheme = resolve(g, args.update)
     tg = training_graph(g, scheme, qas=not args.no_qas, float_classifier=args.float_classifier)
-    trainer = BackpropTrainer(tg, lr=args.lr, rounding=args.rounding, seed=args.seed)
+    trainer = BackpropTrainer(tg, lr=args.lr, rounding=args.rounding, seed=args.seed, momentum=args.momentum,
+                              accumulate=args.accumulate)
     rows = scheme.describe(g)
     print(f"update scheme '{scheme.name}': {sum(1 for r in rows if r[3] != '-')} weight tensors, "
           f"{sum(1 for r in rows if r[4] == 'yes')} biases of {len(rows)} layers; QAS {'off' if args.no_qas else 'on'}, "
@@ -122,7 +123,7 @@ def cmd_train(args):
         report["test_accuracy_before"] = trainer.evaluate(*test)
         print(f"test accuracy before training: {100 * report['test_accuracy_before']:.2f}%")
     report["history"] = fit(trainer, x, y, epochs=args.epochs, seed=args.seed, test=test,
-                            progress=not args.quiet, out=sys.stdout)
+                            progress=not args.quiet, out=sys.stdout, limit=args.max_samples)
     report["skipped_updates"] = trainer.ctx.skipped
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -174,6 +175,9 @@ def build_parser():
                    help="keep the last layer in float32 (more accurate updates, 4x its weight memory)")
     s.add_argument("--logit-range", type=float, default=16.0,
                    help="a float model's logits are quantized to [-R, R], room to grow while training (default 16)")
+    s.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (default 0: TTE found it hurts at batch 1)")
+    s.add_argument("--accumulate", type=int, default=1, help="average the gradients of N samples per update")
+    s.add_argument("--max-samples", type=int, default=0, help="use at most N training samples per epoch")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--backend", choices=["sim"], default="sim", help="sim: the bit-exact numba simulator")
     s.add_argument("--input-shape", type=_shape, help="override the input shape, e.g. 1,3,32,32")

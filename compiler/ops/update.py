@@ -96,8 +96,27 @@ class SgdUpdate(Op):
         return []
 
     def apply(self, node, graph, grad, ctx):
+        """Momentum (v = mu v + g, in float32) and gradient accumulation over
+        ctx.accumulate samples (the mean is applied on the last one) happen here,
+        in front of the in-place step."""
         p = graph.t(node.inputs[0])
         lr = np.float32(ctx.lr)
+        if ctx.accumulate > 1:
+            acc = ctx.accum.get(node.id)
+            if acc is None:
+                acc = ctx.accum[node.id] = np.zeros_like(grad)
+            acc += grad
+            if ctx.phase != ctx.accumulate - 1:
+                return
+            grad = acc * np.float32(1.0 / ctx.accumulate)
+            acc[:] = np.float32(0.0)
+        if ctx.momentum:
+            v = ctx.velocity.get(node.id)
+            if v is None:
+                v = ctx.velocity[node.id] = np.zeros_like(grad)
+            v *= np.float32(ctx.momentum)
+            v += grad
+            grad = v
         if p.dtype == "float32":
             _sgd_f32(p.data, grad, lr)
         elif p.dtype == "int32":

@@ -11,7 +11,7 @@ from ..sim.simulator import Simulator
 class TrainContext:
     """Run-time hyper-parameters and state that the update ops read."""
 
-    def __init__(self, lr, rounding="stochastic", seed=0):
+    def __init__(self, lr, rounding="stochastic", seed=0, momentum=0.0, accumulate=1):
         if rounding not in ("stochastic", "shadow"):
             raise TinytrainError(f"unknown rounding '{rounding}' (stochastic or shadow)", field="rounding")
         if not (np.isfinite(lr) and lr > 0):
@@ -22,12 +22,21 @@ class TrainContext:
         prng_seed(self.prng, np.uint32(seed))
         self.shadow = {}
         self.skipped = 0            # steps or updates skipped by the divergence guard
+        if not 0.0 <= momentum < 1.0:
+            raise TinytrainError(f"momentum {momentum} must be in [0, 1)", field="momentum")
+        if int(accumulate) < 1:
+            raise TinytrainError(f"accumulate {accumulate} must be >= 1", field="accumulate")
+        self.momentum = float(momentum)
+        self.velocity = {}
+        self.accumulate = int(accumulate)
+        self.accum = {}
+        self.phase = 0              # which sample of an accumulation group this step is
 
 
 class BackpropTrainer:
-    def __init__(self, train_graph, lr=0.01, rounding="stochastic", seed=0):
+    def __init__(self, train_graph, lr=0.01, rounding="stochastic", seed=0, momentum=0.0, accumulate=1):
         self.graph = train_graph
-        self.ctx = TrainContext(lr, rounding, seed)
+        self.ctx = TrainContext(lr, rounding, seed, momentum, accumulate)
         fwd = set(train_graph.meta["training"]["forward"])
         self.forward_nodes = [n for n in train_graph.nodes if n.id in fwd]
         self.sim = _ForwardView(train_graph, self.forward_nodes)
@@ -37,6 +46,7 @@ class BackpropTrainer:
         """One sample: forward, loss, backward with in-place updates.  -> (loss, logits)"""
         env, loss = self._run(x_onnx, label, apply=True)
         self.steps += 1
+        self.ctx.phase = self.steps % self.ctx.accumulate
         return loss, env[self.graph.outputs[0]]
 
     def gradients(self, x_onnx, label):
