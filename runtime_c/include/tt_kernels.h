@@ -3,7 +3,7 @@
  * @brief tinytrain's portable C99 kernels: the int8 forward, the float32
  *        backward, the in-place SGD updates.
  *
- * Every kernel mirrors a numba kernel of the simulator (compiler/ops/*.py,
+ * Every kernel mirrors a numba kernel of the simulator (compiler/ops, one .py per op family,
  * named in each comment) loop nest by loop nest, so that integer results are
  * identical and float results are identical bit for bit (same operations in
  * the same order; build with -ffp-contract=off, never -ffast-math).
