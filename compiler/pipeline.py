@@ -65,3 +65,16 @@ def training_graph(graph_int8, update="sparse", qas=True, float_classifier=False
         graph_int8 = verify(float_head(graph_int8), "float_head")
     g = verify(autodiff(graph_int8, qas=qas), "autodiff")
     return verify(prune(g, scheme), "prune")
+
+
+def compile_graph(graph_int8, out, name="model", update="sparse", qas=True, float_classifier=False,
+                  rounding="stochastic", sram=None, in_place=True):
+    """int8 IR -> training graph -> memory plan (checked against `sram` bytes) -> C.
+    -> (training graph, plan, facts)"""
+    from .codegen.emit_c import emit
+    from .passes.plan_memory import check_budget, plan_memory
+    tg = training_graph(graph_int8, update, qas=qas, float_classifier=float_classifier)
+    plan = plan_memory(tg, in_place=in_place)
+    check_budget(tg, plan, sram)
+    facts = emit(tg, plan, out, name=name, rounding=rounding)
+    return tg, plan, facts

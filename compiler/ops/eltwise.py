@@ -161,3 +161,34 @@ Add.grad_attrs = staticmethod(_add_grad_attrs)
 Mul.uses_mask = True
 Mul.input_grads = {0: ("mul_grad", ("dpre", "in1")), 1: ("mul_grad", ("dpre", "in0"))}
 Mul.grad_attrs = staticmethod(_mul_grad_attrs)
+
+
+# C emitters.
+
+def _emit_add(self, node, g, e):
+    a = node.attrs
+    x1, x2, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    e.line(f"tt_add_s8({e.dims(g.t(y).shape)}, {e.dims(g.t(x1).shape)}, {e.ptr(x1)}, {a['z1']}, {a['m1']}, "
+           f"{a['s1']}, {e.dims(g.t(x2).shape)}, {e.ptr(x2)}, {a['z2']}, {a['m2']}, {a['s2']}, {a['left_shift']}, "
+           f"{a['mult']}, {a['shift']}, {a['out_zp']}, {a['act_min']}, {a['act_max']}, {e.ptr(y)}, {e.mask(node)});")
+
+
+def _emit_mul(self, node, g, e):
+    a = node.attrs
+    x1, x2, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    e.line(f"tt_mul_s8({e.dims(g.t(y).shape)}, {e.dims(g.t(x1).shape)}, {e.ptr(x1)}, {a['z1']}, "
+           f"{e.dims(g.t(x2).shape)}, {e.ptr(x2)}, {a['z2']}, {a['mult']}, {a['shift']}, {a['out_zp']}, "
+           f"{a['act_min']}, {a['act_max']}, {e.ptr(y)}, {e.mask(node)});")
+
+
+def _emit_mul_grad(self, node, g, e):
+    from ..codegen.emit_c import c_float
+    a = node.attrs
+    d, other, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    e.line(f"tt_mul_grad_f32({e.dims(g.t(d).shape)}, {e.ptr(d)}, {e.dims(g.t(other).shape)}, {e.ptr(other)}, "
+           f"{a['o_zp']}, {c_float(a['o_scale'])}, {e.dims(g.t(y).shape)}, {e.ptr(y)});")
+
+
+Add.emit_c = _emit_add
+Mul.emit_c = _emit_mul
+MulGrad.emit_c = _emit_mul_grad

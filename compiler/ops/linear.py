@@ -209,3 +209,54 @@ class FcF32GradInput(Op):
         dx = np.empty((ins[0].shape[0], node.attrs["x_shape"][1]), np.float32)
         _fc_f32_grad_input(ins[0], graph.t(node.inputs[1]).data, dx)
         return [dx]
+
+
+# C emitters.
+
+def _emit_fc(self, node, g, e):
+    a = node.attrs
+    x, w, b, y = node.inputs[0], node.inputs[1], node.inputs[2], node.outputs[0]
+    m, k = g.t(w).shape
+    q = e.struct("tt_quant_params", (a["in_zp"], a["out_zp"], a["act_min"], a["act_max"]))
+    e.line(f"tt_fully_connected_s8({q}, {e.array('mult', a['mult'], 'int32_t')}, "
+           f"{e.array('shift', a['shift'], 'int32_t')}, 1, {k}, {m}, {e.ptr(x)}, {e.ptr(w)}, {e.ptr(b)}, "
+           f"{e.ptr(y)}, {e.mask(node)});")
+
+
+def _emit_fc_f32(self, node, g, e):
+    from ..codegen.emit_c import c_float
+    x, w, b, y = node.inputs[0], node.inputs[1], node.inputs[2], node.outputs[0]
+    m, k = g.t(w).shape
+    q = g.t(x).q
+    e.line(f"tt_fully_connected_f32(1, {k}, {m}, {e.ptr(x)}, {int(q.zero_point)}, {c_float(q.scale)}, "
+           f"{e.ptr(w)}, {e.ptr(b)}, {e.ptr(y)});")
+
+
+def _emit_fc_grad_input(self, node, g, e):
+    d, w, dx = node.inputs[0], node.inputs[1], node.outputs[0]
+    m, k = g.t(w).shape
+    e.line(f"tt_fc_grad_input_f32(1, {k}, {m}, {e.ptr(d)}, {e.ptr(w)}, "
+           f"{e.array('ws', node.attrs['w_scale'], 'float')}, {e.ptr(dx)});")
+
+
+def _emit_fc_grad_weight(self, node, g, e):
+    from ..codegen.emit_c import c_float
+    a = node.attrs
+    d, x, dw = node.inputs[0], node.inputs[1], node.outputs[0]
+    k = g.t(x).shape[1]
+    m, k_n = a["dw_shape"]
+    e.line(f"tt_fc_grad_weight_f32(1, {k}, {m}, {k_n}, {e.ptr(d)}, {e.ptr(x)}, {a['x_zp']}, "
+           f"{c_float(a['x_scale'])}, {e.ptr(dw)});")
+
+
+def _emit_fc_f32_grad_input(self, node, g, e):
+    d, w, dx = node.inputs[0], node.inputs[1], node.outputs[0]
+    m, k = g.t(w).shape
+    e.line(f"tt_fc_f32_grad_input(1, {k}, {m}, {e.ptr(d)}, {e.ptr(w)}, {e.ptr(dx)});")
+
+
+FullyConnected.emit_c = _emit_fc
+FullyConnectedF32.emit_c = _emit_fc_f32
+FcGradInput.emit_c = _emit_fc_grad_input
+FcGradWeight.emit_c = _emit_fc_grad_weight
+FcF32GradInput.emit_c = _emit_fc_f32_grad_input

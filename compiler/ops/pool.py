@@ -334,3 +334,65 @@ MaxPool.grad_attrs = staticmethod(_pool_grad_attrs)
 GlobalAvgPool.uses_mask = True
 GlobalAvgPool.input_grads = {0: ("global_avg_pool_grad", ("dpre",))}
 GlobalAvgPool.grad_attrs = staticmethod(_pool_grad_attrs)
+
+
+# C emitters.
+
+def _pool_params(e, a):
+    dil = a.get("dilation", (1, 1))
+    return e.struct("tt_pool_params", (a["kernel"][0], a["kernel"][1], a["stride"][0], a["stride"][1],
+                                       a["pads"][0], a["pads"][1], dil[0], dil[1], int(a.get("count_include_pad", 0))))
+
+
+def _emit_avg_pool(self, node, g, e):
+    a = node.attrs
+    x, y = node.inputs[0], node.outputs[0]
+    q = e.struct("tt_quant_params", (a["in_zp"], a["out_zp"], a["act_min"], a["act_max"]))
+    e.line(f"tt_avg_pool_s8({_pool_params(e, a)}, {q}, {e.array('mult', a['mult'], 'int32_t')}, "
+           f"{e.array('shift', a['shift'], 'int32_t')}, {e.dims(g.t(x).shape)}, {e.ptr(x)}, {e.dims(g.t(y).shape)}, "
+           f"{e.ptr(y)}, {e.mask(node)});")
+
+
+def _emit_max_pool(self, node, g, e):
+    a = node.attrs
+    x, y = node.inputs[0], node.outputs[0]
+    q = e.struct("tt_quant_params", (0, 0, a["act_min"], a["act_max"]))
+    e.line(f"tt_max_pool_s8({_pool_params(e, a)}, {q}, {e.dims(g.t(x).shape)}, {e.ptr(x)}, "
+           f"{e.dims(g.t(y).shape)}, {e.ptr(y)}, {e.mask(node)});")
+
+
+def _emit_global_avg_pool(self, node, g, e):
+    a = node.attrs
+    x, y = node.inputs[0], node.outputs[0]
+    q = e.struct("tt_quant_params", (a["in_zp"], a["out_zp"], a["act_min"], a["act_max"]))
+    e.line(f"tt_global_avg_pool_s8({q}, {a['mult']}, {a['shift']}, {e.dims(g.t(x).shape)}, {e.ptr(x)}, "
+           f"{e.ptr(y)}, {e.mask(node)});")
+
+
+def _emit_avg_pool_grad(self, node, g, e):
+    a = node.attrs
+    d, dx = node.inputs[0], node.outputs[0]
+    e.line(f"tt_avg_pool_grad_f32({_pool_params(e, a)}, {e.dims(g.t(d).shape)}, {e.ptr(d)}, "
+           f"{e.array('inv', a['inv_count'], 'float')}, {e.dims(g.t(dx).shape)}, {e.ptr(dx)});")
+
+
+def _emit_max_pool_grad(self, node, g, e):
+    a = node.attrs
+    d, x, dx = node.inputs[0], node.inputs[1], node.outputs[0]
+    e.line(f"tt_max_pool_grad_f32({_pool_params(e, a)}, {e.dims(g.t(d).shape)}, {e.ptr(d)}, {e.ptr(x)}, "
+           f"{e.dims(g.t(dx).shape)}, {e.ptr(dx)});")
+
+
+def _emit_global_avg_pool_grad(self, node, g, e):
+    from ..codegen.emit_c import c_float
+    d, dx = node.inputs[0], node.outputs[0]
+    e.line(f"tt_global_avg_pool_grad_f32({e.dims(g.t(dx).shape)}, {e.ptr(d)}, {c_float(node.attrs['inv_hw'])}, "
+           f"{e.ptr(dx)});")
+
+
+AvgPool.emit_c = _emit_avg_pool
+MaxPool.emit_c = _emit_max_pool
+GlobalAvgPool.emit_c = _emit_global_avg_pool
+AvgPoolGrad.emit_c = _emit_avg_pool_grad
+MaxPoolGrad.emit_c = _emit_max_pool_grad
+GlobalAvgPoolGrad.emit_c = _emit_global_avg_pool_grad

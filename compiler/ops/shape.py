@@ -144,3 +144,32 @@ Transpose.grad_attrs = staticmethod(_shape_grad_attrs)
 Concat.uses_mask = False
 Concat.input_grads = {"*": ("slice", ("dy",))}       # every input: its slice
 Concat.grad_attrs = staticmethod(_shape_grad_attrs)
+
+
+# C emitters.  A reshape moves no data (the memory plan gives the output the
+# input's bytes); a float transpose or a slice copies.
+
+def _emit_reshape(self, node, g, e):
+    x, y = node.inputs[0], node.outputs[0]
+    if e.plan.offsets.get(x) != e.plan.offsets.get(y):
+        e.line(f"memmove({e.ptr(y)}, {e.ptr(x)}, {g.t(y).nbytes});")
+
+
+def _emit_transpose(self, node, g, e):
+    x, y = node.inputs[0], node.outputs[0]
+    if g.t(x).dtype != "float32" or len(g.t(x).shape) != 4:
+        from ..errors import TinytrainError
+        raise TinytrainError("an int8 transpose has no C kernel yet", node=node.name, op=node.op)
+    e.line(f"tt_transpose_f32({e.dims(g.t(x).shape)}, {e.ptr(x)}, "
+           f"{e.array('perm', node.attrs['perm'], 'int32_t')}, {e.ptr(y)});")
+
+
+def _emit_slice(self, node, g, e):
+    a = node.attrs
+    x, y = node.inputs[0], node.outputs[0]
+    e.line(f"tt_slice_f32({e.dims(g.t(x).shape)}, {e.ptr(x)}, {a['axis']}, {a['start']}, {a['stop']}, {e.ptr(y)});")
+
+
+Reshape.emit_c = _emit_reshape
+Transpose.emit_c = _emit_transpose
+Slice.emit_c = _emit_slice

@@ -110,3 +110,44 @@ class SoftmaxXent(Op):
         for n in range(z.shape[0]):
             loss[n] = softmax_xent(z[n], np.int32(label[n]), grad[n])
         return [loss, grad.reshape(logits.shape)]
+
+
+# C emitters.
+
+def _emit_mask_grad(self, node, g, e):
+    d, m, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    e.line(f"tt_mask_grad_f32({g.t(d).size}, {e.ptr(d)}, {e.ptr(m)}, {e.ptr(y)});")
+
+
+def _emit_grad_add(self, node, g, e):
+    a, b, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    e.line(f"tt_add_f32({g.t(a).size}, {e.ptr(a)}, {e.ptr(b)}, {e.ptr(y)});")
+
+
+def _emit_sum_to(self, node, g, e):
+    d, y = node.inputs[0], node.outputs[0]
+    e.line(f"tt_sum_to_f32({e.dims(g.t(d).shape)}, {e.ptr(d)}, {e.dims(g.t(y).shape)}, {e.ptr(y)});")
+
+
+def _emit_softmax_xent(self, node, g, e):
+    """Dequantize int8 logits (s * (q - zp), float32), then the loss; a non-finite
+    loss ends the step before any update (the divergence guard)."""
+    from ..codegen.emit_c import c_float
+    lg, label = node.inputs
+    loss, dz = node.outputs
+    t = g.t(lg)
+    k = t.shape[-1]
+    if t.dtype == "int8":
+        e.line(f"{{ float z[{k}]; int32_t i; for (i = 0; i < {k}; ++i) {{ z[i] = {c_float(t.q.scale)} * "
+               f"(float)((int32_t){e.ptr(lg)}[i] - {int(t.q.zero_point)}); }}")
+        e.line(f"  *loss = tt_softmax_xent(z, {k}, {e.ptr(label)}[0], {e.ptr(dz)}); }}")
+    else:
+        e.line(f"*loss = tt_softmax_xent({e.ptr(lg)}, {k}, {e.ptr(label)}[0], {e.ptr(dz)});")
+    e.line(f"{e.ptr(loss)}[0] = *loss;")
+    e.line(f"if (!(*loss - *loss == 0.0f)) {{ ctx->skipped += 1; return; }}")
+
+
+MaskGrad.emit_c = _emit_mask_grad
+GradAdd.emit_c = _emit_grad_add
+SumTo.emit_c = _emit_sum_to
+SoftmaxXent.emit_c = _emit_softmax_xent

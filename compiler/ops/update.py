@@ -128,3 +128,30 @@ class SgdUpdate(Op):
             _sgd_s8_shadow(p.data, sh, grad, node.attrs["factor"], lr)
         else:
             _sgd_s8_stochastic(p.data, grad, node.attrs["factor"], lr, ctx.prng)
+
+
+def _emit_sgd(self, node, g, e):
+    """Skip the update when its gradient holds a NaN/Inf (counted), else step in place."""
+    p, d = g.t(node.inputs[0]), g.t(node.inputs[1])
+    gp = e.ptr(d.id)
+    e.line(f"if (!{e.name}_finite({gp}, {d.size})) {{ ctx->skipped += 1; }} else {{")
+    if p.dtype == "float32":
+        e.line(f"    tt_sgd_f32({e.ptr(p.id)}, {d.size}, {gp}, ctx->lr);")
+    elif p.dtype == "int32":
+        e.line(f"    tt_sgd_s32_stochastic({e.ptr(p.id)}, {d.size}, {gp}, "
+               f"{e.array('qas', node.attrs['factor'], 'float')}, ctx->lr, &ctx->prng);")
+    elif e.rounding == "shadow":
+        w_inner = p.size // p.shape[0]
+        g_inner = d.size // d.shape[0]
+        sh = f"((int16_t *)(ctx->state + {e.shadow_off[p.id]}))"
+        e.line(f"    tt_sgd_s8_shadow({e.ptr(p.id)}, {sh}, {w_inner}, {p.shape[-1]}, {gp}, {d.shape[0]}, {g_inner}, "
+               f"{d.shape[-1]}, {e.array('qas', node.attrs['factor'], 'float')}, ctx->lr);")
+    else:
+        w_inner = p.size // p.shape[0]
+        g_inner = d.size // d.shape[0]
+        e.line(f"    tt_sgd_s8_stochastic({e.ptr(p.id)}, {w_inner}, {p.shape[-1]}, {gp}, {d.shape[0]}, {g_inner}, "
+               f"{d.shape[-1]}, {e.array('qas', node.attrs['factor'], 'float')}, ctx->lr, &ctx->prng);")
+    e.line("}")
+
+
+SgdUpdate.emit_c = _emit_sgd

@@ -1,0 +1,431 @@
+"""emit_c: a training graph + its memory plan -> a self-contained C99 library.
+
+Output (folder `out`, prefix `name`):
+  <name>.h          the API: sizes and alignment as macros, the context struct,
+                    status codes, init / train_step / predict / reset / state access
+  <name>.c          frozen weights as const arrays (behind <NAME>_WEIGHTS_SECTION),
+                    the factory values of the trainable parameters, one kernel call
+                    per node in schedule order, offsets from the plan
+  runtime/          the kernels (runtime_c/include, runtime_c/src) with a version check
+Every symbol carries the prefix, so two models link into one firmware.  No
+globals, no malloc, no I/O: the caller owns the context, the arena and the
+state blob.  Each op class writes its own call (`emit_c`, one place per op).
+"""
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import TinytrainError
+from ..ops import get_op
+from ..passes.plan_memory import ALIGN, nbytes
+
+CTYPE = {"int8": "int8_t", "int32": "int32_t", "float32": "float", "uint8": "uint8_t", "int16": "int16_t"}
+RUNTIME_VERSION = 1
+
+
+def c_float(v):
+    v = float(np.float32(v))
+    if np.isnan(v):
+        return "(0.0f / 0.0f)"
+    if np.isinf(v):
+        return "(1.0f / 0.0f)" if v > 0 else "(-1.0f / 0.0f)"
+    return f"{v.hex()}f" if v != 0 else ("-0.0f" if np.signbit(v) else "0.0f")
+
+
+def c_int(v):
+    v = int(v)
+    return "(-2147483647 - 1)" if v == -2147483648 else str(v)
+
+
+def signature(graph):
+    h = hashlib.sha256()
+    for n in graph.nodes:
+        h.update(f"{n.op}{n.inputs}{n.outputs}".encode())
+    for t in graph.tensors.values():
+        h.update(f"{t.id}{t.shape}{t.dtype}".encode())
+        if t.kind == "const":
+            h.update(np.ascontiguousarray(t.data).tobytes())
+    return int.from_bytes(h.digest()[:4], "little")
+
+
+class Emitter:
+    def __init__(self, graph, plan, name, rounding="stochastic"):
+        self.rounding = rounding
+        if not name.isidentifier():
+            raise TinytrainError(f"--name '{name}' is not a C identifier", field="name")
+        self.g, self.plan, self.name, self.NAME = graph, plan, name, name.upper()
+        self.decls, self.body = [], []
+        self._n = 0
+        tr = graph.meta.get("training", {})
+        self.trainable = list(tr.get("trainable", []))
+        self.state_off, off = {}, 16                      # header: magic, signature, size, steps
+        for tid in self.trainable:
+            self.state_off[tid] = off
+            off += (graph.t(tid).nbytes + ALIGN - 1) // ALIGN * ALIGN
+        self.shadow_off = {}
+        for tid in self.trainable if rounding == "shadow" else []:
+            if graph.t(tid).dtype == "int8":
+                self.shadow_off[tid] = off
+                off += (graph.t(tid).size * 2 + ALIGN - 1) // ALIGN * ALIGN
+        self.state_size = off
+        self.train = "train"                               # the C variable that turns masks on
+
+    def sym(self, hint):
+        self._n += 1
+        return f"{self.name}_{hint}{self._n}"
+
+    def array(self, hint, data, ctype, section=False):
+        data = np.asarray(data).reshape(-1)
+        fmt = c_float if ctype == "float" else c_int
+        s = self.sym(hint)
+        items = ", ".join(fmt(v) for v in data) if data.size else "0"
+        sec = f"{self.NAME}_WEIGHTS_SECTION " if section else ""
+        self.decls.append(f"{sec}static const {ctype} {s}[{max(data.size, 1)}] = {{{items}}};")
+        return s
+
+    def struct(self, ctype, fields):
+        s = self.sym(ctype.replace("tt_", ""))
+        self.decls.append(f"static const {ctype} {s} = {{{', '.join(c_int(f) for f in fields)}}};")
+        return f"&{s}"
+
+    def dims(self, shape):
+        shape = tuple(int(d) for d in shape)
+        if len(shape) == 4:
+            d = shape
+        elif len(shape) == 3:
+            d = (shape[0], 1, shape[1], shape[2])
+        elif len(shape) == 2:
+            d = (shape[0], 1, 1, shape[1])
+        else:
+            d = (1, 1, 1, shape[0])
+        return self.struct("tt_dims", d)
+
+    def ptr(self, tid):
+        t = self.g.t(tid)
+        ct = CTYPE[t.dtype]
+        if t.kind == "const":
+            if tid in self.state_off:
+                return f"(({ct} *)(ctx->state + {self.state_off[tid]}))"
+            return self.const(tid)
+        return f"(({ct} *)(ctx->arena + {self.plan.offsets[tid]}))"
+
+    def const(self, tid):
+        t = self.g.t(tid)
+        if not hasattr(self, "_consts"):
+            self._consts = {}
+        if tid not in self._consts:
+            self._consts[tid] = self.array("w", t.data, CTYPE[t.dtype], section=True)
+        return self._consts[tid]
+
+    def mask(self, node):
+        if node.attrs.get("keep_mask"):
+            return f"({self.train} ? (uint8_t *)(ctx->arena + {self.plan.offsets[node.outputs[1]]}) : NULL)"
+        return "NULL"
+
+    def line(self, text):
+        self.body.append("    " + text)
+
+
+def emit(graph, plan, out, name="model", rounding="stochastic"):
+    """Write <name>.h, <name>.c and runtime/ into `out`.  -> dict of facts for reports."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    e = Emitter(graph, plan, name, rounding)
+    fwd = set(graph.meta["training"]["forward"])
+    nodes_f = [n for n in graph.nodes if n.id in fwd]
+    nodes_b = [n for n in graph.nodes if n.id not in fwd]
+    for n in nodes_f:
+        _emit_node(e, n)
+    forward_body, e.body = e.body, []
+    for n in nodes_b:
+        _emit_node(e, n)
+    backward_body = e.body
+    x = graph.t(graph.inputs[0])
+    logits = graph.t(graph.outputs[0])
+    sig = signature(graph)
+    facts = dict(arena=plan.arena_size, state=e.state_size, signature=sig, input=x.size,
+                 classes=logits.shape[-1], name=name)
+    (out / f"{name}.h").write_text(_header(e, facts))
+    (out / f"{name}.c").write_text(_source(e, facts, forward_body, backward_body))
+    rt = out / "runtime"
+    pkg = runtime_dir()
+    for sub in ("include", "src"):
+        if (rt / sub).exists():
+            shutil.rmtree(rt / sub)
+        shutil.copytree(pkg / sub, rt / sub)
+    return facts
+
+
+def runtime_dir():
+    """runtime_c/: beside compiler/ in the source tree, tinytrain/runtime_c in a wheel
+    (compiler/ installs as tinytrain/compiler): two levels above this file either way."""
+    d = Path(__file__).resolve().parents[2] / "runtime_c"
+    if not (d / "include" / "tt_kernels.h").is_file():
+        raise TinytrainError(f"the C runtime is missing from this installation (looked in {d})")
+    return d
+
+
+def _emit_node(e, node):
+    op = get_op(node.op)
+    fn = getattr(op, "emit_c", None)
+    if fn is None:
+        raise TinytrainError(f"op {node.op} has no C kernel yet (the simulator runs it; `tinytrain compile` "
+                             "cannot)", node=node.name, op=node.op)
+    e.line(f"/* {node.op}: {node.name} */")
+    fn(node, e.g, e)
+
+
+def _header(e, f):
+    N, n = e.NAME, e.name
+    g = e.g
+    tr = g.meta.get("training", {})
+    return f"""/* {n}.h: generated by tinytrain from {Path(str(g.meta.get('source', '?'))).name}
+ * (update scheme '{tr.get('scheme')}', QAS {'on' if tr.get('qas') else 'off'}).  Do not edit: regenerate.
+ *
+ * Usage: the caller owns every buffer.
+ *   static {n}_ctx ctx;
+ *   static uint8_t arena[{N}_ARENA_SIZE] __attribute__((aligned({N}_ALIGN)));
+ *   static uint8_t state[{N}_STATE_SIZE] __attribute__((aligned({N}_ALIGN)));
+ *   {n}_init(&ctx, arena, sizeof arena, state, sizeof state, 0.05f, 1u, 0);
+ *   {n}_train_step(&ctx, input, label, &loss, &predicted);   (input: {N}_INPUT_SIZE floats, NHWC)
+ * The learned state is the blob `state` ({N}_STATE_SIZE bytes, header + parameters): save it,
+ * and restore it with {n}_init(..., restore = 1), which checks it belongs to this model.
+ */
+#ifndef {N}_H
+#define {N}_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {{
+#endif
+
+#define {N}_ARENA_SIZE {f['arena']}u
+#define {N}_STATE_SIZE {e.state_size}u
+#define {N}_ALIGN {ALIGN}u
+#define {N}_INPUT_SIZE {f['input']}
+#define {N}_NUM_CLASSES {f['classes']}
+#define {N}_SIGNATURE 0x{f['signature']:08x}u
+#define {N}_RUNTIME_VERSION {RUNTIME_VERSION}
+
+typedef enum {{
+    {N}_OK = 0,
+    {N}_ERR_NULL = -1,      /* a NULL pointer */
+    {N}_ERR_ALIGN = -2,     /* a buffer not aligned to {N}_ALIGN */
+    {N}_ERR_SIZE = -3,      /* a buffer smaller than its size macro */
+    {N}_ERR_LABEL = -4,     /* label outside [0, {N}_NUM_CLASSES) */
+    {N}_ERR_STATE = -5,     /* a state blob from another model, or corrupt */
+    {N}_ERR_INPUT = -6      /* a NaN or infinite input value */
+}} {n}_status;
+
+typedef struct {{
+    uint8_t *arena;
+    uint8_t *state;
+    float lr;
+    uint32_t prng;          /* the shared xorshift32 state (stochastic rounding) */
+    int32_t steps;
+    int32_t skipped;        /* steps / updates skipped by the divergence guard */
+}} {n}_ctx;
+
+int {n}_init({n}_ctx *ctx, void *arena, size_t arena_size, void *state, size_t state_size, float lr, uint32_t seed,
+             int restore);
+int {n}_reset({n}_ctx *ctx);
+int {n}_train_step({n}_ctx *ctx, const float *input, int32_t label, float *loss, int32_t *predicted);
+int {n}_predict({n}_ctx *ctx, const float *input, float *logits, int32_t *predicted);
+
+#ifdef __cplusplus
+}}
+#endif
+
+#endif /* {N}_H */
+"""
+
+
+def _source(e, f, forward_body, backward_body):
+    N, n, g = e.NAME, e.name, e.g
+    x = g.t(g.inputs[0])
+    logits = g.t(g.outputs[0])
+    float_logits = logits.dtype == "float32"
+    resets = []
+    for tid in e.trainable:
+        t = g.t(tid)
+        init = e.array("init", t.data, CTYPE[t.dtype])
+        resets.append(f"    memcpy(ctx->state + {e.state_off[tid]}, {init}, sizeof {init});")
+        if tid in e.shadow_off:
+            resets.append(f"    {{ int32_t i; for (i = 0; i < {t.size}; ++i) {{ ((int16_t *)(ctx->state + "
+                          f"{e.shadow_off[tid]}))[i] = (int16_t)({init}[i] * 256); }} }}")
+    lq = logits.q
+    label_t = g.inputs[1]
+    loss_t = g.outputs[1]
+    if float_logits:
+        logit_out = f"    for (i = 0; i < {N}_NUM_CLASSES; ++i) {{ logits[i] = {e.ptr(logits.id)}[i]; }}"
+    else:
+        logit_out = (f"    for (i = 0; i < {N}_NUM_CLASSES; ++i) {{ logits[i] = {c_float(lq.scale)} * "
+                     f"(float)((int32_t){e.ptr(logits.id)}[i] - {c_int(lq.zero_point)}); }}")
+    decls = "\n".join(e.decls)
+    fwd = "\n".join(forward_body)
+    bwd = "\n".join(backward_body)
+    return f"""/* {n}.c: generated by tinytrain.  Do not edit: regenerate. */
+#include "{n}.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "tt_fmath.h"
+#include "tt_kernels.h"
+#include "tt_prng.h"
+
+#if TT_RUNTIME_VERSION != {RUNTIME_VERSION}
+#error "{n}.c was generated for tinytrain runtime version {RUNTIME_VERSION}: regenerate it or use its runtime/"
+#endif
+
+/* frozen weights live in flash; override to place them elsewhere (e.g. external flash) */
+#ifndef {N}_WEIGHTS_SECTION
+#define {N}_WEIGHTS_SECTION
+#endif
+
+#define {N}_STATE_MAGIC 0x31535454u
+
+{decls}
+
+static int {n}_finite(const float *g, int32_t count)
+{{
+    int32_t i;
+    for (i = 0; i < count; ++i) {{
+        if (!(g[i] - g[i] == 0.0f)) {{
+            return 0;
+        }}
+    }}
+    return 1;
+}}
+
+static void {n}_forward({n}_ctx *ctx, int train)
+{{
+    (void)train;
+{fwd}
+}}
+
+static void {n}_backward({n}_ctx *ctx, float *loss)
+{{
+{bwd}
+}}
+
+static int {n}_check({n}_ctx *ctx, const float *input)
+{{
+    int32_t i;
+    if (ctx == NULL || ctx->arena == NULL || ctx->state == NULL || input == NULL) {{
+        return {N}_ERR_NULL;
+    }}
+    for (i = 0; i < {N}_INPUT_SIZE; ++i) {{
+        if (!(input[i] - input[i] == 0.0f)) {{
+            return {N}_ERR_INPUT;
+        }}
+    }}
+    return {N}_OK;
+}}
+
+static void {n}_header({n}_ctx *ctx)
+{{
+    const uint32_t h[4] = {{{N}_STATE_MAGIC, {N}_SIGNATURE, {N}_STATE_SIZE, 0u}};
+    memcpy(ctx->state, h, sizeof h);
+    memcpy(ctx->state + 12, &ctx->steps, sizeof ctx->steps);
+}}
+
+int {n}_reset({n}_ctx *ctx)
+{{
+    if (ctx == NULL || ctx->state == NULL) {{
+        return {N}_ERR_NULL;
+    }}
+{chr(10).join(resets)}
+    ctx->steps = 0;
+    {n}_header(ctx);
+    return {N}_OK;
+}}
+
+int {n}_init({n}_ctx *ctx, void *arena, size_t arena_size, void *state, size_t state_size, float lr, uint32_t seed,
+             int restore)
+{{
+    uint32_t h[4];
+    if (ctx == NULL || arena == NULL || state == NULL) {{
+        return {N}_ERR_NULL;
+    }}
+    if (((uintptr_t)arena % {N}_ALIGN) != 0u || ((uintptr_t)state % {N}_ALIGN) != 0u) {{
+        return {N}_ERR_ALIGN;
+    }}
+    if (arena_size < {N}_ARENA_SIZE || state_size < {N}_STATE_SIZE) {{
+        return {N}_ERR_SIZE;
+    }}
+    ctx->arena = (uint8_t *)arena;
+    ctx->state = (uint8_t *)state;
+    ctx->lr = lr;
+    ctx->skipped = 0;
+    tt_prng_seed(&ctx->prng, seed);
+    if (!restore) {{
+        return {n}_reset(ctx);
+    }}
+    memcpy(h, state, sizeof h);
+    if (h[0] != {N}_STATE_MAGIC || h[1] != {N}_SIGNATURE || h[2] != {N}_STATE_SIZE) {{
+        return {N}_ERR_STATE;
+    }}
+    memcpy(&ctx->steps, ctx->state + 12, sizeof ctx->steps);
+    return {N}_OK;
+}}
+
+int {n}_train_step({n}_ctx *ctx, const float *input, int32_t label, float *loss, int32_t *predicted)
+{{
+    int32_t i, best = 0;
+    float l = 0.0f;
+    int st = {n}_check(ctx, input);
+    if (st != {N}_OK) {{
+        return st;
+    }}
+    if (label < 0 || label >= {N}_NUM_CLASSES) {{
+        return {N}_ERR_LABEL;
+    }}
+    tt_quantize_f32_s8({N}_INPUT_SIZE, input, {c_float(x.q.scale)}, {c_int(x.q.zero_point)}, {e.ptr(x.id)});
+    {e.ptr(label_t)}[0] = label;
+    {n}_forward(ctx, 1);
+    for (i = 1; i < {N}_NUM_CLASSES; ++i) {{
+        if ({e.ptr(logits.id)}[i] > {e.ptr(logits.id)}[best]) {{
+            best = i;
+        }}
+    }}
+    {n}_backward(ctx, &l);
+    ctx->steps += 1;
+    memcpy(ctx->state + 12, &ctx->steps, sizeof ctx->steps);
+    if (loss != NULL) {{
+        *loss = l;
+    }}
+    if (predicted != NULL) {{
+        *predicted = best;
+    }}
+    (void){e.ptr(loss_t)};
+    return {N}_OK;
+}}
+
+int {n}_predict({n}_ctx *ctx, const float *input, float *logits, int32_t *predicted)
+{{
+    int32_t i, best = 0;
+    int st = {n}_check(ctx, input);
+    if (st != {N}_OK) {{
+        return st;
+    }}
+    tt_quantize_f32_s8({N}_INPUT_SIZE, input, {c_float(x.q.scale)}, {c_int(x.q.zero_point)}, {e.ptr(x.id)});
+    {n}_forward(ctx, 0);
+    for (i = 1; i < {N}_NUM_CLASSES; ++i) {{
+        if ({e.ptr(logits.id)}[i] > {e.ptr(logits.id)}[best]) {{
+            best = i;
+        }}
+    }}
+    if (logits != NULL) {{
+{logit_out}
+    }}
+    if (predicted != NULL) {{
+        *predicted = best;
+    }}
+    return {N}_OK;
+}}
+"""

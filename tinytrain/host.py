@@ -1,0 +1,83 @@
+"""The host runtime: build the emitted C as a shared library with gcc and drive
+it through cffi (tests, `tinytrain train --backend c`)."""
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from .compiler.errors import TinytrainError
+from .compiler.reference import to_ir_layout
+
+CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", "-ffp-contract=off", "-fPIC", "-shared"]
+
+
+def build(out, name, extra=()):
+    out = Path(out)
+    srcs = [out / f"{name}.c"] + sorted((out / "runtime" / "src").glob("*.c"))
+    lib = out / f"lib{name}.so"
+    cmd = ["gcc", *CFLAGS, *extra, f"-I{out}", f"-I{out / 'runtime' / 'include'}", *map(str, srcs), "-lm",
+           "-o", str(lib)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise TinytrainError(f"gcc failed:\n{res.stderr[-3000:]}", file=srcs[0])
+    return lib
+
+
+def cdef(name):
+    return f"""
+typedef struct {{ uint8_t *arena; uint8_t *state; float lr; uint32_t prng; int32_t steps; int32_t skipped; }} {name}_ctx;
+int {name}_init({name}_ctx *ctx, void *arena, size_t arena_size, void *state, size_t state_size, float lr,
+                uint32_t seed, int restore);
+int {name}_reset({name}_ctx *ctx);
+int {name}_train_step({name}_ctx *ctx, const float *input, int32_t label, float *loss, int32_t *predicted);
+int {name}_predict({name}_ctx *ctx, const float *input, float *logits, int32_t *predicted);
+"""
+
+
+class HostModel:
+    """A compiled model loaded in this process: train_step / predict like the device."""
+
+    def __init__(self, out, name, graph, facts, lr=0.05, seed=0, extra_cflags=()):
+        import cffi
+        self.ffi = cffi.FFI()
+        self.ffi.cdef(cdef(name))
+        self.lib = self.ffi.dlopen(str(build(out, name, extra_cflags)))
+        self.name, self.graph, self.facts = name, graph, facts
+        self.ctx = self.ffi.new(f"{name}_ctx *")
+        self.arena = self.ffi.new("uint8_t[]", facts["arena"] + 8)
+        self.state = self.ffi.new("uint8_t[]", facts["state"] + 8)
+        self._call("init", self.ctx, self.arena, facts["arena"], self.state, facts["state"], float(lr), seed, 0)
+
+    def _call(self, fn, *args):
+        rc = getattr(self.lib, f"{self.name}_{fn}")(*args)
+        if rc != 0:
+            raise TinytrainError(f"{self.name}_{fn} returned status {rc}")
+        return rc
+
+    def _input(self, x):
+        x = np.asarray(x, np.float32)
+        if x.ndim == len(self.graph.meta["input_shape"]) - 1:
+            x = x[None]
+        return np.ascontiguousarray(to_ir_layout(self.graph, x)[0], dtype=np.float32)
+
+    def train_step(self, x, label):
+        xi = self._input(x)
+        loss = self.ffi.new("float *")
+        pred = self.ffi.new("int32_t *")
+        self._call("train_step", self.ctx, self.ffi.from_buffer("float[]", xi), int(label), loss, pred)
+        return float(loss[0]), int(pred[0])
+
+    def predict(self, x):
+        xi = self._input(x)
+        logits = np.zeros(self.facts["classes"], np.float32)
+        pred = self.ffi.new("int32_t *")
+        self._call("predict", self.ctx, self.ffi.from_buffer("float[]", xi), self.ffi.from_buffer("float[]", logits),
+                   pred)
+        return logits, int(pred[0])
+
+    def state_bytes(self):
+        return bytes(self.ffi.buffer(self.state, self.facts["state"]))
+
+    def arena_array(self, offset, dtype, count):
+        return np.frombuffer(self.ffi.buffer(self.arena, self.facts["arena"]), dtype=dtype, count=count,
+                             offset=offset).copy()
