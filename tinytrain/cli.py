@@ -136,6 +136,59 @@ def cmd_train(args):
     return 0
 
 
+def cmd_compile(args):
+    from .api import load, quantize
+    from .compiler.passes.plan_memory import plan_memory, state_bytes
+    from .compiler.pipeline import compile_graph, training_graph
+    from .data import load_dataset
+    from .host import stack_estimate
+    from .memreport import memory_summary, parse_size, write_reports
+    try:
+        sram = parse_size(args.sram) if args.sram else None
+        flash = parse_size(args.flash) if args.flash else None
+    except ValueError as e:
+        raise TinytrainError(str(e), field="--sram/--flash") from None
+    g = load(args.model, args.input_shape)
+    if g.t(g.inputs[0]).dtype != "int8":
+        if not args.calib:
+            raise TinytrainError("a float model needs calibration samples: pass --calib data.npz", file=args.model)
+        cx = load_dataset(args.calib, g.meta["input_shape"])[0]
+        g = quantize(g, cx[:500], output_range=(-args.logit_range, args.logit_range))
+    out = Path(args.output)
+    kw = dict(qas=not args.no_qas, float_classifier=args.float_classifier)
+    tg, plan, facts = compile_graph(g, out, name=args.name, update=args.update, rounding=args.rounding,
+                                    in_place=not args.no_in_place, **kw)
+    stack = stack_estimate(out, args.name)
+    summary = memory_summary(tg, plan, facts, stack, sram, flash)
+    text = write_reports(out, tg, plan, facts, summary)
+    print(text, end="")
+    problems = []
+    if sram is not None and summary["sram_total_bytes"] > sram:
+        problems.append(f"needs {summary['sram_total_bytes'] / 1024:.1f} KB of SRAM, budget {sram / 1024:.1f} KB")
+    if flash is not None and summary["flash_weight_bytes"] > flash:
+        problems.append(f"needs {summary['flash_weight_bytes'] / 1024:.1f} KB of flash for weights, "
+                        f"budget {flash / 1024:.1f} KB")
+    if problems:
+        fits = []
+        for alt in ("sparse", "last-4", "last-2", "bias", "classifier"):
+            if alt == args.update:
+                continue
+            try:
+                t2 = training_graph(g, alt, **kw)
+            except TinytrainError:
+                continue
+            p2 = plan_memory(t2)
+            need = p2.arena_size + state_bytes(t2)[0] + 32 + stack
+            if sram is None or need <= sram:
+                fits.append(f"{alt} fits in {need / 1024:.0f} KB")
+        biggest = ", ".join(f"{r['tensor']} {r['bytes'] / 1024:.1f} KB" for r in summary["live_at_peak"][:3])
+        raise TinytrainError("does not fit: " + "; ".join(problems) + f" (peak at {summary['peak_node']}: {biggest})"
+                             + (f"; {', '.join(fits)}" if fits else "; no preset fits either"))
+    print(f"C project: {out / (args.name + '.c')}, {out / (args.name + '.h')}, {out / 'runtime'}; "
+          f"reports: {out / 'report.txt'}, {out / 'report.json'}, {out / 'memory.png'}")
+    return 0
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="tinytrain", description="On-device training compiler for int8 models.")
     p.add_argument("--version", action="version", version=f"tinytrain {__version__}")
@@ -184,6 +237,22 @@ def build_parser():
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("-o", "--output", required=True, help="output folder")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("compile", help="compile the model and its training graph into a C project")
+    s.add_argument("model", help="model.onnx (quantized on --calib) or an int8 .tt.npz")
+    s.add_argument("--calib", help="calibration samples for a float model")
+    s.add_argument("--update", default="sparse", help="full, bias, classifier, sparse, last-<k>, or a scheme.json")
+    s.add_argument("--sram", help="SRAM budget, e.g. 256k: fail with a breakdown when the plan needs more")
+    s.add_argument("--flash", help="flash budget for the frozen weights, e.g. 1m")
+    s.add_argument("--name", default="model", help="prefix of every C symbol (default model)")
+    s.add_argument("--rounding", choices=["stochastic", "shadow"], default="stochastic")
+    s.add_argument("--no-qas", action="store_true")
+    s.add_argument("--float-classifier", action="store_true")
+    s.add_argument("--no-in-place", action="store_true", help="no in-place buffers (to measure what they save)")
+    s.add_argument("--logit-range", type=float, default=16.0)
+    s.add_argument("--input-shape", type=_shape)
+    s.add_argument("-o", "--output", required=True, help="output folder for the C project")
+    s.set_defaults(func=cmd_compile)
     return p
 
 
@@ -197,6 +266,8 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("tinytrain: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:          # output piped into head & co.
+        return 0
 
 
 if __name__ == "__main__":

@@ -81,3 +81,29 @@ class HostModel:
     def arena_array(self, offset, dtype, count):
         return np.frombuffer(self.ffi.buffer(self.arena, self.facts["arena"]), dtype=dtype, count=count,
                              offset=offset).copy()
+
+
+def stack_estimate(out, name):
+    """Deepest call chain of a training step in bytes, from gcc -fstack-usage on this
+    host (an estimate for the board; `tinytrain build` measures the real peak)."""
+    import re
+    import tempfile
+    out = Path(out)
+    srcs = [out / f"{name}.c"] + sorted((out / "runtime" / "src").glob("*.c"))
+    with tempfile.TemporaryDirectory() as tmp:
+        for s in srcs:
+            res = subprocess.run(["gcc", "-std=c99", "-O2", "-ffp-contract=off", "-fstack-usage", "-c", str(s),
+                                  f"-I{out}", f"-I{out / 'runtime' / 'include'}", "-o", f"{tmp}/{s.stem}.o"],
+                                 capture_output=True, text=True)
+            if res.returncode != 0:
+                return 2048
+        use = {}
+        for su in Path(tmp).glob("*.su"):
+            for line in su.read_text().splitlines():
+                m = re.match(r".*:(\w+)\t(\d+)\t", line)
+                if m:
+                    use[m.group(1)] = int(m.group(2))
+    kernels = max((v for k, v in use.items() if k.startswith("tt_")), default=0)
+    top = use.get(f"{name}_train_step", 0)
+    inner = max(use.get(f"{name}_forward", 0), use.get(f"{name}_backward", 0))
+    return top + inner + kernels + 64
