@@ -110,9 +110,20 @@ def cmd_train(args):
         if labels is not None and (labels.min() < 0 or labels.max() >= n_cls):
             raise TinytrainError(f"{name} has labels outside the model's {n_cls} classes", field="y")
     scheme = resolve(g, args.update)
-    tg = training_graph(g, scheme, qas=not args.no_qas, float_classifier=args.float_classifier)
-    trainer = BackpropTrainer(tg, lr=args.lr, rounding=args.rounding, seed=args.seed, momentum=args.momentum,
-                              accumulate=args.accumulate)
+    out = Path(args.output)
+    if args.backend == "c":
+        if args.momentum or args.accumulate != 1:
+            raise TinytrainError("--momentum and --accumulate run in the simulator only (--backend sim)")
+        from .compiler.pipeline import compile_graph
+        from .host import HostTrainer
+        tg, plan, facts = compile_graph(g, out / "c", name="model", update=scheme, qas=not args.no_qas,
+                                        float_classifier=args.float_classifier, rounding=args.rounding)
+        trainer = HostTrainer(out / "c", "model", tg, plan, facts, lr=args.lr, seed=args.seed, rounding=args.rounding)
+        print(f"C build: {out / 'c'} (arena {facts['arena']} B, state {facts['state']} B)")
+    else:
+        tg = training_graph(g, scheme, qas=not args.no_qas, float_classifier=args.float_classifier)
+        trainer = BackpropTrainer(tg, lr=args.lr, rounding=args.rounding, seed=args.seed, momentum=args.momentum,
+                                  accumulate=args.accumulate)
     rows = scheme.describe(g)
     print(f"update scheme '{scheme.name}': {sum(1 for r in rows if r[3] != '-')} weight tensors, "
           f"{sum(1 for r in rows if r[4] == 'yes')} biases of {len(rows)} layers; QAS {'off' if args.no_qas else 'on'}, "
@@ -124,9 +135,11 @@ def cmd_train(args):
         print(f"test accuracy before training: {100 * report['test_accuracy_before']:.2f}%")
     report["history"] = fit(trainer, x, y, epochs=args.epochs, seed=args.seed, test=test,
                             progress=not args.quiet, out=sys.stdout, limit=args.max_samples)
-    report["skipped_updates"] = trainer.ctx.skipped
-    out = Path(args.output)
+    report["skipped_updates"] = trainer.skipped
+    report["backend"] = args.backend
     out.mkdir(parents=True, exist_ok=True)
+    if args.backend == "c":
+        trainer.sync_to_graph()               # the C state blob -> the graph's weights
     path = save(strip_training(tg), out / (Path(args.model).name.split(".")[0] + ".trained.tt.npz"))
     report["trained_model"] = str(path)
     (out / "train_report.json").write_text(json.dumps(report, indent=1))
@@ -232,7 +245,8 @@ def build_parser():
     s.add_argument("--accumulate", type=int, default=1, help="average the gradients of N samples per update")
     s.add_argument("--max-samples", type=int, default=0, help="use at most N training samples per epoch")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--backend", choices=["sim"], default="sim", help="sim: the bit-exact numba simulator")
+    s.add_argument("--backend", choices=["sim", "c"], default="sim",
+                   help="sim: the numba simulator; c: compile to C, build with gcc, train through it (bit-exact)")
     s.add_argument("--input-shape", type=_shape, help="override the input shape, e.g. 1,3,32,32")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("-o", "--output", required=True, help="output folder")

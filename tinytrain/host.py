@@ -107,3 +107,35 @@ def stack_estimate(out, name):
     top = use.get(f"{name}_train_step", 0)
     inner = max(use.get(f"{name}_forward", 0), use.get(f"{name}_backward", 0))
     return top + inner + kernels + 64
+
+
+class HostTrainer:
+    """Training through the compiled C (same interface as BackpropTrainer)."""
+
+    def __init__(self, out, name, train_graph, plan, facts, lr=0.05, seed=0, rounding="stochastic"):
+        from .compiler.codegen.emit_c import Emitter
+        self.graph, self.plan = train_graph, plan
+        self.model = HostModel(out, name, train_graph, facts, lr=lr, seed=seed)
+        self.offsets = Emitter(train_graph, plan, name, rounding).state_off
+        self.steps = 0
+
+    @property
+    def skipped(self):
+        return int(self.model.ctx.skipped)
+
+    def step(self, x, label):
+        loss, pred = self.model.train_step(x, label)
+        self.steps += 1
+        logits = np.zeros(self.model.facts["classes"], np.float32)
+        logits[pred] = 1.0                    # the loop only needs the argmax
+        return loss, logits
+
+    def evaluate(self, x, y):
+        pred = np.array([self.model.predict(x[i])[1] for i in range(len(x))])
+        return float(np.mean(pred == np.asarray(y)))
+
+    def sync_to_graph(self):
+        st = self.model.state_bytes()
+        for tid, off in self.offsets.items():
+            t = self.graph.t(tid)
+            t.data[...] = np.frombuffer(st, dtype=t.data.dtype, count=t.size, offset=off).reshape(t.shape)

@@ -92,6 +92,10 @@ class BackpropTrainer:
                     break
         return env, loss
 
+    @property
+    def skipped(self):
+        return self.ctx.skipped
+
     def evaluate(self, x, y, batch=256):
         pred = self.sim.predict(x, batch)
         return float(np.mean(pred == np.asarray(y)))
