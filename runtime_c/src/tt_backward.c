@@ -1,0 +1,420 @@
+/**
+ * @file tt_backward.c
+ * @brief The float32 backward kernels of tt_kernels.h.
+ *
+ * Each function mirrors the numba kernel named in its comment loop nest by
+ * loop nest: the same float32 operations in the same order, one rounding per
+ * operation (build with -ffp-contract=off, never -ffast-math), so the results
+ * are identical bit for bit.  `a += b * c` in numba is written
+ * `a = a + b * c` here: a separate multiply and add.  Integer operands are
+ * converted to float exactly (|x - zp| <= 255, |w| <= 127).
+ *
+ * Portable C99: no allocation, no globals, no libm; int32_t indices (every
+ * tensor has fewer than 2^31 elements).
+ */
+#include "tt_kernels.h"
+
+#include <float.h>
+
+#if defined(FLT_EVAL_METHOD) && (FLT_EVAL_METHOD != 0)
+#error "tt_backward.c needs float arithmetic evaluated in float (FLT_EVAL_METHOD == 0)"
+#endif
+#ifdef __FAST_MATH__
+#error "tt_backward.c must not be compiled with -ffast-math: results would differ from the simulator"
+#endif
+
+static int32_t dims_size(const tt_dims *d)
+{
+    return d->n * d->h * d->w * d->c;
+}
+
+static void zero_f32(float *x, int32_t n)
+{
+    int32_t i;
+    for (i = 0; i < n; ++i) {
+        x[i] = 0.0f;
+    }
+}
+
+/* train.py _mask_grad_f32 */
+void tt_mask_grad_f32(int32_t n, const float *dy, const uint8_t *mask, float *out)
+{
+    int32_t i;
+    for (i = 0; i < n; ++i) {
+        out[i] = tt_mask_get(mask, i) != 0 ? dy[i] : 0.0f;
+    }
+}
+
+/* train.py _add_f32 */
+void tt_add_f32(int32_t n, const float *a, const float *b, float *out)
+{
+    int32_t i;
+    for (i = 0; i < n; ++i) {
+        out[i] = a[i] + b[i];
+    }
+}
+
+/* train.py _sum_to_4d_f32: out[a, b, c_, cc] += d[n, h, w, c] in d's memory order,
+ * an output index is 0 on an axis where dims_out has 1. */
+void tt_sum_to_f32(const tt_dims *dims, const float *d, const tt_dims *dims_out, float *out)
+{
+    const int32_t on = dims_out->n > 1, oh = dims_out->h > 1, ow = dims_out->w > 1, oc = dims_out->c > 1;
+    int32_t n, h, w, c;
+    int32_t i = 0;
+    zero_f32(out, dims_size(dims_out));
+    for (n = 0; n < dims->n; ++n) {
+        const int32_t a = on ? n : 0;
+        for (h = 0; h < dims->h; ++h) {
+            const int32_t b = oh ? h : 0;
+            for (w = 0; w < dims->w; ++w) {
+                const int32_t c_ = ow ? w : 0;
+                float *row = out + ((a * dims_out->h + b) * dims_out->w + c_) * dims_out->c;
+                for (c = 0; c < dims->c; ++c) {
+                    const int32_t j = oc ? c : 0;
+                    row[j] = row[j] + d[i];
+                    ++i;
+                }
+            }
+        }
+    }
+}
+
+/* conv.py _conv2d_grad_input_f32: dx[n, ih, iw, c0 + ci] += (dpre[n, oh, ow, co] * s_w[co]) * w[co, kh, kw, ci],
+ * scattered in the order n, oh, ow, co, kh, kw, ci. */
+void tt_conv2d_grad_input_f32(const tt_conv_params *p, const tt_dims *dpre_dims, const float *dpre,
+                              const tt_dims *filter_dims, const int8_t *w, const float *w_scale,
+                              const tt_dims *dx_dims, float *dx)
+{
+    const int32_t n_b = dx_dims->n, h = dx_dims->h, wd = dx_dims->w, c_in = dx_dims->c;
+    const int32_t co_n = filter_dims->n, kh_n = filter_dims->h, kw_n = filter_dims->w, cg = filter_dims->c;
+    const int32_t oh_n = dpre_dims->h, ow_n = dpre_dims->w, dc = dpre_dims->c;
+    const int32_t cog = co_n / p->groups;
+    int32_t n, oh, ow, co, kh, kw, ci;
+    zero_f32(dx, dims_size(dx_dims));
+    for (n = 0; n < n_b; ++n) {
+        for (oh = 0; oh < oh_n; ++oh) {
+            for (ow = 0; ow < ow_n; ++ow) {
+                const float *dp = dpre + ((n * oh_n + oh) * ow_n + ow) * dc;
+                for (co = 0; co < co_n; ++co) {
+                    const float d = dp[co] * w_scale[co];
+                    const int32_t c0 = (co / cog) * cg;
+                    for (kh = 0; kh < kh_n; ++kh) {
+                        const int32_t ih = oh * p->stride_h - p->pad_t + kh * p->dil_h;
+                        if (ih < 0 || ih >= h) {
+                            continue;
+                        }
+                        for (kw = 0; kw < kw_n; ++kw) {
+                            const int32_t iw = ow * p->stride_w - p->pad_l + kw * p->dil_w;
+                            const int8_t *wp;
+                            float *xp;
+                            if (iw < 0 || iw >= wd) {
+                                continue;
+                            }
+                            wp = w + ((co * kh_n + kh) * kw_n + kw) * cg;
+                            xp = dx + ((n * h + ih) * wd + iw) * c_in + c0;
+                            for (ci = 0; ci < cg; ++ci) {
+                                xp[ci] = xp[ci] + d * (float)wp[ci];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* conv.py _conv2d_grad_weight_f32: dwt[co, kh, kw, ci] = (sum_{n, oh, ow} dpre * (x - x_zp)) * s_x
+ * for the first dw_dims->n output and dw_dims->c input channels. */
+void tt_conv2d_grad_weight_f32(const tt_conv_params *p, const tt_dims *dpre_dims, const float *dpre,
+                               const tt_dims *in_dims, const int8_t *x, int32_t x_zp, float x_scale,
+                               const tt_dims *dw_dims, float *dwt)
+{
+    const int32_t n_b = in_dims->n, h = in_dims->h, wd = in_dims->w, c_x = in_dims->c;
+    const int32_t co_n = dw_dims->n, kh_n = dw_dims->h, kw_n = dw_dims->w, ci_n = dw_dims->c;
+    const int32_t oh_n = dpre_dims->h, ow_n = dpre_dims->w, dc = dpre_dims->c;
+    const int32_t cog = dc / p->groups;
+    const int32_t cg = c_x / p->groups;
+    int32_t co, kh, kw, ci, n, oh, ow;
+    for (co = 0; co < co_n; ++co) {
+        const int32_t c0 = (co / cog) * cg;
+        for (kh = 0; kh < kh_n; ++kh) {
+            for (kw = 0; kw < kw_n; ++kw) {
+                for (ci = 0; ci < ci_n; ++ci) {
+                    float acc = 0.0f;
+                    for (n = 0; n < n_b; ++n) {
+                        for (oh = 0; oh < oh_n; ++oh) {
+                            const int32_t ih = oh * p->stride_h - p->pad_t + kh * p->dil_h;
+                            if (ih < 0 || ih >= h) {
+                                continue;
+                            }
+                            for (ow = 0; ow < ow_n; ++ow) {
+                                const int32_t iw = ow * p->stride_w - p->pad_l + kw * p->dil_w;
+                                if (iw < 0 || iw >= wd) {
+                                    continue;
+                                }
+                                acc = acc + dpre[((n * oh_n + oh) * ow_n + ow) * dc + co] *
+                                                (float)((int32_t)x[((n * h + ih) * wd + iw) * c_x + c0 + ci] - x_zp);
+                            }
+                        }
+                    }
+                    dwt[((co * kh_n + kh) * kw_n + kw) * ci_n + ci] = acc * x_scale;
+                }
+            }
+        }
+    }
+}
+
+/* conv.py _bias_grad_f32 */
+void tt_bias_grad_f32(int32_t positions, int32_t channels, const float *dpre, float *db)
+{
+    int32_t c, i;
+    for (c = 0; c < channels; ++c) {
+        float acc = 0.0f;
+        for (i = 0; i < positions; ++i) {
+            acc = acc + dpre[i * channels + c];
+        }
+        db[c] = acc;
+    }
+}
+
+/* linear.py _fc_grad_input_f32: dx[n, kk] = sum_m (dpre[n, m] * s_w[m]) * w[m, kk], m ascending. */
+void tt_fc_grad_input_f32(int32_t batch, int32_t k, int32_t m, const float *dpre, const int8_t *w,
+                          const float *w_scale, float *dx)
+{
+    int32_t n, kk, j;
+    for (n = 0; n < batch; ++n) {
+        for (kk = 0; kk < k; ++kk) {
+            float acc = 0.0f;
+            for (j = 0; j < m; ++j) {
+                acc = acc + (dpre[n * m + j] * w_scale[j]) * (float)w[j * k + kk];
+            }
+            dx[n * k + kk] = acc;
+        }
+    }
+}
+
+/* linear.py _fc_grad_weight_f32: dwt[j, kk] = (sum_n dpre[n, j] * (x[n, kk] - x_zp)) * s_x, kk < k_n. */
+void tt_fc_grad_weight_f32(int32_t batch, int32_t k, int32_t m, int32_t k_n, const float *dpre, const int8_t *x,
+                           int32_t x_zp, float x_scale, float *dwt)
+{
+    int32_t j, kk, n;
+    for (j = 0; j < m; ++j) {
+        for (kk = 0; kk < k_n; ++kk) {
+            float acc = 0.0f;
+            for (n = 0; n < batch; ++n) {
+                acc = acc + dpre[n * m + j] * (float)((int32_t)x[n * k + kk] - x_zp);
+            }
+            dwt[j * k_n + kk] = acc * x_scale;
+        }
+    }
+}
+
+/* linear.py _fc_f32_grad_input: dx[n, kk] = sum_m dy[n, m] * w[m, kk], m ascending. */
+void tt_fc_f32_grad_input(int32_t batch, int32_t k, int32_t m, const float *dy, const float *w, float *dx)
+{
+    int32_t n, kk, j;
+    for (n = 0; n < batch; ++n) {
+        for (kk = 0; kk < k; ++kk) {
+            float acc = 0.0f;
+            for (j = 0; j < m; ++j) {
+                acc = acc + dy[n * m + j] * w[j * k + kk];
+            }
+            dx[n * k + kk] = acc;
+        }
+    }
+}
+
+/* eltwise.py _mul_grad_4d_f32: out[.] += d[n, h, w, c] * ((other[.] - o_zp) * s_o), d in memory order;
+ * other and out are indexed with 0 on their axes of size 1. */
+void tt_mul_grad_f32(const tt_dims *dims, const float *d, const tt_dims *other_dims, const int8_t *other,
+                     int32_t o_zp, float o_scale, const tt_dims *dims_out, float *out)
+{
+    const int32_t xn = other_dims->n > 1, xh = other_dims->h > 1, xw = other_dims->w > 1, xc = other_dims->c > 1;
+    const int32_t on = dims_out->n > 1, oh = dims_out->h > 1, ow = dims_out->w > 1, oc = dims_out->c > 1;
+    int32_t n, h, w, c;
+    int32_t i = 0;
+    zero_f32(out, dims_size(dims_out));
+    for (n = 0; n < dims->n; ++n) {
+        for (h = 0; h < dims->h; ++h) {
+            for (w = 0; w < dims->w; ++w) {
+                const int8_t *orow = other + (((xn ? n : 0) * other_dims->h + (xh ? h : 0)) * other_dims->w +
+                                              (xw ? w : 0)) * other_dims->c;
+                float *row = out + (((on ? n : 0) * dims_out->h + (oh ? h : 0)) * dims_out->w + (ow ? w : 0)) *
+                                       dims_out->c;
+                for (c = 0; c < dims->c; ++c) {
+                    const float v = (float)((int32_t)orow[xc ? c : 0] - o_zp) * o_scale;
+                    const int32_t j = oc ? c : 0;
+                    row[j] = row[j] + d[i] * v;
+                    ++i;
+                }
+            }
+        }
+    }
+}
+
+/* pool.py _avg_pool_grad_f32: each output's gradient times inv_count[count], scattered to its window
+ * in the order n, oh, ow, c, kh, kw.  Like the numba kernel, avg pooling has no dilation. */
+void tt_avg_pool_grad_f32(const tt_pool_params *p, const tt_dims *d_dims, const float *d, const float *inv_count,
+                          const tt_dims *dx_dims, float *dx)
+{
+    const int32_t n_b = dx_dims->n, h = dx_dims->h, wd = dx_dims->w, c_n = dx_dims->c;
+    const int32_t kh_n = p->kernel_h, kw_n = p->kernel_w;
+    const int32_t oh_n = d_dims->h, ow_n = d_dims->w, dc = d_dims->c;
+    int32_t n, oh, ow, c, kh, kw;
+    zero_f32(dx, dims_size(dx_dims));
+    for (n = 0; n < n_b; ++n) {
+        for (oh = 0; oh < oh_n; ++oh) {
+            for (ow = 0; ow < ow_n; ++ow) {
+                for (c = 0; c < c_n; ++c) {
+                    int32_t count = 0;
+                    float g;
+                    for (kh = 0; kh < kh_n; ++kh) {
+                        const int32_t ih = oh * p->stride_h - p->pad_t + kh;
+                        for (kw = 0; kw < kw_n; ++kw) {
+                            const int32_t iw = ow * p->stride_w - p->pad_l + kw;
+                            if (ih >= 0 && ih < h && iw >= 0 && iw < wd) {
+                                count += 1;
+                            }
+                        }
+                    }
+                    if (p->count_include_pad != 0) {
+                        count = kh_n * kw_n;
+                    }
+                    g = d[((n * oh_n + oh) * ow_n + ow) * dc + c] * inv_count[count];
+                    for (kh = 0; kh < kh_n; ++kh) {
+                        const int32_t ih = oh * p->stride_h - p->pad_t + kh;
+                        if (ih < 0 || ih >= h) {
+                            continue;
+                        }
+                        for (kw = 0; kw < kw_n; ++kw) {
+                            const int32_t iw = ow * p->stride_w - p->pad_l + kw;
+                            float *xp;
+                            if (iw < 0 || iw >= wd) {
+                                continue;
+                            }
+                            xp = dx + ((n * h + ih) * wd + iw) * c_n + c;
+                            *xp = *xp + g;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* pool.py _max_pool_grad_f32: each output's gradient goes to the first position (kh, then kw
+ * ascending) holding the window's maximum; a window entirely in the padding passes nothing. */
+void tt_max_pool_grad_f32(const tt_pool_params *p, const tt_dims *d_dims, const float *d, const int8_t *x,
+                          const tt_dims *dx_dims, float *dx)
+{
+    const int32_t n_b = dx_dims->n, h = dx_dims->h, wd = dx_dims->w, c_n = dx_dims->c;
+    const int32_t kh_n = p->kernel_h, kw_n = p->kernel_w;
+    const int32_t oh_n = d_dims->h, ow_n = d_dims->w, dc = d_dims->c;
+    int32_t n, oh, ow, c, kh, kw;
+    zero_f32(dx, dims_size(dx_dims));
+    for (n = 0; n < n_b; ++n) {
+        for (oh = 0; oh < oh_n; ++oh) {
+            for (ow = 0; ow < ow_n; ++ow) {
+                for (c = 0; c < c_n; ++c) {
+                    int32_t best = -1000;
+                    int32_t bi = -1, bj = -1;
+                    for (kh = 0; kh < kh_n; ++kh) {
+                        const int32_t ih = oh * p->stride_h - p->pad_t + kh * p->dil_h;
+                        if (ih < 0 || ih >= h) {
+                            continue;
+                        }
+                        for (kw = 0; kw < kw_n; ++kw) {
+                            const int32_t iw = ow * p->stride_w - p->pad_l + kw * p->dil_w;
+                            int32_t v;
+                            if (iw < 0 || iw >= wd) {
+                                continue;
+                            }
+                            v = (int32_t)x[((n * h + ih) * wd + iw) * c_n + c];
+                            if (v > best) {
+                                best = v;
+                                bi = ih;
+                                bj = iw;
+                            }
+                        }
+                    }
+                    if (bi >= 0) {
+                        float *xp = dx + ((n * h + bi) * wd + bj) * c_n + c;
+                        *xp = *xp + d[((n * oh_n + oh) * ow_n + ow) * dc + c];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* pool.py _global_avg_pool_grad_f32 */
+void tt_global_avg_pool_grad_f32(const tt_dims *dx_dims, const float *d, float inv_hw, float *dx)
+{
+    int32_t n, i, j, c;
+    int32_t k = 0;
+    for (n = 0; n < dx_dims->n; ++n) {
+        for (i = 0; i < dx_dims->h; ++i) {
+            for (j = 0; j < dx_dims->w; ++j) {
+                for (c = 0; c < dx_dims->c; ++c) {
+                    dx[k] = d[n * dx_dims->c + c] * inv_hw;
+                    ++k;
+                }
+            }
+        }
+    }
+}
+
+/* activation.py _lut_grad_f32 */
+void tt_lut_grad_f32(int32_t n, const float *dy, const int8_t *x, const float *dtable, float *dx)
+{
+    int32_t i;
+    for (i = 0; i < n; ++i) {
+        dx[i] = dy[i] * dtable[(int32_t)x[i] + 128];
+    }
+}
+
+/* shape.py Slice: [start, stop) of one axis (any of 0..3; the graph uses 1..3). */
+void tt_slice_f32(const tt_dims *dims, const float *in, int32_t axis, int32_t start, int32_t stop, float *out)
+{
+    const int32_t d[4] = {dims->n, dims->h, dims->w, dims->c};
+    int32_t outer = 1, inner = 1;
+    int32_t a, o, i;
+    int32_t k = 0;
+    int32_t len;
+    for (a = 0; a < axis; ++a) {
+        outer *= d[a];
+    }
+    for (a = axis + 1; a < 4; ++a) {
+        inner *= d[a];
+    }
+    len = (stop - start) * inner;
+    for (o = 0; o < outer; ++o) {
+        const float *src = in + (o * d[axis] + start) * inner;
+        for (i = 0; i < len; ++i) {
+            out[k] = src[i];
+            ++k;
+        }
+    }
+}
+
+/* shape.py Transpose (np.transpose(x, perm)): out axis i is input axis perm[i]; out in memory order. */
+void tt_transpose_f32(const tt_dims *dims, const float *in, const int32_t *perm, float *out)
+{
+    const int32_t d[4] = {dims->n, dims->h, dims->w, dims->c};
+    const int32_t st[4] = {dims->h * dims->w * dims->c, dims->w * dims->c, dims->c, 1};
+    const int32_t od0 = d[perm[0]], od1 = d[perm[1]], od2 = d[perm[2]], od3 = d[perm[3]];
+    const int32_t s0 = st[perm[0]], s1 = st[perm[1]], s2 = st[perm[2]], s3 = st[perm[3]];
+    int32_t i0, i1, i2, i3;
+    int32_t k = 0;
+    for (i0 = 0; i0 < od0; ++i0) {
+        for (i1 = 0; i1 < od1; ++i1) {
+            for (i2 = 0; i2 < od2; ++i2) {
+                const float *src = in + i0 * s0 + i1 * s1 + i2 * s2;
+                for (i3 = 0; i3 < od3; ++i3) {
+                    out[k] = src[i3 * s3];
+                    ++k;
+                }
+            }
+        }
+    }
+}
