@@ -21,7 +21,9 @@ import numpy as np
 from ..errors import TinytrainError
 
 ALIGN = 8
-IN_PLACE_OPS = ("mask_grad", "grad_add", "lut_grad")
+# elementwise kernels that read element i before writing element i: the output may take
+# the bytes of a same-sized, same-typed input that dies at this step
+IN_PLACE_OPS = ("mask_grad", "grad_add", "lut_grad", "add", "mul", "clamp", "sigmoid", "hard_sigmoid", "hard_swish")
 ALIAS_OPS = ("reshape",)
 
 
@@ -79,10 +81,11 @@ def lifetimes(graph, in_place=True):
         if n.op in ALIAS_OPS:
             group[n.outputs[0]] = root(n.inputs[0])
         elif in_place and n.op in IN_PLACE_OPS:
+            y = graph.t(n.outputs[0])
             for i in n.inputs:
                 t = graph.t(i)
-                if t.kind != "const" and t.dtype == "float32" and last.get(i) == step and \
-                        nbytes(t) == nbytes(graph.t(n.outputs[0])) and i not in graph.outputs:
+                if t.kind != "const" and t.dtype == y.dtype and t.shape == y.shape and last.get(i) == step \
+                        and i not in graph.outputs and i not in graph.inputs:
                     group[n.outputs[0]] = root(i)
                     break
     members = {}
@@ -110,13 +113,16 @@ def _place(bufs, order):
 
 
 def plan_memory(graph, in_place=True):
+    """The smaller of the two placements (with in_place, of the two with and
+    without in-place buffers too: a heuristic placement can do worse with them)."""
     best = None
-    for name, key in (("greedy-by-size", lambda b: (-b.size, b.start)),
-                      ("first-fit-by-lifetime", lambda b: (b.start, -b.size))):
-        bufs = lifetimes(graph, in_place)
-        size = _place(bufs, sorted(bufs, key=key))
-        if best is None or size < best.arena_size:
-            best = Plan(bufs, size, name)
+    for inp in ((True, False) if in_place else (False,)):
+        for name, key in (("greedy-by-size", lambda b: (-b.size, b.start)),
+                          ("first-fit-by-lifetime", lambda b: (b.start, -b.size))):
+            bufs = lifetimes(graph, inp)
+            size = _place(bufs, sorted(bufs, key=key))
+            if best is None or size < best.arena_size:
+                best = Plan(bufs, size, name + (", in place" if inp else ""))
     for b in best.buffers:
         for t in b.tensors:
             best.offsets[t] = b.offset
@@ -181,3 +187,12 @@ def check_budget(graph, plan, budget, what="SRAM"):
         raise TinytrainError(f"needs {need / 1024:.1f} KB of {what} (arena {plan.arena_size / 1024:.1f} KB + "
                              f"trainable state {state_bytes(graph)[0] / 1024:.1f} KB), budget {budget / 1024:.1f} KB; "
                              f"biggest live tensors at the peak: {names}")
+
+
+def defer_updates(graph):
+    """Reordering switched off (for measurements): every update waits for the end of
+    the backward pass, so every parameter gradient stays alive until then.  Numerics
+    do not change (an update touches only its own parameter, read before it)."""
+    updates = [n for n in graph.nodes if n.op == "sgd_update"]
+    graph.nodes = [n for n in graph.nodes if n.op != "sgd_update"] + updates
+    return graph
