@@ -142,7 +142,7 @@ def test_add_python_equals_c(clib):
     p[:, 12], p[:, 13] = -128, 127
     c = np.empty(n, np.int8)
     lib.shim_add_s8(cptr(ffi, np.ascontiguousarray(p), "int32_t"), cptr(ffi, c, "int8_t"), n)
-    py = np.array([fp.add_s8(*row) for row in p], np.int8)
+    py = np.array([fp.add_elem_s8(*row) for row in p], np.int8)
     np.testing.assert_array_equal(py, c)
 
 

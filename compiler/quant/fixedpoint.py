@@ -106,8 +106,8 @@ def add_zp(x1, z1, m1, s1, x2, z2, m2, s2, left_shift, mult, shift, zero_point):
 
 
 @njit(cache=True)
-def add_s8(x1, z1, m1, s1, x2, z2, m2, s2, left_shift, mult, shift, zero_point, act_min, act_max):
-    """add_zp clamped to [act_min, act_max] (tt_add_s8)."""
+def add_elem_s8(x1, z1, m1, s1, x2, z2, m2, s2, left_shift, mult, shift, zero_point, act_min, act_max):
+    """add_zp clamped to [act_min, act_max] (tt_add_elem_s8)."""
     v = add_zp(x1, z1, m1, s1, x2, z2, m2, s2, left_shift, mult, shift, zero_point)
     return np.int8(clamp_s32(v, act_min, act_max))
 

@@ -105,7 +105,7 @@ static inline int32_t tt_add_zp(int32_t x1, int32_t z1, int32_t m1, int32_t s1, 
 }
 
 /** tt_add_zp clamped to [act_min, act_max]. */
-static inline int8_t tt_add_s8(int32_t x1, int32_t z1, int32_t m1, int32_t s1, int32_t x2, int32_t z2,
+static inline int8_t tt_add_elem_s8(int32_t x1, int32_t z1, int32_t m1, int32_t s1, int32_t x2, int32_t z2,
                                int32_t m2, int32_t s2, int32_t left_shift, int32_t mult, int32_t shift,
                                int32_t zero_point, int32_t act_min, int32_t act_max)
 {

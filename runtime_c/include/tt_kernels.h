@@ -81,14 +81,15 @@ static inline size_t tt_mask_bytes(int32_t n)
 void tt_conv2d_s8(const tt_conv_params *p, const tt_quant_params *q, const int32_t *mult, const int32_t *shift,
                   const tt_dims *in_dims, const int8_t *in, const tt_dims *filter_dims, const int8_t *w,
                   const int32_t *bias, const tt_dims *out_dims, int8_t *out, uint8_t *mask);
-/** linear.py _fully_connected_s8; in [n][k], w [m][k] (filter_dims: n = m, c = k). */
+/** linear.py _fully_connected_s8; in [batch][k], w [m][k], out [batch][m]. */
 void tt_fully_connected_s8(const tt_quant_params *q, const int32_t *mult, const int32_t *shift, int32_t batch,
                            int32_t k, int32_t m, const int8_t *in, const int8_t *w, const int32_t *bias, int8_t *out,
                            uint8_t *mask);
 /** linear.py _fully_connected_f32: float classifier on a dequantized int8 input. */
 void tt_fully_connected_f32(int32_t batch, int32_t k, int32_t m, const int8_t *in, int32_t in_zp, float in_scale,
                             const float *w, const float *bias, float *out);
-/** eltwise.py _add_s8, out in memory order; x1/x2 broadcast NHWC (a dim of 1 repeats). */
+/** eltwise.py _add_s8, out in memory order; x1/x2 broadcast NHWC (a dim of 1 repeats; shapes of
+ *  lower rank are padded with leading 1s, as numpy broadcasts). */
 void tt_add_s8(const tt_dims *out_dims, const tt_dims *dims1, const int8_t *x1, int32_t z1, int32_t m1, int32_t s1,
                const tt_dims *dims2, const int8_t *x2, int32_t z2, int32_t m2, int32_t s2, int32_t left_shift,
                int32_t mult, int32_t shift, int32_t zp, int32_t act_min, int32_t act_max, int8_t *out,
@@ -97,7 +98,8 @@ void tt_add_s8(const tt_dims *out_dims, const tt_dims *dims1, const int8_t *x1, 
 void tt_mul_s8(const tt_dims *out_dims, const tt_dims *dims1, const int8_t *x1, int32_t z1, const tt_dims *dims2,
                const int8_t *x2, int32_t z2, int32_t mult, int32_t shift, int32_t zp, int32_t act_min,
                int32_t act_max, int8_t *out, uint8_t *mask);
-/** pool.py _avg_pool_s8; mult/shift indexed by the tap count (kernel_h*kernel_w + 1 entries). */
+/** pool.py _avg_pool_s8; mult/shift indexed by the tap count (kernel_h*kernel_w + 1 entries).
+ *  Dilation is not used (ONNX AveragePool dilations are refused at import). */
 void tt_avg_pool_s8(const tt_pool_params *p, const tt_quant_params *q, const int32_t *mult, const int32_t *shift,
                     const tt_dims *in_dims, const int8_t *in, const tt_dims *out_dims, int8_t *out, uint8_t *mask);
 /** pool.py _max_pool_s8 (q: act_min/act_max only). */
@@ -160,7 +162,9 @@ void tt_slice_f32(const tt_dims *dims, const float *in, int32_t axis, int32_t st
 /** NHWC transpose of a float tensor by perm (perm[0] == 0). */
 void tt_transpose_f32(const tt_dims *dims, const float *in, const int32_t *perm, float *out);
 
-/* ---- updates (in place) -------------------------------------------------- */
+/* ---- updates (in place) --------------------------------------------------
+ * The caller skips an update whose gradient holds a NaN or an infinity (the
+ * divergence guard): converting floor(NaN) to an integer is undefined in C. */
 
 /**
  * update.py _sgd_s8_stochastic.  The gradient g covers g_rows output channels x g_inner

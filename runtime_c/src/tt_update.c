@@ -17,12 +17,7 @@
 #include <float.h>
 #include <math.h>
 
-/* tt_fixedpoint.h and tt_kernels.h both declare a tt_add_s8 (a scalar static inline
- * helper and the array kernel, with different types): a translation unit cannot include
- * both.  This file needs neither; the scalar one is renamed out of the way. */
-#define tt_add_s8 tt_update_fixedpoint_add_s8_unused
 #include "tt_fixedpoint.h"
-#undef tt_add_s8
 
 #include "tt_kernels.h"
 #include "tt_prng.h"

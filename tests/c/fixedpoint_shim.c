@@ -33,9 +33,9 @@ void shim_asr64(const int64_t *x, const int32_t *s, int64_t *out, int32_t n)
 
 void shim_add_s8(const int32_t *p, int8_t *out, int32_t n)
 {
-    /* p holds 14 parameters per element, in tt_add_s8's order */
+    /* p holds 14 parameters per element, in tt_add_elem_s8's order */
     for (int32_t i = 0; i < n; ++i) {
         const int32_t *q = p + 14 * i;
-        out[i] = tt_add_s8(q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7], q[8], q[9], q[10], q[11], q[12], q[13]);
+        out[i] = tt_add_elem_s8(q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7], q[8], q[9], q[10], q[11], q[12], q[13]);
     }
 }
