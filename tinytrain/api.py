@@ -27,7 +27,7 @@ def quantize(model, calib_x, method="minmax", percentile=99.99, output_range=Non
     return quantize_graph(model, calib_x, method=method, percentile=percentile, output_range=output_range)
 
 
-def train(model, x, y, test=None, update="sparse", epochs=1, lr=0.05, qas=True, rounding="stochastic",
+def train(model, x, y, test=None, update="sparse", epochs=1, lr=0.02, qas=True, rounding="stochastic",
           float_classifier=False, momentum=0.0, accumulate=1, seed=0, calib=None, logit_range=16.0,
           progress=True):
     """Train a model on (x, y) in the bit-exact simulator, as the device would.

@@ -233,7 +233,7 @@ def build_parser():
     s.add_argument("--update", default="sparse",
                    help="full, bias, classifier, sparse, last-<k>, or a scheme.json (default sparse)")
     s.add_argument("--epochs", type=int, default=1)
-    s.add_argument("--lr", type=float, default=0.05)
+    s.add_argument("--lr", type=float, default=0.02)
     s.add_argument("--rounding", choices=["stochastic", "shadow"], default="stochastic",
                    help="how int8 updates below one step survive (default stochastic)")
     s.add_argument("--no-qas", action="store_true", help="turn quantization-aware scaling off (for comparison)")
