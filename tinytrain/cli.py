@@ -267,6 +267,12 @@ def build_parser():
     s.add_argument("--input-shape", type=_shape)
     s.add_argument("-o", "--output", required=True, help="output folder for the C project")
     s.set_defaults(func=cmd_compile)
+    try:                                   # build / run / flash for boards (tinytrain/boards.py)
+        from .boards import add_board_commands
+    except ImportError:
+        add_board_commands = None
+    if add_board_commands is not None:
+        add_board_commands(sub)
     return p
 
 
