@@ -105,7 +105,7 @@ def cmd_train(args):
     if g.t(g.inputs[0]).dtype != "int8":
         cx = load_dataset(args.calib, shape)[0] if args.calib else x
         g = quantize(g, cx[:500], output_range=(-args.logit_range, args.logit_range))
-    n_cls = g.t(g.outputs[0]).shape[-1]
+    n_cls = g.t(g.outputs[0]).size
     for name, labels in (("--data", y), ("--test", None if test is None else test[1])):
         if labels is not None and (labels.min() < 0 or labels.max() >= n_cls):
             raise TinytrainError(f"{name} has labels outside the model's {n_cls} classes", field="y")

@@ -146,7 +146,7 @@ def emit(graph, plan, out, name="model", rounding="stochastic"):
     logits = graph.t(graph.outputs[0])
     sig = signature(graph)
     facts = dict(arena=plan.arena_size, state=e.state_size, signature=sig, input=x.size,
-                 classes=logits.shape[-1], name=name)
+                 classes=logits.size, name=name)
     (out / f"{name}.h").write_text(_header(e, facts))
     (out / f"{name}.c").write_text(_source(e, facts, forward_body, backward_body))
     rt = out / "runtime"

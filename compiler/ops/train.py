@@ -136,7 +136,7 @@ def _emit_softmax_xent(self, node, g, e):
     lg, label = node.inputs
     loss, dz = node.outputs
     t = g.t(lg)
-    k = t.shape[-1]
+    k = t.size                      # one sample's logits, flattened
     if t.dtype == "int8":
         e.line(f"{{ float z[{k}]; int32_t i; for (i = 0; i < {k}; ++i) {{ z[i] = {c_float(t.q.scale)} * "
                f"(float)((int32_t){e.ptr(lg)}[i] - {int(t.q.zero_point)}); }}")

@@ -62,7 +62,7 @@ class BackpropTrainer:
         if x.ndim == len(g.meta["input_shape"]) - 1:
             x = x[None]
         xq = self.sim.quantize_input(x)
-        n_cls = g.t(g.outputs[0]).shape[-1]
+        n_cls = g.t(g.outputs[0]).size         # the logits of one sample, flattened: one per class
         label = int(label)
         if not 0 <= label < n_cls:
             raise TinytrainError(f"label {label} is outside the model's {n_cls} classes", field="y")
