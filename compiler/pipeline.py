@@ -3,7 +3,8 @@
     import ONNX -> simplify_reshapes -> fold_affine (BatchNorm) -> fuse_activation (ReLU/ReLU6)
         -> absorb_transpose (Flatten of NHWC into the linear layer's weights)
         -> calibrate -> quantize
-        -> autodiff (loss, backward, in-place SGD) -> prune (the sparse-update scheme)
+        -> weight_headroom (trained weights' scale x2) -> autodiff (loss, backward, in-place SGD)
+        -> prune (the sparse-update scheme)
 """
 import numpy as np
 
@@ -18,6 +19,7 @@ from .passes.fold_affine import fold_affine
 from .passes.fuse_activation import fuse_activation
 from .passes.quantize import quantize
 from .passes.simplify_reshapes import simplify_reshapes
+from .passes.weight_headroom import weight_headroom as _weight_headroom
 from .scheme import resolve as resolve_scheme
 
 FLOAT_PASSES = (
@@ -57,10 +59,12 @@ def quantize_graph(graph, calib_x, method="minmax", percentile=99.99, output_ran
     return verify(quantize(graph, ranges, info), "quantize")
 
 
-def training_graph(graph_int8, update="sparse", qas=True, float_classifier=False):
+def training_graph(graph_int8, update="sparse", qas=True, float_classifier=False, weight_headroom=2.0):
     """int8 IR -> verified training graph for an update scheme (preset name,
-    JSON path, dict or Scheme); optionally with a float32 classifier."""
+    JSON path, dict or Scheme); optionally with a float32 classifier.  Trained
+    weights get `weight_headroom` (their scale x h) to grow without saturating."""
     scheme = resolve_scheme(graph_int8, update)
+    graph_int8 = verify(_weight_headroom(graph_int8, scheme, weight_headroom), "weight_headroom")
     if float_classifier:
         graph_int8 = verify(float_head(graph_int8), "float_head")
     g = verify(autodiff(graph_int8, qas=qas), "autodiff")
@@ -68,12 +72,13 @@ def training_graph(graph_int8, update="sparse", qas=True, float_classifier=False
 
 
 def compile_graph(graph_int8, out, name="model", update="sparse", qas=True, float_classifier=False,
-                  rounding="stochastic", sram=None, in_place=True):
+                  rounding="stochastic", sram=None, in_place=True, weight_headroom=2.0):
     """int8 IR -> training graph -> memory plan (checked against `sram` bytes) -> C.
     -> (training graph, plan, facts)"""
     from .codegen.emit_c import emit
     from .passes.plan_memory import check_budget, plan_memory
-    tg = training_graph(graph_int8, update, qas=qas, float_classifier=float_classifier)
+    tg = training_graph(graph_int8, update, qas=qas, float_classifier=float_classifier,
+                        weight_headroom=weight_headroom)
     plan = plan_memory(tg, in_place=in_place)
     check_budget(tg, plan, sram)
     facts = emit(tg, plan, out, name=name, rounding=rounding)

@@ -29,7 +29,7 @@ def quantize(model, calib_x, method="minmax", percentile=99.99, output_range=Non
 
 def train(model, x, y, test=None, update="sparse", epochs=1, lr=0.02, qas=True, rounding="stochastic",
           float_classifier=False, momentum=0.0, accumulate=1, seed=0, calib=None, logit_range=16.0,
-          progress=True):
+          weight_headroom=2.0, progress=True):
     """Train a model on (x, y) in the bit-exact simulator, as the device would.
 
     model: an ONNX path, a float IR (quantized on `calib` or x first) or an int8 IR.
@@ -46,7 +46,7 @@ def train(model, x, y, test=None, update="sparse", epochs=1, lr=0.02, qas=True, 
         model = load(model)
     if model.t(model.inputs[0]).dtype != "int8":
         model = quantize(model, (x if calib is None else calib)[:500], output_range=(-logit_range, logit_range))
-    tg = training_graph(model, update, qas=qas, float_classifier=float_classifier)
+    tg = training_graph(model, update, qas=qas, float_classifier=float_classifier, weight_headroom=weight_headroom)
     trainer = BackpropTrainer(tg, lr=lr, rounding=rounding, seed=seed, momentum=momentum, accumulate=accumulate)
     history = fit(trainer, x, y, epochs=epochs, seed=seed, test=test, progress=progress, out=sys.stdout)
     return strip_training(tg), history, trainer

@@ -117,11 +117,13 @@ def cmd_train(args):
         from .compiler.pipeline import compile_graph
         from .host import HostTrainer
         tg, plan, facts = compile_graph(g, out / "c", name="model", update=scheme, qas=not args.no_qas,
-                                        float_classifier=args.float_classifier, rounding=args.rounding)
+                                        float_classifier=args.float_classifier, rounding=args.rounding,
+                                        weight_headroom=args.weight_headroom)
         trainer = HostTrainer(out / "c", "model", tg, plan, facts, lr=args.lr, seed=args.seed, rounding=args.rounding)
         print(f"C build: {out / 'c'} (arena {facts['arena']} B, state {facts['state']} B)")
     else:
-        tg = training_graph(g, scheme, qas=not args.no_qas, float_classifier=args.float_classifier)
+        tg = training_graph(g, scheme, qas=not args.no_qas, float_classifier=args.float_classifier,
+                            weight_headroom=args.weight_headroom)
         trainer = BackpropTrainer(tg, lr=args.lr, rounding=args.rounding, seed=args.seed, momentum=args.momentum,
                                   accumulate=args.accumulate)
     rows = scheme.describe(g)
@@ -168,7 +170,7 @@ def cmd_compile(args):
         cx = load_dataset(args.calib, g.meta["input_shape"])[0]
         g = quantize(g, cx[:500], output_range=(-args.logit_range, args.logit_range))
     out = Path(args.output)
-    kw = dict(qas=not args.no_qas, float_classifier=args.float_classifier)
+    kw = dict(qas=not args.no_qas, float_classifier=args.float_classifier, weight_headroom=args.weight_headroom)
     tg, plan, facts = compile_graph(g, out, name=args.name, update=args.update, rounding=args.rounding,
                                     in_place=not args.no_in_place, **kw)
     stack = stack_estimate(out, args.name)
@@ -241,6 +243,8 @@ def build_parser():
                    help="keep the last layer in float32 (more accurate updates, 4x its weight memory)")
     s.add_argument("--logit-range", type=float, default=16.0,
                    help="a float model's logits are quantized to [-R, R], room to grow while training (default 16)")
+    s.add_argument("--weight-headroom", type=float, default=2.0,
+                   help="trained weights get their scale x H so they can grow without saturating (default 2)")
     s.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (default 0: TTE found it hurts at batch 1)")
     s.add_argument("--accumulate", type=int, default=1, help="average the gradients of N samples per update")
     s.add_argument("--max-samples", type=int, default=0, help="use at most N training samples per epoch")
@@ -263,6 +267,8 @@ def build_parser():
     s.add_argument("--no-qas", action="store_true")
     s.add_argument("--float-classifier", action="store_true")
     s.add_argument("--no-in-place", action="store_true", help="no in-place buffers (to measure what they save)")
+    s.add_argument("--weight-headroom", type=float, default=2.0,
+                   help="trained weights get their scale x H so they can grow without saturating (default 2)")
     s.add_argument("--logit-range", type=float, default=16.0)
     s.add_argument("--input-shape", type=_shape)
     s.add_argument("-o", "--output", required=True, help="output folder for the C project")

@@ -1,0 +1,353 @@
+"""Boards: build the emitted C project into firmware for a microcontroller
+board and (tinytrain/qemu.py) run it under QEMU.
+
+    tinytrain build BUILD_DIR --board qemu-mps2-an386 [--name NAME]
+    tinytrain run BUILD_DIR --board qemu-mps2-an386 --data samples.npz --steps 20 [--check --model m.onnx ...]
+
+A board is a folder of boards/ (installed as tinytrain/boards/) with a
+board.json (core, FPU, SRAM, flash, compiler flags, linker script, QEMU
+machine) and its linker script; boards/common/ holds the startup code, the
+porting layer (board.c: print, exit, instruction counter) and the generic
+training program main.c.  The build writes two files of its own beside the
+objects: tt_app.h (maps the model's prefixed API to main.c's APP_* names, and
+the run's steps, learning rate and seed) and tt_samples.c (samples and labels
+as const arrays, so in flash).
+"""
+import json
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .compiler.errors import TinytrainError
+
+APT_PACKAGES = "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
+INSTALL_HINT = f"install it with: apt-get install -y --no-install-recommends {APT_PACKAGES}"
+CFLAGS = ["-std=c99", "-O2", "-ffunction-sections", "-fdata-sections", "-ffp-contract=off", "-Wall", "-Wextra",
+          "-Werror", "-pedantic"]
+LDFLAGS = ["-nostartfiles", "--specs=nano.specs", "-Wl,--gc-sections", "-Wl,--print-memory-usage"]
+DEFAULT_STACK = 8192
+
+
+def boards_dir():
+    """boards/ beside tinytrain/ in the source tree, tinytrain/boards in a wheel."""
+    here = Path(__file__).resolve().parent
+    for d in (here / "boards", here.parent / "boards"):
+        if (d / "common" / "main.c").is_file():
+            return d
+    raise TinytrainError(f"the board files are missing from this installation (looked in {here / 'boards'} "
+                         f"and {here.parent / 'boards'})")
+
+
+def available_boards():
+    return sorted(p.parent.name for p in boards_dir().glob("*/board.json")
+                  if "qemu" in json.loads(p.read_text()) or "cflags" in json.loads(p.read_text()))
+
+
+def load_board(name):
+    """board.json of a board, with its folder as board['dir']."""
+    path = boards_dir() / str(name) / "board.json"
+    if not path.is_file():
+        raise TinytrainError(f"unknown board '{name}' (available: {', '.join(available_boards())})",
+                             field="--board")
+    board = json.loads(path.read_text())
+    if "cflags" not in board:
+        raise TinytrainError(f"board '{name}' is not a cross-compiled target (the host build runs through "
+                             "`tinytrain train --backend c`); boards: " + ", ".join(available_boards()),
+                             field="--board")
+    board["dir"] = path.parent
+    return board
+
+
+def require_tool(tool):
+    path = shutil.which(tool)
+    if path is None:
+        raise TinytrainError(f"{tool} not found: {INSTALL_HINT}")
+    return path
+
+
+# ---------------------------------------------------------------------------- the compiled model
+
+def model_facts(build_dir, name=None):
+    """The model's name and the size macros of its header (NAME.h of `tinytrain compile`)."""
+    build_dir = Path(build_dir)
+    if not build_dir.is_dir():
+        raise TinytrainError("no such folder (make one with `tinytrain compile ... -o DIR`)", file=build_dir)
+    if name is None:
+        found = [h.stem for h in sorted(build_dir.glob("*.h"))
+                 if (build_dir / f"{h.stem}.c").is_file() and f"#define {h.stem.upper()}_ARENA_SIZE" in h.read_text()]
+        if len(found) != 1:
+            raise TinytrainError(("no compiled model here (no NAME.h and NAME.c from `tinytrain compile`)" if not found
+                                  else f"several models here ({', '.join(found)}): choose one with --name"),
+                                 file=build_dir)
+        name = found[0]
+    header = build_dir / f"{name}.h"
+    if not header.is_file() or not (build_dir / f"{name}.c").is_file():
+        raise TinytrainError(f"no {name}.h / {name}.c here (the --name given to `tinytrain compile`)", file=build_dir)
+    if not (build_dir / "runtime" / "src").is_dir():
+        raise TinytrainError("the runtime/ folder written by `tinytrain compile` is missing", file=build_dir)
+    macros = dict(re.findall(rf"#define {name.upper()}_(\w+) (\w+)", header.read_text()))
+    facts = {"name": name}
+    for key in ("ARENA_SIZE", "STATE_SIZE", "ALIGN", "INPUT_SIZE", "NUM_CLASSES", "SIGNATURE"):
+        if key not in macros:
+            raise TinytrainError(f"{name}.h has no {name.upper()}_{key}: regenerate it with `tinytrain compile`",
+                                 file=header)
+        facts[key.lower()] = int(macros[key].rstrip("uU"), 0)
+    return facts
+
+
+def to_device_layout(x, input_size, graph=None):
+    """Samples in the model's ONNX input layout -> [N, input_size] float32 in the
+    C input layout (NHWC).  With the graph its recorded input order is used;
+    without it the ONNX convention: [N, C, H, W] and [N, C, L] are channels-first."""
+    x = np.asarray(x, np.float32)
+    if graph is not None:
+        from .compiler.reference import to_ir_layout
+        x = to_ir_layout(graph, x)
+    elif x.ndim == 4:
+        x = x.transpose(0, 2, 3, 1)
+    elif x.ndim == 3:
+        x = x.transpose(0, 2, 1)
+    x = np.ascontiguousarray(x).reshape(len(x), -1)
+    if x.shape[1] != input_size:
+        raise TinytrainError(f"samples have {x.shape[1]} values each, the model takes {input_size}", field="x")
+    return x
+
+
+def write_app(out, board, facts, x, y, steps, lr, seed):
+    """tt_app.h and tt_samples.c for main.c: x [N, input_size] in the device layout."""
+    from .compiler.codegen.emit_c import c_float
+    n, N = facts["name"], facts["name"].upper()
+    x = np.asarray(x, np.float32).reshape(len(x), -1)
+    y = np.asarray(y).astype(np.int64)
+    if not (0 < steps < 2 ** 31):
+        raise TinytrainError(f"--steps {steps} must be a positive number", field="--steps")
+    if np.any((y < 0) | (y >= facts["num_classes"])):
+        raise TinytrainError(f"labels outside the model's {facts['num_classes']} classes", field="y")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tt_app.h").write_text(f"""/* tt_app.h: generated by tinytrain build for main.c.  Do not edit. */
+#ifndef TT_APP_H
+#define TT_APP_H
+#include "{n}.h"
+
+#define APP_BOARD "{board['name']}"
+#define APP_MODEL "{n}"
+#define APP_CTX {n}_ctx
+#define APP_ARENA_SIZE {N}_ARENA_SIZE
+#define APP_STATE_SIZE {N}_STATE_SIZE
+#define APP_ALIGN {N}_ALIGN
+#define APP_INPUT_SIZE {N}_INPUT_SIZE
+#define APP_INIT {n}_init
+#define APP_TRAIN_STEP {n}_train_step
+#define APP_STEPS {int(steps)}
+#define APP_NUM_SAMPLES {len(x)}
+#define APP_LR {c_float(lr)}
+#define APP_SEED {int(seed) & 0xFFFFFFFF}u
+
+extern const float app_samples[APP_NUM_SAMPLES][APP_INPUT_SIZE];
+extern const int32_t app_labels[APP_NUM_SAMPLES];
+
+#endif
+""")
+    rows = ",\n".join("    {" + ", ".join(c_float(v) for v in row) + "}" for row in x)
+    (out / "tt_samples.c").write_text(
+        "/* tt_samples.c: generated by tinytrain build: the training samples, const (in flash). */\n"
+        '#include "tt_app.h"\n\n'
+        f"const float app_samples[APP_NUM_SAMPLES][APP_INPUT_SIZE] = {{\n{rows}\n}};\n\n"
+        f"const int32_t app_labels[APP_NUM_SAMPLES] = {{{', '.join(str(int(v)) for v in y)}}};\n")
+
+
+# ---------------------------------------------------------------------------- build
+
+@dataclass
+class Firmware:
+    elf: Path
+    board: dict
+    facts: dict
+    flash_used: int
+    ram_used: int              # static RAM including the reserved stack
+    stack_reserved: int
+    link_log: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ram_static(self):
+        return self.ram_used - self.stack_reserved
+
+    def summary(self):
+        b, f = self.board, self.facts
+        return (f"{b['name']}: flash {self.flash_used / 1024:.1f} KB of {b['flash'] / 1024:.0f} KB; RAM "
+                f"{self.ram_used / 1024:.1f} KB of {b['sram'] / 1024:.0f} KB (arena {f['arena_size'] / 1024:.1f} KB, "
+                f"state {f['state_size'] / 1024:.1f} KB, stack reserved {self.stack_reserved / 1024:.1f} KB, "
+                f"other {(self.ram_static - f['arena_size'] - f['state_size'])} B)")
+
+
+_UNITS = {"B": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3}
+
+
+def _memory_usage(text):
+    """--print-memory-usage -> {region: used bytes}."""
+    used = {}
+    for region, value, unit in re.findall(r"^\s*(\w+):\s+(\d+)\s*(B|KB|MB|GB)\s", text, re.M):
+        used[region] = int(value) * _UNITS[unit]
+    return used
+
+
+def _overflow_error(board, facts, stack, log):
+    over = dict((r, int(b)) for r, b in re.findall(r"region `(\w+)' overflowed by (\d+) bytes", log))
+    if "RAM" in over:
+        size = board["sram"]
+        need = size + over["RAM"]
+        return TinytrainError(
+            f"{board['name']}: the firmware needs {need / 1024:.1f} KB of RAM, the board has {size / 1024:.0f} KB "
+            f"(arena {facts['arena_size'] / 1024:.1f} KB + state {facts['state_size'] / 1024:.1f} KB + stack "
+            f"{stack / 1024:.1f} KB + the rest): the link fails with region `RAM' overflowed by {over['RAM']} bytes; "
+            "compile with a smaller update scheme (--update sparse, bias, classifier) or check `tinytrain compile "
+            f"--sram {size // 1024}k`")
+    if "FLASH" in over:
+        return TinytrainError(
+            f"{board['name']}: the firmware needs {(board['flash'] + over['FLASH']) / 1024:.1f} KB of flash, the "
+            f"board has {board['flash'] / 1024:.0f} KB (region `FLASH' overflowed by {over['FLASH']} bytes): fewer "
+            "samples (--steps) or a smaller model")
+    return None
+
+
+def _run(cmd, what, file=None):
+    res = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise TinytrainError(f"{what} failed:\n{(res.stdout + res.stderr)[-3000:]}", file=file)
+    return res
+
+
+def build(build_dir, board_name, name=None, x=None, y=None, steps=1, lr=0.02, seed=0, stack=None, graph=None):
+    """Cross-compile the project in build_dir (from `tinytrain compile`) with the
+    board files and a training program over samples x (ONNX layout) and labels y
+    (default: one zero sample, label 0) -> Firmware in build_dir/<board>/."""
+    board = load_board(board_name)
+    gcc = require_tool("arm-none-eabi-gcc")
+    facts = model_facts(build_dir, name)
+    build_dir = Path(build_dir)
+    out = build_dir / board["name"]
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    if x is None:
+        x, y = np.zeros((1, facts["input_size"]), np.float32), np.zeros(1, np.int64)
+    else:
+        x = to_device_layout(x, facts["input_size"], graph)
+        if y is None:
+            raise TinytrainError("training on the board needs labels: an array 'y'", field="y")
+        x, y = x[:min(len(x), steps)], np.asarray(y)[:min(len(x), steps)]
+    write_app(out, board, facts, x, y, steps, lr, seed)
+    board_srcs = [(board["dir"] / s).resolve() for s in board["sources"]]
+    cpu = list(board["cflags"])
+    incs = [f"-I{out}", f"-I{build_dir}", f"-I{build_dir / 'runtime' / 'include'}",
+            *dict.fromkeys(f"-I{s.parent}" for s in board_srcs)]
+    srcs = [build_dir / f"{facts['name']}.c", *sorted((build_dir / "runtime" / "src").glob("*.c")), *board_srcs,
+            out / "tt_samples.c"]
+    objs = []
+    for src in srcs:
+        obj = out / (src.stem + ".o")
+        _run([gcc, *cpu, *CFLAGS, *incs, "-c", src, "-o", obj], f"arm-none-eabi-gcc ({src.name})", file=src)
+        objs.append(obj)
+    stack = int(stack or board.get("stack", DEFAULT_STACK))
+    elf = out / "firmware.elf"
+    cmd = [gcc, *cpu, "-T", board["dir"] / board["ldscript"], *(f"-L{s.parent}" for s in board_srcs), *LDFLAGS,
+           f"-Wl,-Map={out / 'firmware.map'}", f"-Wl,--defsym=__stack_size__={stack}", *objs, "-lm", "-o", elf]
+    res = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+    log = res.stdout + res.stderr
+    (out / "link.log").write_text(log)
+    if res.returncode != 0:
+        raise _overflow_error(board, facts, stack, log) or TinytrainError(f"linking failed:\n{log[-3000:]}",
+                                                                          file=elf)
+    used = _memory_usage(res.stdout)
+    return Firmware(elf, board, facts, used.get("FLASH", 0), used.get("RAM", 0), stack, log)
+
+
+# ---------------------------------------------------------------------------- command line
+
+def _graph_for_check(args, facts, data_x):
+    """The training graph `tinytrain compile` made, rebuilt from the same model and
+    options; its signature must be the one in NAME.h."""
+    from .api import load, quantize
+    from .compiler.codegen.emit_c import signature
+    from .compiler.pipeline import training_graph
+    from .data import load_dataset
+    if not args.model:
+        raise TinytrainError("--check replays the steps in the simulator: give the model and the options "
+                             "`tinytrain compile` had (--model, --calib, --update, ...)", field="--model")
+    g = load(args.model)
+    if g.t(g.inputs[0]).dtype != "int8":
+        cx = load_dataset(args.calib, g.meta["input_shape"])[0] if args.calib else data_x
+        g = quantize(g, cx[:500], output_range=(-args.logit_range, args.logit_range))
+    tg = training_graph(g, args.update, qas=not args.no_qas, float_classifier=args.float_classifier)
+    if signature(tg) != facts["signature"]:
+        raise TinytrainError(f"the model, calibration and options given do not rebuild the graph compiled in "
+                             f"{args.build_dir} (signature {signature(tg):08x}, {facts['name']}.h has "
+                             f"{facts['signature']:08x}): pass the same --model/--calib/--update/--logit-range as "
+                             "to `tinytrain compile`", field="--check")
+    return tg
+
+
+def cmd_build(args):
+    fw = build(args.build_dir, args.board, args.name, stack=args.stack)
+    print(fw.summary())
+    print(f"firmware: {fw.elf} (map: {fw.elf.with_suffix('.map')}); the stack peak is measured by "
+          f"`tinytrain run {args.build_dir} --board {args.board} --data ...`")
+    return 0
+
+
+def cmd_run(args):
+    from .data import load_dataset
+    from .qemu import compare_with_simulator, format_steps, run_firmware
+    facts = model_facts(args.build_dir, args.name)
+    x, y = load_dataset(args.data, need_labels=True)
+    steps = args.steps or len(x)
+    tg = _graph_for_check(args, facts, x) if args.check else None
+    fw = build(args.build_dir, args.board, facts["name"], x, y, steps, args.lr, args.seed, args.stack, graph=tg)
+    print(fw.summary())
+    res = run_firmware(fw, timeout=args.timeout)
+    print(format_steps(res))
+    print(f"stack peak {res.stack_peak} B of {res.stack_size} B reserved; RAM static + stack peak "
+          f"{(fw.ram_static + res.stack_peak) / 1024:.1f} KB of {fw.board['sram'] / 1024:.0f} KB")
+    if args.check:
+        n = min(len(x), steps)
+        report = compare_with_simulator(tg, res, x[:n], y[:n], steps, args.lr, args.seed, args.rounding,
+                                        facts["name"])
+        print(report)
+    return 0
+
+
+def add_board_commands(sub):
+    """Register `tinytrain build` and `tinytrain run` on the CLI's subparsers."""
+    s = sub.add_parser("build", help="cross-compile a compiled C project for a board: flash, RAM, stack")
+    s.add_argument("build_dir", help="the output folder of `tinytrain compile`")
+    s.add_argument("--board", required=True, help="a folder of boards/, e.g. qemu-mps2-an386, qemu-mps2-an500")
+    s.add_argument("--name", help="the model's --name (default: the only model in the folder)")
+    s.add_argument("--stack", type=int, help="bytes reserved for the stack (default: the board's)")
+    s.set_defaults(func=cmd_build)
+
+    s = sub.add_parser("run", help="train on a board under QEMU: per-step loss, accuracy, instructions")
+    s.add_argument("build_dir", help="the output folder of `tinytrain compile`")
+    s.add_argument("--board", required=True, help="a folder of boards/ with a QEMU machine")
+    s.add_argument("--name", help="the model's --name (default: the only model in the folder)")
+    s.add_argument("--data", required=True, help="labelled samples (.npz with x and y, or .csv), stored in flash")
+    s.add_argument("--steps", type=int, default=0, help="training steps; step s uses sample s mod N (default N)")
+    s.add_argument("--lr", type=float, default=0.02)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--stack", type=int, help="bytes reserved for the stack (default: the board's)")
+    s.add_argument("--timeout", type=float, default=600, help="seconds before QEMU is stopped (default 600)")
+    s.add_argument("--check", action="store_true",
+                   help="replay the steps in the simulator: losses, classes and final weights bit for bit")
+    s.add_argument("--model", help="with --check: the model given to `tinytrain compile`")
+    s.add_argument("--calib", help="with --check: its calibration samples (default: --data)")
+    s.add_argument("--update", default="sparse", help="with --check: the compile's --update (default sparse)")
+    s.add_argument("--rounding", choices=["stochastic", "shadow"], default="stochastic")
+    s.add_argument("--logit-range", type=float, default=16.0)
+    s.add_argument("--no-qas", action="store_true")
+    s.add_argument("--float-classifier", action="store_true")
+    s.set_defaults(func=cmd_run)
