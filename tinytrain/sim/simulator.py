@@ -16,10 +16,15 @@ def quantize_input(x_ir, q):
 
 
 class Simulator:
-    def __init__(self, graph):
+    """Runs an int8 graph; with `nodes`, only those (the forward part of a training
+    graph, with its current weights) and only the first output (the logits)."""
+
+    def __init__(self, graph, nodes=None):
         if graph.t(graph.inputs[0]).dtype != "int8":
             raise TinytrainError("the simulator runs quantized graphs; quantize the model first")
         self.graph = graph
+        self.nodes = graph.nodes if nodes is None else nodes
+        self.outputs = graph.outputs if nodes is None else graph.outputs[:1]
 
     @property
     def input_q(self):
@@ -38,11 +43,11 @@ class Simulator:
         receives the 1-bit clamp masks that training needs."""
         g = self.graph
         env = {g.inputs[0]: np.ascontiguousarray(xq, dtype=np.int8)}
-        for node in g.nodes:
+        for node in self.nodes:
             ins = [env[i] if i in env else g.t(i).data for i in node.inputs]
             for o, v in zip(node.outputs, get_op(node.op).sim(node, g, ins, masks)):
                 env[o] = v
-        outs = [env[o] for o in g.outputs]
+        outs = [env[o] for o in self.outputs]
         return (outs, env) if keep else outs
 
     def run(self, x_onnx, batch=256):

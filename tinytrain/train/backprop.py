@@ -39,7 +39,7 @@ class BackpropTrainer:
         self.ctx = TrainContext(lr, rounding, seed, momentum, accumulate)
         fwd = set(train_graph.meta["training"]["forward"])
         self.forward_nodes = [n for n in train_graph.nodes if n.id in fwd]
-        self.sim = _ForwardView(train_graph, self.forward_nodes)
+        self.sim = Simulator(train_graph, self.forward_nodes)
         self.steps = 0
 
     def step(self, x_onnx, label):
@@ -99,21 +99,3 @@ class BackpropTrainer:
     def evaluate(self, x, y, batch=256):
         pred = self.sim.predict(x, batch)
         return float(np.mean(pred == np.asarray(y)))
-
-
-class _ForwardView(Simulator):
-    """The forward part of a training graph, run with the current weights."""
-
-    def __init__(self, graph, nodes):
-        self.graph = graph
-        self.nodes = nodes
-
-    def run_int8(self, xq, keep=False, masks=None):
-        g = self.graph
-        env = {g.inputs[0]: np.ascontiguousarray(xq, dtype=np.int8)}
-        for node in self.nodes:
-            ins = [env[i] if i in env else g.t(i).data for i in node.inputs]
-            for o, v in zip(node.outputs, get_op(node.op).sim(node, g, ins, masks)):
-                env[o] = v
-        outs = [env[g.outputs[0]]]
-        return (outs, env) if keep else outs
