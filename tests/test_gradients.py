@@ -26,6 +26,8 @@ from tinytrain.compiler.errors import TinytrainError  # noqa: E402
 from tinytrain.compiler.ops import get_op  # noqa: E402
 from tinytrain.compiler.passes.autodiff import autodiff  # noqa: E402
 from tinytrain.compiler.passes.prune import saved_tensors  # noqa: E402
+# weight_headroom=1.0 everywhere: these tests compare the gradients of graphs with different trained
+# layers, which must share one forward (the headroom rescales exactly the trained layers)
 from tinytrain.compiler.pipeline import load, quantize_graph, training_graph  # noqa: E402
 from tinytrain.compiler.scheme import is_depthwise, resolve, weighted_layers  # noqa: E402
 from tinytrain.data import load_dataset  # noqa: E402
@@ -144,8 +146,8 @@ def weight_update_shape(graph, layer, ratio):
 
 def check_against_torch(gq, graph, env, label, what):
     """Every gradient of one tinytrain step against the torch replay of the same forward."""
-    r = replay(gq, env[graph.inputs[0]], label)
-    # the replay ran the int8 IR's forward: the training graph's forward is the same
+    r = replay(graph, env[graph.inputs[0]], label)
+    # the replay runs the training graph's own forward (trained layers carry their weight headroom)
     for n in graph.nodes:
         if n.id in graph.meta["training"]["forward"]:
             np.testing.assert_array_equal(dequant(graph.t(n.outputs[0]), env[n.outputs[0]]), r.values[n.outputs[0]])
@@ -195,13 +197,13 @@ def test_op_case_gradients_match_torch(case, built_cases):
         passthrough = all(n.op in ("clamp", "add") for n in gq.consumers(gq.inputs[0]))
         assert passthrough, "the graph input has an input-gradient op but no d_<input> tensor"
     if layers:
-        tg = training_graph(gq, "full")
+        tg = training_graph(gq, "full", weight_headroom=1.0)
         trained = {n.inputs[0] for n in tg.nodes if n.op == "sgd_update"}
         assert trained == {i for n in layers for i in n.inputs[1:]}
     else:
         tg = None
         with pytest.raises(TinytrainError, match="no conv or linear layer"):
-            training_graph(gq, "full")
+            training_graph(gq, "full", weight_headroom=1.0)
     full_trainer = BackpropTrainer(ag)
     trainer = BackpropTrainer(tg) if tg is not None else None
     for s, (x, label) in enumerate(samples_for(gq, test)):
@@ -231,10 +233,10 @@ def test_sparse_weight_gradient_is_first_channels_of_full(case, built_cases):
         spec["classifier"] = True          # (with one layer it would override the 0.5)
     if not layers:
         with pytest.raises(TinytrainError):
-            training_graph(gq, spec)
+            training_graph(gq, spec, weight_headroom=1.0)
         return
-    tg = training_graph(gq, spec)
-    full = training_graph(gq, "full")
+    tg = training_graph(gq, spec, weight_headroom=1.0)
+    full = training_graph(gq, "full", weight_headroom=1.0)
     ups = [n for n in tg.nodes if n.op == "sgd_update"]
     assert len(ups) == (3 if len(layers) > 1 else 1)
     (w_up,) = [n for n in ups if n.attrs["param_of"] == layers[0].id and n.attrs["role"] == "weight"]
@@ -294,7 +296,7 @@ def mnist_gq():
 
 def test_mcu_cnn_full_gradients_match_torch(mnist_gq):
     gq, x, y = mnist_gq
-    tg = training_graph(gq, "full")
+    tg = training_graph(gq, "full", weight_headroom=1.0)
     layers = weighted_layers(gq)
     trainer = BackpropTrainer(tg)
     # the true label (small loss, small gradients) and a wrong one (large gradients)
@@ -307,7 +309,7 @@ def test_mcu_cnn_full_gradients_match_torch(mnist_gq):
 
 def test_mcu_cnn_sparse_preset_gradients_are_slices_of_full(mnist_gq):
     gq, x, y = mnist_gq
-    full, sparse = training_graph(gq, "full"), training_graph(gq, "sparse")
+    full, sparse = training_graph(gq, "full", weight_headroom=1.0), training_graph(gq, "sparse", weight_headroom=1.0)
     scheme = resolve(gq, "sparse")
     by_id = {n.id: n for n in gq.nodes}
     narrowed = 0
@@ -359,7 +361,7 @@ def test_softmax_xent_matches_finite_differences(tiny_fc):
     """dlogits and the loss of softmax_xent against float64 cross-entropy of the
     dequantized logits, differentiated by central differences."""
     gq, test = tiny_fc
-    tg = training_graph(gq, "full")
+    tg = training_graph(gq, "full", weight_headroom=1.0)
     (sx,) = [n for n in tg.nodes if n.op == "softmax_xent"]
     trainer = BackpropTrainer(tg)
     for s in range(6):
@@ -382,7 +384,7 @@ def test_fc_parameter_gradients_match_finite_differences(tiny_fc):
     checks the mask gate, fully_connected_grad_input and both weight/bias rules
     without torch."""
     gq, test = tiny_fc
-    tg = training_graph(gq, "full")
+    tg = training_graph(gq, "full", weight_headroom=1.0)
     fc1, fc2 = weighted_layers(tg)
     t = tg.t
     p0 = {i: dequant(t(i), t(i).data) for n in (fc1, fc2) for i in n.inputs[1:]}
@@ -428,7 +430,7 @@ def mnist_schemes(mnist_gq, tmp_path_factory):
     out = {}
     for name in PRESETS:
         update = str(path) if name == "json" else name
-        out[name] = (resolve(gq, update), training_graph(gq, update))
+        out[name] = (resolve(gq, update), training_graph(gq, update, weight_headroom=1.0))
     return out
 
 

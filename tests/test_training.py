@@ -153,3 +153,23 @@ def test_cli_train_errors(bad, tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("tinytrain: error:"), err
+
+
+def test_weight_headroom_rescales_only_trained_weights(gq, fmnist):
+    x, _, tx, _ = fmnist
+    tg = training_graph(gq, "last-2")
+    trained = set(tg.meta["training"]["trainable"])
+    for t in tg.tensors.values():
+        if t.kind == "const" and t.dtype == "int8":
+            orig = gq.t(t.id)
+            if t.id in trained:
+                np.testing.assert_allclose(t.q.scale, 2 * orig.q.scale, rtol=1e-6)
+                assert np.abs(t.data).max() <= 64          # half the range is left to grow into
+            else:
+                np.testing.assert_array_equal(t.data, orig.data)
+    # the rescaled layers compute nearly the same function
+    from tinytrain.sim.simulator import Simulator
+    fwd = [n for n in tg.nodes if n.id in set(tg.meta["training"]["forward"])]
+    a = Simulator(tg, fwd).predict(tx[:200])
+    b = tt.Simulator(gq).predict(tx[:200])
+    assert np.mean(a == b) > 0.9

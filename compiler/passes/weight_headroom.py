@@ -25,12 +25,11 @@ def weight_headroom(graph, scheme, h=2.0):
         if n.id not in scheme.weights or n.op not in ("conv2d", "fully_connected"):
             continue
         x, w, b, y = (g.t(i) for i in (n.inputs[0], n.inputs[1], n.inputs[2], n.outputs[0]))
-        w_new = g.add_const(w.name, np.clip(np.round(w.data.astype(np.float64) / h), -127, 127).astype(np.int8),
-                            q=QParams(w.q.scale * np.float32(h), w.q.zero_point, w.q.axis))
-        b_new = g.add_const(b.name, np.round(b.data.astype(np.float64) / h).astype(np.int32),
-                            q=QParams(b.q.scale * np.float32(h), b.q.zero_point, b.q.axis))
-        n.inputs = (n.inputs[0], w_new.id, b_new.id)
-        mult, shift = quantize_multipliers(float(x.q.scale) * w_new.q.scale.astype(np.float64) / float(y.q.scale))
-        n.attrs.update(mult=mult, shift=shift)
-    g.remove_unused()
+        # the copied graph's tensors are new objects: new data and scales leave the input graph alone
+        w.data = np.clip(np.round(w.data.astype(np.float64) / h), -127, 127).astype(np.int8)
+        w.q = QParams(w.q.scale * np.float32(h), w.q.zero_point, w.q.axis)
+        b.data = np.round(b.data.astype(np.float64) / h).astype(np.int32)
+        b.q = QParams(b.q.scale * np.float32(h), b.q.zero_point, b.q.axis)
+        mult, shift = quantize_multipliers(float(x.q.scale) * w.q.scale.astype(np.float64) / float(y.q.scale))
+        n.attrs = dict(n.attrs, mult=mult, shift=shift)
     return g

@@ -1,0 +1,124 @@
+"""Boards: the compiled training library cross-built for Cortex-M (arm-none-eabi-gcc)
+trains under QEMU bit for bit like the simulator, its RAM fits the board, and a
+build that does not fit fails at link time with an explanation."""
+import copy
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tinytrain as tt
+from tinytrain.boards import build, load_board
+from tinytrain.cli import main
+from tinytrain.compiler.codegen.emit_c import Emitter
+from tinytrain.compiler.errors import TinytrainError
+from tinytrain.compiler.pipeline import compile_graph
+from tinytrain.data import load_dataset
+from tinytrain.qemu import run_firmware
+from tinytrain.train.backprop import BackpropTrainer
+
+ROOT = Path(__file__).resolve().parent.parent
+D = ROOT / "models" / "data"
+MODEL = ROOT / "models" / "mcu_cnn_mnist.onnx"
+BOARDS = ["qemu-mps2-an386", "qemu-mps2-an500"]
+STEPS, LR, SEED = 20, 0.02, 3
+MISSING = [t for t in ("arm-none-eabi-gcc", "qemu-system-arm") if shutil.which(t) is None]
+needs_tools = pytest.mark.skipif(bool(MISSING), reason=f"{' and '.join(MISSING)} not installed (apt-get install "
+                                 "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm)")
+
+
+@pytest.fixture(scope="module")
+def fmnist():
+    return load_dataset(D / "fmnist_train.npz")
+
+
+@pytest.fixture(scope="module")
+def gq(fmnist):
+    return tt.quantize(tt.load(MODEL), fmnist[0][:200], output_range=(-16, 16))
+
+
+@pytest.fixture(scope="module")
+def sparse(gq, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sparse")
+    tg, plan, facts = compile_graph(gq, out, name="m", update="sparse")
+    return out, tg, plan, facts
+
+
+@needs_tools
+@pytest.mark.parametrize("board", BOARDS)
+def test_board_trains_bit_exact_with_the_simulator(board, sparse, fmnist):
+    out, tg0, plan, facts = sparse
+    x, y = fmnist[0][:STEPS], fmnist[1][:STEPS]
+    tg = copy.deepcopy(tg0)                   # the simulator trains its graph in place
+    fw = build(out, board, "m", x, y, steps=STEPS, lr=LR, seed=SEED, graph=tg)
+    res = run_firmware(fw, timeout=300)
+    assert [s.step for s in res.steps] == list(range(STEPS))
+
+    sim = BackpropTrainer(tg, lr=LR, seed=SEED)
+    for s in res.steps:
+        loss, logits = sim.step(x[s.step], y[s.step])
+        assert s.loss_bits == struct.unpack("<I", np.float32(loss).tobytes())[0], (board, s)
+        assert s.pred == int(np.argmax(np.asarray(logits).reshape(-1))), (board, s)
+        assert s.label == y[s.step]
+        assert s.instructions > 1_000_000
+    # the learned state blob: header (magic, signature, size, steps) and every trained tensor, bit for bit
+    assert len(res.state) == facts["state"]
+    assert struct.unpack("<4I", res.state[:16]) == (0x31535454, facts["signature"], facts["state"], STEPS)
+    offsets = Emitter(tg, plan, "m").state_off
+    assert sorted(offsets) == sorted(tg.meta["training"]["trainable"])
+    for tid, off in offsets.items():
+        t = tg.t(tid)
+        got = np.frombuffer(res.state, dtype=t.data.dtype, count=t.size, offset=off)
+        np.testing.assert_array_equal(got, t.data.reshape(-1), err_msg=f"{board}: {t.name}")
+    assert any(not np.array_equal(tg.t(tid).data, tg0.t(tid).data) for tid in offsets)   # it did learn
+
+    # memory: the link enforces the board's SRAM with the stack reserved; the measured peak fits in it
+    sram = load_board(board)["sram"]
+    assert 0 < res.stack_peak < fw.stack_reserved == res.stack_size
+    assert fw.ram_used <= sram and fw.ram_static + res.stack_peak <= sram
+    assert fw.ram_static >= facts["arena"] + facts["state"]
+    assert fw.flash_used > STEPS * x[0].size * 4         # the samples are in flash
+
+
+@needs_tools
+def test_full_update_does_not_link_on_the_nrf52840_stand_in(gq, tmp_path, capsys):
+    out = tmp_path / "full"
+    compile_graph(gq, out, name="big", update="full")
+    with pytest.raises(TinytrainError, match=r"needs [\d.]+ KB of RAM, the board has 256 KB .*overflowed by \d+ "
+                                             r"bytes"):
+        build(out, "qemu-mps2-an386")
+    capsys.readouterr()
+    assert main(["build", str(out), "--board", "qemu-mps2-an386"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "region `RAM' overflowed" in err[0] and "arena" in err[0], err
+
+
+@needs_tools
+def test_cli_build_and_run_with_check(tmp_path, capsys):
+    out = tmp_path / "kws"
+    assert main(["compile", str(MODEL), "--calib", str(D / "fmnist_train.npz"), "--name", "kws", "-o",
+                 str(out)]) == 0
+    capsys.readouterr()
+    assert main(["build", str(out), "--board", "qemu-mps2-an500"]) == 0
+    text = capsys.readouterr().out
+    assert "qemu-mps2-an500: flash" in text and "of 320 KB" in text
+    assert main(["run", str(out), "--board", "qemu-mps2-an386", "--data", str(D / "fmnist_train.npz"), "--steps",
+                 "4", "--check", "--model", str(MODEL), "--calib", str(D / "fmnist_train.npz")]) == 0
+    text = capsys.readouterr().out
+    assert "instructions per training step" in text and "check: 4 steps bit-identical" in text
+    # another calibration rebuilds another graph: refused before anything runs
+    assert main(["run", str(out), "--board", "qemu-mps2-an386", "--data", str(D / "fmnist_train.npz"), "--steps",
+                 "2", "--check", "--model", str(MODEL), "--calib", str(D / "mnist_calib.npz")]) == 2
+    assert "signature" in capsys.readouterr().err
+
+
+def test_missing_toolchain_and_unknown_board_are_one_line_errors(sparse, monkeypatch):
+    out = sparse[0]
+    with pytest.raises(TinytrainError, match="unknown board 'nrf9999'.*qemu-mps2-an386"):
+        build(out, "nrf9999")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(TinytrainError, match="arm-none-eabi-gcc not found: install it with: apt-get install .*"
+                                             "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"):
+        build(out, "qemu-mps2-an386")
