@@ -17,7 +17,7 @@ import json
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ INSTALL_HINT = f"install it with: apt-get install -y --no-install-recommends {AP
 CFLAGS = ["-std=c99", "-O2", "-ffunction-sections", "-fdata-sections", "-ffp-contract=off", "-Wall", "-Wextra",
           "-Werror", "-pedantic"]
 LDFLAGS = ["-nostartfiles", "--specs=nano.specs", "-Wl,--gc-sections", "-Wl,--print-memory-usage"]
-DEFAULT_STACK = 8192
+DEFAULT_STACK = 4096
 
 
 def boards_dir():
@@ -172,7 +172,6 @@ class Firmware:
     ram_used: int              # static RAM including the reserved stack
     stack_reserved: int
     link_log: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def ram_static(self):
@@ -270,7 +269,7 @@ def build(build_dir, board_name, name=None, x=None, y=None, steps=1, lr=0.02, se
 
 # ---------------------------------------------------------------------------- command line
 
-def _graph_for_check(args, facts, data_x):
+def _graph_for_check(args, facts):
     """The training graph `tinytrain compile` made, rebuilt from the same model and
     options; its signature must be the one in NAME.h."""
     from .api import load, quantize
@@ -282,14 +281,15 @@ def _graph_for_check(args, facts, data_x):
                              "`tinytrain compile` had (--model, --calib, --update, ...)", field="--model")
     g = load(args.model)
     if g.t(g.inputs[0]).dtype != "int8":
-        cx = load_dataset(args.calib, g.meta["input_shape"])[0] if args.calib else data_x
+        cx = load_dataset(args.calib or args.data, g.meta["input_shape"])[0]
         g = quantize(g, cx[:500], output_range=(-args.logit_range, args.logit_range))
-    tg = training_graph(g, args.update, qas=not args.no_qas, float_classifier=args.float_classifier)
+    tg = training_graph(g, args.update, qas=not args.no_qas, float_classifier=args.float_classifier,
+                        weight_headroom=args.weight_headroom)
     if signature(tg) != facts["signature"]:
         raise TinytrainError(f"the model, calibration and options given do not rebuild the graph compiled in "
                              f"{args.build_dir} (signature {signature(tg):08x}, {facts['name']}.h has "
-                             f"{facts['signature']:08x}): pass the same --model/--calib/--update/--logit-range as "
-                             "to `tinytrain compile`", field="--check")
+                             f"{facts['signature']:08x}): pass the --model, --calib, --update, --logit-range and "
+                             "--weight-headroom given to `tinytrain compile`", field="--check")
     return tg
 
 
@@ -305,9 +305,12 @@ def cmd_run(args):
     from .data import load_dataset
     from .qemu import compare_with_simulator, format_steps, run_firmware
     facts = model_facts(args.build_dir, args.name)
-    x, y = load_dataset(args.data, need_labels=True)
+    tg = _graph_for_check(args, facts) if args.check else None
+    shape = tg.meta["input_shape"] if tg is not None else None
+    if shape is None and Path(args.data).suffix.lower() == ".csv":
+        shape = [1, facts["input_size"]]          # flat rows, taken in the device's (NHWC) order
+    x, y = load_dataset(args.data, shape, need_labels=True)
     steps = args.steps or len(x)
-    tg = _graph_for_check(args, facts, x) if args.check else None
     fw = build(args.build_dir, args.board, facts["name"], x, y, steps, args.lr, args.seed, args.stack, graph=tg)
     print(fw.summary())
     res = run_firmware(fw, timeout=args.timeout)
@@ -335,7 +338,9 @@ def add_board_commands(sub):
     s.add_argument("build_dir", help="the output folder of `tinytrain compile`")
     s.add_argument("--board", required=True, help="a folder of boards/ with a QEMU machine")
     s.add_argument("--name", help="the model's --name (default: the only model in the folder)")
-    s.add_argument("--data", required=True, help="labelled samples (.npz with x and y, or .csv), stored in flash")
+    s.add_argument("--data", required=True,
+                   help="labelled samples (.npz with x and y, or .csv), stored in flash; in the model's ONNX layout "
+                        "(channels first; with --check the model's own input order is used)")
     s.add_argument("--steps", type=int, default=0, help="training steps; step s uses sample s mod N (default N)")
     s.add_argument("--lr", type=float, default=0.02)
     s.add_argument("--seed", type=int, default=0)
@@ -350,4 +355,5 @@ def add_board_commands(sub):
     s.add_argument("--logit-range", type=float, default=16.0)
     s.add_argument("--no-qas", action="store_true")
     s.add_argument("--float-classifier", action="store_true")
+    s.add_argument("--weight-headroom", type=float, default=2.0)
     s.set_defaults(func=cmd_run)

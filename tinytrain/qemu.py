@@ -47,14 +47,15 @@ def qemu_command(board, elf):
             "-icount", "shift=0", *q.get("args", []), "-kernel", str(elf)]
 
 
-def _explain(code, board, tail):
+def _explain(code, tail):
     if code == 124:
         return "did not finish in time (raise --timeout)"
     if code == 134:
         return "the core locked up (a fault inside a fault handler): QEMU aborted"
     if 200 <= code < 256:
         n = code - 200
-        return f"fault: exception {n} ({EXCEPTIONS.get(n, 'interrupt')})"
+        why = "; the stack overflowed its region (build with a larger --stack)" if "stack overflowed" in tail[0] else ""
+        return f"fault: exception {n} ({EXCEPTIONS.get(n, 'interrupt')}){why}"
     if 10 < code < 20:
         return f"init returned status -{code - 10} ({STATUS.get(code - 10, '?')})"
     if 20 < code < 30:
@@ -81,7 +82,7 @@ def run_firmware(fw, timeout=600):
     (fw.elf.parent / "run.log").write_text(out)
     if code != 0 or "\ndone " not in "\n" + out:
         tail = [ln for ln in out.splitlines() if ln.strip()][-1:] or ["no output"]
-        raise TinytrainError(f"{board['name']}: the firmware failed: {_explain(code, board, tail)}; last line: "
+        raise TinytrainError(f"{board['name']}: the firmware failed: {_explain(code, tail)}; last line: "
                              f"{tail[0][:200]} (log: {fw.elf.parent / 'run.log'})")
     return parse_output(out)
 
