@@ -64,7 +64,10 @@ def autodiff(graph, qas=True):
         op = get_op(node.op)
         dy = grads[y]
         dpre = dy
-        if op.uses_mask:
+        # The logits' own saturation does not gate the loss gradient: a wrong class whose logit sits at
+        # the top of the int8 range must still be pushed down (else a new head that starts saturated
+        # never learns).  Straight-through there; every other clamp keeps its mask.
+        if op.uses_mask and not (y == logits and node.attrs.get("act") is None):
             m = g.add_tensor(f"{g.t(y).name}:mask", g.t(y).shape, "uint8")
             node.outputs = (y, m.id)
             node.attrs["keep_mask"] = True
