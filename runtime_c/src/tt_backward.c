@@ -129,6 +129,9 @@ void tt_conv2d_grad_weight_f32(const tt_conv_params *p, const tt_dims *dpre_dims
                                const tt_dims *in_dims, const int8_t *x, int32_t x_zp, float x_scale,
                                const tt_dims *dw_dims, float *dwt)
 {
+    /* Each dwt element is 0, then += dpre * (x - zp) over (n, oh, ow) in that order, then * x_scale:
+     * exactly the numba kernel's sequence per element.  The loop runs the positions outside and
+     * the input channels inside (independent accumulators: vectorizable, no sum reassociated). */
     const int32_t n_b = in_dims->n, h = in_dims->h, wd = in_dims->w, c_x = in_dims->c;
     const int32_t co_n = dw_dims->n, kh_n = dw_dims->h, kw_n = dw_dims->w, ci_n = dw_dims->c;
     const int32_t oh_n = dpre_dims->h, ow_n = dpre_dims->w, dc = dpre_dims->c;
@@ -139,25 +142,32 @@ void tt_conv2d_grad_weight_f32(const tt_conv_params *p, const tt_dims *dpre_dims
         const int32_t c0 = (co / cog) * cg;
         for (kh = 0; kh < kh_n; ++kh) {
             for (kw = 0; kw < kw_n; ++kw) {
+                float *acc = dwt + ((co * kh_n + kh) * kw_n + kw) * ci_n;
                 for (ci = 0; ci < ci_n; ++ci) {
-                    float acc = 0.0f;
-                    for (n = 0; n < n_b; ++n) {
-                        for (oh = 0; oh < oh_n; ++oh) {
-                            const int32_t ih = oh * p->stride_h - p->pad_t + kh * p->dil_h;
-                            if (ih < 0 || ih >= h) {
+                    acc[ci] = 0.0f;
+                }
+                for (n = 0; n < n_b; ++n) {
+                    for (oh = 0; oh < oh_n; ++oh) {
+                        const int32_t ih = oh * p->stride_h - p->pad_t + kh * p->dil_h;
+                        if (ih < 0 || ih >= h) {
+                            continue;
+                        }
+                        for (ow = 0; ow < ow_n; ++ow) {
+                            const int32_t iw = ow * p->stride_w - p->pad_l + kw * p->dil_w;
+                            const float d = dpre[((n * oh_n + oh) * ow_n + ow) * dc + co];
+                            const int8_t *xs;
+                            if (iw < 0 || iw >= wd) {
                                 continue;
                             }
-                            for (ow = 0; ow < ow_n; ++ow) {
-                                const int32_t iw = ow * p->stride_w - p->pad_l + kw * p->dil_w;
-                                if (iw < 0 || iw >= wd) {
-                                    continue;
-                                }
-                                acc = acc + dpre[((n * oh_n + oh) * ow_n + ow) * dc + co] *
-                                                (float)((int32_t)x[((n * h + ih) * wd + iw) * c_x + c0 + ci] - x_zp);
+                            xs = x + ((n * h + ih) * wd + iw) * c_x + c0;
+                            for (ci = 0; ci < ci_n; ++ci) {
+                                acc[ci] = acc[ci] + d * (float)((int32_t)xs[ci] - x_zp);
                             }
                         }
                     }
-                    dwt[((co * kh_n + kh) * kw_n + kw) * ci_n + ci] = acc * x_scale;
+                }
+                for (ci = 0; ci < ci_n; ++ci) {
+                    acc[ci] = acc[ci] * x_scale;
                 }
             }
         }

@@ -41,12 +41,62 @@ static int8_t clamp_keep(int32_t v, int32_t act_min, int32_t act_max, uint8_t *m
  * |acc| <= K * 32385 + |bias| < 2^31, which quantize() guarantees (it refuses
  * or rescales layers that could reach 2^31): int32 never overflows.
  */
+/* Depthwise (one input and one output channel per group): per output pixel, the channels run
+ * innermost in blocks of DW_BLOCK with their own accumulators (contiguous loads, no per-tap loop
+ * overhead per channel).  Integer sums: the same results as the generic loop nest. */
+#define DW_BLOCK 64
+static void depthwise_s8(const tt_conv_params *p, const tt_quant_params *q, const int32_t *mult,
+                         const int32_t *shift, const tt_dims *in_dims, const int8_t *in, const tt_dims *filter_dims,
+                         const int8_t *w, const int32_t *bias, const tt_dims *out_dims, int8_t *out, uint8_t *mask)
+{
+    const int32_t kh_n = filter_dims->h, kw_n = filter_dims->w, c_n = out_dims->c;
+    int32_t acc[DW_BLOCK];
+    for (int32_t n = 0; n < out_dims->n; ++n) {
+        for (int32_t oh = 0; oh < out_dims->h; ++oh) {
+            for (int32_t ow = 0; ow < out_dims->w; ++ow) {
+                for (int32_t c0 = 0; c0 < c_n; c0 += DW_BLOCK) {
+                    const int32_t cb = (c_n - c0 < DW_BLOCK) ? c_n - c0 : DW_BLOCK;
+                    for (int32_t c = 0; c < cb; ++c) {
+                        acc[c] = bias[c0 + c];
+                    }
+                    for (int32_t kh = 0; kh < kh_n; ++kh) {
+                        const int32_t ih = oh * p->stride_h - p->pad_t + kh * p->dil_h;
+                        if (ih < 0 || ih >= in_dims->h) {
+                            continue;
+                        }
+                        for (int32_t kw = 0; kw < kw_n; ++kw) {
+                            const int32_t iw = ow * p->stride_w - p->pad_l + kw * p->dil_w;
+                            if (iw < 0 || iw >= in_dims->w) {
+                                continue;
+                            }
+                            const int8_t *xs = in + nhwc(in_dims, n, ih, iw, c0);
+                            const int8_t *ws = w + (c0 * kh_n + kh) * kw_n + kw;
+                            for (int32_t c = 0; c < cb; ++c) {
+                                acc[c] += ((int32_t)xs[c] - q->in_zp) * (int32_t)ws[c * kh_n * kw_n];
+                            }
+                        }
+                    }
+                    for (int32_t c = 0; c < cb; ++c) {
+                        const int32_t i = nhwc(out_dims, n, oh, ow, c0 + c);
+                        const int32_t v = tt_requantize_zp(acc[c], mult[c0 + c], shift[c0 + c], q->out_zp);
+                        out[i] = clamp_keep(v, q->act_min, q->act_max, mask, i);
+                    }
+                }
+            }
+        }
+    }
+}
+
 void tt_conv2d_s8(const tt_conv_params *p, const tt_quant_params *q, const int32_t *mult, const int32_t *shift,
                   const tt_dims *in_dims, const int8_t *in, const tt_dims *filter_dims, const int8_t *w,
                   const int32_t *bias, const tt_dims *out_dims, int8_t *out, uint8_t *mask)
 {
     const int32_t kh_n = filter_dims->h, kw_n = filter_dims->w, cg = filter_dims->c;
     const int32_t cog = filter_dims->n / p->groups;
+    if (cg == 1 && cog == 1) {
+        depthwise_s8(p, q, mult, shift, in_dims, in, filter_dims, w, bias, out_dims, out, mask);
+        return;
+    }
     for (int32_t n = 0; n < out_dims->n; ++n) {
         for (int32_t oh = 0; oh < out_dims->h; ++oh) {
             for (int32_t ow = 0; ow < out_dims->w; ++ow) {
