@@ -279,6 +279,12 @@ def build_parser():
         add_board_commands = None
     if add_board_commands is not None:
         add_board_commands(sub)
+    try:                                   # zeroth-order training on onnxruntime (tinytrain/mezo_ort.py)
+        from .mezo_ort import add_mezo_commands
+    except ImportError:
+        add_mezo_commands = None
+    if add_mezo_commands is not None:
+        add_mezo_commands(sub)
     return p
 
 
