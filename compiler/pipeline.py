@@ -83,3 +83,23 @@ def compile_graph(graph_int8, out, name="model", update="sparse", qas=True, floa
     check_budget(tg, plan, sram)
     facts = emit(tg, plan, out, name=name, rounding=rounding)
     return tg, plan, facts
+
+
+def compile_mezo(graph_int8, out, name="model", update="sparse", eps=1, queries=1, sram=None):
+    """int8 IR -> zeroth-order training library (two forward passes a step, no backward).
+    -> (zo graph, plan, facts)"""
+    from .codegen.emit_zo import emit_mezo
+    from .passes.plan_memory import check_budget, plan_memory
+    from .passes.zo_plan import zo_plan
+    gz = verify(zo_plan(graph_int8, resolve_scheme(graph_int8, update), eps), "zo_plan")
+    gz.meta["training"] = {"forward": [n.id for n in gz.nodes],
+                           "trainable": [it["tid"] for it in gz.meta["zo"]["items"]], "scheme": gz.meta["zo"]["scheme"],
+                           "qas": True}
+    # the step runs the forward twice: the quantized input must survive the first pass
+    outputs = list(gz.outputs)
+    gz.outputs = outputs + [gz.inputs[0]]
+    plan = plan_memory(gz)
+    gz.outputs = outputs
+    check_budget(gz, plan, sram)
+    facts = emit_mezo(gz, plan, out, name=name, queries=queries)
+    return gz, plan, facts

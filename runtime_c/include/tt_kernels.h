@@ -183,6 +183,20 @@ void tt_sgd_s32_stochastic(int32_t *b, int32_t n, const float *g, const float *f
 /** update.py _sgd_f32. */
 void tt_sgd_f32(float *w, int32_t n, const float *g, float lr);
 
+/* ---- zeroth-order training (tt_zo.c; compiler/ops/zo.py) ----------------- */
+
+/** w[row][(i / g_k) * w_k + i % g_k] += amount * z for the trained part (z: one Rademacher draw each). */
+void tt_zo_perturb_s8(int8_t *w, int32_t w_inner, int32_t w_k, int32_t rows, int32_t g_inner, int32_t g_k,
+                      int32_t amount, uint32_t *zstate);
+/** b[c] += sign * amount[c] * z. */
+void tt_zo_perturb_s32(int32_t *b, int32_t n, const int32_t *amount, int32_t sign, uint32_t *zstate);
+/** w -= floor((scaled_p * factor[row]) * z + u), kept inside [-limit, limit]. */
+void tt_zo_update_s8(int8_t *w, int32_t w_inner, int32_t w_k, int32_t rows, int32_t g_inner, int32_t g_k,
+                     const float *factor, float scaled_p, int32_t limit, uint32_t *zstate, uint32_t *srstate);
+/** b -= floor((scaled_p * factor[c]) * z + u), saturated to int32. */
+void tt_zo_update_s32(int32_t *b, int32_t n, const float *factor, float scaled_p, uint32_t *zstate,
+                      uint32_t *srstate);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,83 @@
+"""emit_zo: a zeroth-order (MeZO) training library: the inference graph's
+forward, twice per step, with in-place perturbations (compiler/ops/zo.py) and no
+backward.  Same API, prefix and buffers as emit_c; bit-exact with
+tinytrain.train.mezo.MezoTrainer."""
+import numpy as np
+
+from .emit_c import Emitter, _emit_node, _header, _source, c_float, runtime_dir, signature  # noqa: F401
+
+
+def _items_code(e, items, phase, sign=0):
+    lines = []
+    for it in items:
+        p = e.ptr(it["tid"])
+        if it["kind"] == "weight":
+            if phase == "perturb":
+                lines.append(f"    tt_zo_perturb_s8({p}, {it['w_inner']}, {it['w_k']}, {it['rows']}, {it['g_inner']}, "
+                             f"{it['g_k']}, {sign * e.g.meta['zo']['eps']}, &zs);")
+            else:
+                lines.append(f"    tt_zo_update_s8({p}, {it['w_inner']}, {it['w_k']}, {it['rows']}, {it['g_inner']}, "
+                             f"{it['g_k']}, {e.array('zof', it['factor'], 'float')}, scaled, {it['limit']}, &zs, "
+                             "&ctx->prng);")
+        else:
+            n = len(it["factor"])
+            if phase == "perturb":
+                lines.append(f"    tt_zo_perturb_s32({p}, {n}, {e.array('zoa', it['amount'], 'int32_t')}, {sign}, &zs);")
+            else:
+                lines.append(f"    tt_zo_update_s32({p}, {n}, {e.array('zof', it['factor'], 'float')}, scaled, &zs, "
+                             "&ctx->prng);")
+    return lines
+
+
+def emit_mezo(graph, plan, out, name="model", queries=1):
+    """graph: the output of zo_plan (meta["zo"]); writes <name>.c/.h and runtime/."""
+    import shutil
+    from pathlib import Path
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    items = graph.meta["zo"]["items"]
+    graph.meta["training"] = {"forward": [n.id for n in graph.nodes], "trainable": [it["tid"] for it in items],
+                              "scheme": graph.meta["zo"]["scheme"], "qas": True}
+    e = Emitter(graph, plan, name)
+    for n in graph.nodes:
+        _emit_node(e, n)
+    forward_body, e.body = e.body, []
+    logits = graph.t(graph.outputs[0])
+    k = logits.size
+    inv_q = c_float(np.float32(1.0 / queries))
+    loss = (f"for (i = 0; i < {k}; ++i) {{ z[i] = {c_float(logits.q.scale)} * (float)((int32_t){e.ptr(logits.id)}[i]"
+            f" - {int(logits.q.zero_point)}); }}")
+    body = [f"    uint32_t seed, zs;", f"    float lp, lm, p, scaled, z[{k}], g[{k}];", "    int32_t i, q, best;",
+            "    *loss = 0.0f;",
+            f"    for (q = 0; q < {queries}; ++q) {{",
+            "    seed = tt_prng_next(&ctx->prng);",
+            "    tt_prng_seed(&zs, seed);"]
+    body += _items_code(e, items, "perturb", 1)
+    body += [f"    {name}_forward(ctx, 0);",
+             "    if (q == 0) {",
+             f"        best = 0; for (i = 1; i < {k}; ++i) {{ if ({e.ptr(logits.id)}[i] > {e.ptr(logits.id)}[best]) "
+             "{ best = i; } } *pred = best;",
+             "    }",
+             f"    {loss}", f"    lp = tt_softmax_xent(z, {k}, label, g);",
+             "    tt_prng_seed(&zs, seed);"]
+    body += _items_code(e, items, "perturb", -2)
+    body += [f"    {name}_forward(ctx, 0);", f"    {loss}", f"    lm = tt_softmax_xent(z, {k}, label, g);",
+             "    tt_prng_seed(&zs, seed);"]
+    body += _items_code(e, items, "perturb", 1)
+    body += ["    p = (lp - lm) * 0.5f;",
+             "    if (!(p - p == 0.0f)) { ctx->skipped += 1; continue; }",
+             f"    scaled = (p * ctx->lr) * {inv_q};",
+             "    tt_prng_seed(&zs, seed);"]
+    body += _items_code(e, items, "update")
+    body += ["    *loss = *loss + (lp + lm) * 0.5f;", "    }", f"    *loss = *loss * {inv_q};"]
+    sig = signature(graph)
+    facts = dict(arena=plan.arena_size, state=e.state_size, signature=sig, input=graph.t(graph.inputs[0]).size,
+                 classes=k, name=name, trainer="mezo")
+    (out / f"{name}.h").write_text(_header(e, facts))
+    (out / f"{name}.c").write_text(_source(e, facts, forward_body, [], zo_body=body))
+    rt = out / "runtime"
+    for sub in ("include", "src"):
+        if (rt / sub).exists():
+            shutil.rmtree(rt / sub)
+        shutil.copytree(runtime_dir() / sub, rt / sub)
+    return facts

@@ -1,0 +1,78 @@
+"""Zeroth-order (MeZO / SPSA) kernels on int8 weights and int32 biases.
+
+One step: draw a step seed s from the training PRNG; z = Rademacher draws from a
+second PRNG seeded with s, one per trained element in a fixed order (tensor by
+tensor, rows then elements, the sparse scheme's first channels only).  Perturb
+by +e z, loss+; by -2 e z, loss-; by +e z (restore); p = (loss+ - loss-) / 2;
+regenerate z and update each element by floor(lr p factor z + u) (stochastic
+rounding, u from the training PRNG).
+
+Exact restore: trained int8 weights are kept inside [-(127 - e), 127 - e], so
+w +- e never saturates and the three perturbations cancel exactly.  Biases are
+perturbed by e_b[c] = round(e / s_x) steps (the same real size as e weight steps).
+
+Update factors (the real perturbation of an element is e s_w[c] z, so the SPSA
+gradient estimate is p z / (e s_w[c]); SGD on the real weight is then, in integer
+steps): weights 1 / (e s_w[c]^2), biases 1 / (e s_w[c]^2 s_x).
+"""
+import numpy as np
+from numba import njit
+
+from ..quant.prng import prng_rademacher, prng_uniform
+
+
+@njit(cache=True)
+def _zo_perturb_s8(w, w_inner, w_k, rows, g_inner, g_k, amount, zstate):
+    """w[row][(i / g_k) * w_k + i % g_k] += amount * z for the trained part, z in order."""
+    wf = w.reshape(-1)
+    for r in range(rows):
+        for i in range(g_inner):
+            j = r * w_inner + (i // g_k) * w_k + (i % g_k)
+            if prng_rademacher(zstate) > np.float32(0.0):
+                wf[j] = np.int8(np.int32(wf[j]) + np.int32(amount))
+            else:
+                wf[j] = np.int8(np.int32(wf[j]) - np.int32(amount))
+
+
+@njit(cache=True)
+def _zo_perturb_s32(b, amount, sign, zstate):
+    for c in range(b.shape[0]):
+        d = np.int64(amount[c]) * np.int64(sign)
+        if prng_rademacher(zstate) > np.float32(0.0):
+            b[c] = np.int32(np.int64(b[c]) + d)
+        else:
+            b[c] = np.int32(np.int64(b[c]) - d)
+
+
+@njit(cache=True)
+def _zo_update_s8(w, w_inner, w_k, rows, g_inner, g_k, factor, scaled_p, limit, zstate, srstate):
+    """w -= floor((scaled_p * factor[row]) * z + u), kept inside [-limit, limit]."""
+    wf = w.reshape(-1)
+    for r in range(rows):
+        for i in range(g_inner):
+            j = r * w_inner + (i // g_k) * w_k + (i % g_k)
+            step = (scaled_p * factor[r]) * prng_rademacher(zstate)
+            if step > np.float32(1 << 20):
+                step = np.float32(1 << 20)
+            if step < -np.float32(1 << 20):
+                step = -np.float32(1 << 20)
+            d = np.int32(np.floor(step + prng_uniform(srstate)))
+            v = np.int32(wf[j]) - d
+            wf[j] = np.int8(max(-limit, min(limit, v)))
+
+
+@njit(cache=True)
+def _zo_update_s32(b, factor, scaled_p, zstate, srstate):
+    for c in range(b.shape[0]):
+        step = (scaled_p * factor[c]) * prng_rademacher(zstate)
+        if step > np.float32(1 << 20):
+            step = np.float32(1 << 20)
+        if step < -np.float32(1 << 20):
+            step = -np.float32(1 << 20)
+        d = np.int64(np.floor(step + prng_uniform(srstate)))
+        v = np.int64(b[c]) - d
+        if v > np.int64(2147483647):
+            v = np.int64(2147483647)
+        if v < np.int64(-2147483648):
+            v = np.int64(-2147483648)
+        b[c] = np.int32(v)

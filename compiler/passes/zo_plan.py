@@ -1,0 +1,48 @@
+"""zo_plan: what a zeroth-order step perturbs and updates, decided at compile time.
+
+For the sparse-update scheme (the same presets and JSON as backprop), in graph
+order: each trained weight (rows = output channels, the first channels of a
+partial update) and bias, with its perturbation size and its update factor (see
+compiler/ops/zo.py).  Trained weights are clipped to [-(127 - e), 127 - e] here
+so that perturbations restore exactly.
+"""
+import numpy as np
+
+from ..errors import TinytrainError
+from ..ops.conv import grad_update_shape
+
+
+def zo_plan(graph, scheme, eps=1):
+    if not 1 <= int(eps) <= 16:
+        raise TinytrainError(f"perturbation {eps} must be 1..16 quantization steps", field="eps")
+    e = int(eps)
+    g = graph.copy()
+    for t in g.tensors.values():
+        if t.kind == "const":
+            t.data = t.data.copy()
+    items = []
+    for n in g.nodes:
+        if n.op not in ("conv2d", "fully_connected") or not scheme.trains(n.id):
+            continue
+        x, w, b = g.t(n.inputs[0]), g.t(n.inputs[1]), g.t(n.inputs[2])
+        s_w = w.q.scale.astype(np.float64)
+        s_x = float(x.q.scale)
+        if n.id in scheme.weights:
+            r = scheme.weights[n.id]
+            if n.op == "conv2d":
+                shape = grad_update_shape(w.shape, r, n.attrs["groups"] > 1 and w.shape[3] == 1)
+            else:
+                shape = (w.shape[0], max(1, int(np.ceil(w.shape[1] * r))))
+            w.data = np.clip(w.data, -(127 - e), 127 - e).astype(np.int8)
+            items.append(dict(kind="weight", tid=w.id, node=n.name, rows=int(shape[0]),
+                              g_inner=int(np.prod(shape[1:])), g_k=int(shape[-1]),
+                              w_inner=int(w.size // w.shape[0]), w_k=int(w.shape[-1]),
+                              factor=(1.0 / (e * s_w * s_w)).astype(np.float32), limit=127 - e))
+        if n.id in scheme.biases:
+            items.append(dict(kind="bias", tid=b.id, node=n.name,
+                              amount=np.full(b.shape, max(1, int(round(e / s_x))), np.int32),
+                              factor=(1.0 / (e * s_w * s_w * s_x)).astype(np.float32)))
+    if not items:
+        raise TinytrainError("the scheme trains nothing")
+    g.meta["zo"] = {"eps": e, "scheme": scheme.name, "items": items}
+    return g
