@@ -111,7 +111,23 @@ def cmd_train(args):
             raise TinytrainError(f"{name} has labels outside the model's {n_cls} classes", field="y")
     scheme = resolve(g, args.update)
     out = Path(args.output)
-    if args.backend == "c":
+    if args.trainer in ("mezo", "hybrid"):
+        if args.trainer == "hybrid" and args.backend == "c":
+            raise TinytrainError("--trainer hybrid runs in the simulator only (--backend sim)")
+        from .train.mezo import MezoTrainer
+        if args.backend == "c":
+            from .compiler.pipeline import compile_mezo
+            from .host import HostTrainer
+            tg, plan, facts = compile_mezo(g, out / "c", name="model", update=scheme, eps=args.eps,
+                                           queries=args.queries)
+            trainer = HostTrainer(out / "c", "model", tg, plan, facts, lr=args.lr, seed=args.seed)
+        else:
+            trainer = MezoTrainer(g, scheme, lr=args.lr, eps=args.eps, queries=args.queries, seed=args.seed,
+                                  hybrid=args.trainer == "hybrid")
+            tg = trainer.graph
+            tg.meta["training"] = {"forward": [n.id for n in tg.nodes], "scheme": scheme.name, "qas": True,
+                                   "trainable": [it["tid"] for it in tg.meta["zo"]["items"]]}
+    elif args.backend == "c":
         if args.momentum or args.accumulate != 1:
             raise TinytrainError("--momentum and --accumulate run in the simulator only (--backend sim)")
         from .compiler.pipeline import compile_graph
@@ -151,6 +167,21 @@ def cmd_train(args):
     return 0
 
 
+def _choose_trainer(g, args, sram, kw):
+    """--trainer auto: backprop when its plan fits the budget, MeZO otherwise."""
+    from .compiler.passes.plan_memory import plan_memory, state_bytes
+    from .compiler.pipeline import training_graph
+    try:
+        tg = training_graph(g, args.update, **kw)
+    except TinytrainError as e:
+        return "mezo", f"backprop cannot train this scheme: {e.problem}"
+    plan = plan_memory(tg)
+    need = plan.arena_size + state_bytes(tg)[0] + 2048
+    if sram is not None and need > sram:
+        return "mezo", f"backprop needs ~{need / 1024:.0f} KB, more than the {sram / 1024:.0f} KB budget"
+    return "backprop", f"it fits: ~{need / 1024:.0f} KB" + ("" if sram is None else f" of {sram / 1024:.0f} KB")
+
+
 def cmd_compile(args):
     from .api import load, quantize
     from .compiler.passes.plan_memory import plan_memory, state_bytes
@@ -171,8 +202,16 @@ def cmd_compile(args):
         g = quantize(g, cx[:500], output_range=(-args.logit_range, args.logit_range))
     out = Path(args.output)
     kw = dict(qas=not args.no_qas, float_classifier=args.float_classifier, weight_headroom=args.weight_headroom)
-    tg, plan, facts = compile_graph(g, out, name=args.name, update=args.update, rounding=args.rounding,
-                                    in_place=not args.no_in_place, **kw)
+    trainer = args.trainer
+    if trainer == "auto":
+        trainer, why = _choose_trainer(g, args, sram, kw)
+        print(f"trainer: {trainer} ({why})")
+    if trainer == "mezo":
+        from .compiler.pipeline import compile_mezo
+        tg, plan, facts = compile_mezo(g, out, name=args.name, update=args.update, eps=args.eps, queries=args.queries)
+    else:
+        tg, plan, facts = compile_graph(g, out, name=args.name, update=args.update, rounding=args.rounding,
+                                        in_place=not args.no_in_place, **kw)
     stack = stack_estimate(out, args.name)
     summary = memory_summary(tg, plan, facts, stack, sram, flash)
     text = write_reports(out, tg, plan, facts, summary)
@@ -245,6 +284,11 @@ def build_parser():
                    help="a float model's logits are quantized to [-R, R], room to grow while training (default 16)")
     s.add_argument("--weight-headroom", type=float, default=2.0,
                    help="trained weights get their scale x H so they can grow without saturating (default 2)")
+    s.add_argument("--trainer", choices=["backprop", "mezo", "hybrid"], default="backprop",
+                   help="mezo: zeroth-order (two forward passes, use a much smaller --lr, e.g. 1e-4); hybrid: "
+                        "backprop for the classifier, MeZO for the rest")
+    s.add_argument("--eps", type=int, default=1, help="MeZO perturbation in quantization steps (default 1)")
+    s.add_argument("--queries", type=int, default=1, help="MeZO two-point estimates per step (default 1)")
     s.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (default 0: TTE found it hurts at batch 1)")
     s.add_argument("--accumulate", type=int, default=1, help="average the gradients of N samples per update")
     s.add_argument("--max-samples", type=int, default=0, help="use at most N training samples per epoch")
@@ -269,6 +313,11 @@ def build_parser():
     s.add_argument("--no-in-place", action="store_true", help="no in-place buffers (to measure what they save)")
     s.add_argument("--weight-headroom", type=float, default=2.0,
                    help="trained weights get their scale x H so they can grow without saturating (default 2)")
+    s.add_argument("--trainer", choices=["backprop", "mezo", "auto"], default="backprop",
+                   help="mezo: zeroth-order, two forward passes a step at inference memory; auto: backprop when "
+                        "it fits --sram, else mezo")
+    s.add_argument("--eps", type=int, default=1, help="MeZO perturbation in quantization steps (default 1)")
+    s.add_argument("--queries", type=int, default=1, help="MeZO two-point estimates per step (default 1)")
     s.add_argument("--logit-range", type=float, default=16.0)
     s.add_argument("--input-shape", type=_shape)
     s.add_argument("-o", "--output", required=True, help="output folder for the C project")

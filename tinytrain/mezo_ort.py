@@ -198,7 +198,6 @@ class MezoSession:
             if v.data_ptr() != w.ctypes.data:        # would silently train a copy
                 raise RuntimeError(f"onnxruntime copied '{n}' instead of sharing its buffer")
             self.binding.bind_ortvalue_input(n, v)
-        self.binding.bind_output(self.output, "cpu")
         self.inputs = {i.name: (i.type.tensor_type.elem_type,
                                 [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim])
                        for i in self.data_inputs}
@@ -211,6 +210,7 @@ class MezoSession:
         """feeds: {data input name: numpy array of the input's dtype} -> first output (numpy)."""
         for name, arr in feeds.items():
             self.binding.bind_cpu_input(name, np.ascontiguousarray(arr))
+        self.binding.bind_output(self.output, "cpu")          # allocated by onnxruntime for this batch size
         self.session.run_with_iobinding(self.binding)
         return self.binding.copy_outputs_to_cpu()[0]
 

@@ -16,12 +16,20 @@ from ..sim.simulator import Simulator
 
 
 class MezoTrainer:
-    def __init__(self, graph_int8, update="sparse", lr=0.01, eps=1, queries=1, seed=0):
+    def __init__(self, graph_int8, update="sparse", lr=0.01, eps=1, queries=1, seed=0, hybrid=False, bp_lr=0.02):
         if not (np.isfinite(lr) and lr > 0):
             raise TinytrainError(f"learning rate {lr} must be a positive number", field="lr")
         if int(queries) < 1:
             raise TinytrainError(f"queries {queries} must be >= 1", field="queries")
-        self.graph = zo_plan(graph_int8, resolve(graph_int8, update), eps)
+        scheme = resolve(graph_int8, update)
+        self.backprop = None
+        if hybrid:
+            # the classifier learns by backprop, the rest of the scheme by MeZO
+            from ..compiler.scheme import weighted_layers
+            head = weighted_layers(graph_int8)[-1].id
+            scheme.weights.pop(head, None)
+            scheme.biases.discard(head)
+        self.graph = zo_plan(graph_int8, scheme, eps)
         self.items = self.graph.meta["zo"]["items"]
         self.eps = int(eps)
         self.lr = np.float32(lr)
@@ -29,6 +37,14 @@ class MezoTrainer:
         self.prng = np.zeros(1, np.uint32)
         prng_seed(self.prng, np.uint32(seed))
         self.sim = Simulator(self.graph)
+        if hybrid:
+            from ..compiler.pipeline import training_graph
+            from .backprop import BackpropTrainer
+            tg = training_graph(self.graph, "classifier", weight_headroom=1.0)
+            for tid, t in tg.tensors.items():         # one set of weights for both trainers
+                if t.kind == "const" and tid in self.graph.tensors:
+                    t.data = self.graph.t(tid).data
+            self.backprop = BackpropTrainer(tg, lr=bp_lr, seed=seed + 1)
         self.skipped = 0
         self.steps = 0
         self.n_cls = self.graph.t(self.graph.outputs[0]).size
@@ -89,6 +105,8 @@ class MezoTrainer:
                 continue
             self._update(seed, np.float32((p * self.lr) * inv_q))
             loss_sum = loss_sum + (lp + lm) * np.float32(0.5)
+        if self.backprop is not None:
+            self.backprop.step(x, label)
         self.steps += 1
         return float(loss_sum * inv_q), logits
 
