@@ -243,6 +243,23 @@ def cmd_compile(args):
     return 0
 
 
+def _training_options(s):
+    """Options shared by train and compile."""
+    s.add_argument("--update", default="sparse",
+                   help="full, bias, classifier, sparse, last-<k>, or a scheme.json (default sparse)")
+    s.add_argument("--rounding", choices=["stochastic", "shadow"], default="stochastic",
+                   help="how int8 updates below one step survive (default stochastic)")
+    s.add_argument("--no-qas", action="store_true", help="turn quantization-aware scaling off (for comparison)")
+    s.add_argument("--float-classifier", action="store_true",
+                   help="keep the last layer in float32 (more accurate updates, 4x its weight memory)")
+    s.add_argument("--logit-range", type=float, default=16.0,
+                   help="a float model's logits are quantized to [-R, R], room to grow while training (default 16)")
+    s.add_argument("--weight-headroom", type=float, default=2.0,
+                   help="trained weights get their scale x H so they can grow without saturating (default 2)")
+    s.add_argument("--eps", type=int, default=1, help="MeZO perturbation in quantization steps (default 1)")
+    s.add_argument("--queries", type=int, default=1, help="MeZO two-point estimates per step (default 1)")
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="tinytrain", description="On-device training compiler for int8 models.")
     p.add_argument("--version", action="version", version=f"tinytrain {__version__}")
@@ -271,24 +288,12 @@ def build_parser():
     s.add_argument("--data", required=True, help="labelled training data (.npz with x and y, or .csv)")
     s.add_argument("--test", help="labelled test data, evaluated before and after every epoch")
     s.add_argument("--calib", help="calibration samples for a float model (default: the training data)")
-    s.add_argument("--update", default="sparse",
-                   help="full, bias, classifier, sparse, last-<k>, or a scheme.json (default sparse)")
+    _training_options(s)
     s.add_argument("--epochs", type=int, default=1)
     s.add_argument("--lr", type=float, default=0.02)
-    s.add_argument("--rounding", choices=["stochastic", "shadow"], default="stochastic",
-                   help="how int8 updates below one step survive (default stochastic)")
-    s.add_argument("--no-qas", action="store_true", help="turn quantization-aware scaling off (for comparison)")
-    s.add_argument("--float-classifier", action="store_true",
-                   help="keep the last layer in float32 (more accurate updates, 4x its weight memory)")
-    s.add_argument("--logit-range", type=float, default=16.0,
-                   help="a float model's logits are quantized to [-R, R], room to grow while training (default 16)")
-    s.add_argument("--weight-headroom", type=float, default=2.0,
-                   help="trained weights get their scale x H so they can grow without saturating (default 2)")
     s.add_argument("--trainer", choices=["backprop", "mezo", "hybrid"], default="backprop",
                    help="mezo: zeroth-order (two forward passes, use a much smaller --lr, e.g. 1e-4); hybrid: "
                         "backprop for the classifier, MeZO for the rest")
-    s.add_argument("--eps", type=int, default=1, help="MeZO perturbation in quantization steps (default 1)")
-    s.add_argument("--queries", type=int, default=1, help="MeZO two-point estimates per step (default 1)")
     s.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (default 0: TTE found it hurts at batch 1)")
     s.add_argument("--accumulate", type=int, default=1, help="average the gradients of N samples per update")
     s.add_argument("--max-samples", type=int, default=0, help="use at most N training samples per epoch")
@@ -303,22 +308,14 @@ def build_parser():
     s = sub.add_parser("compile", help="compile the model and its training graph into a C project")
     s.add_argument("model", help="model.onnx (quantized on --calib) or an int8 .tt.npz")
     s.add_argument("--calib", help="calibration samples for a float model")
-    s.add_argument("--update", default="sparse", help="full, bias, classifier, sparse, last-<k>, or a scheme.json")
+    _training_options(s)
     s.add_argument("--sram", help="SRAM budget, e.g. 256k: fail with a breakdown when the plan needs more")
     s.add_argument("--flash", help="flash budget for the frozen weights, e.g. 1m")
     s.add_argument("--name", default="model", help="prefix of every C symbol (default model)")
-    s.add_argument("--rounding", choices=["stochastic", "shadow"], default="stochastic")
-    s.add_argument("--no-qas", action="store_true")
-    s.add_argument("--float-classifier", action="store_true")
     s.add_argument("--no-in-place", action="store_true", help="no in-place buffers (to measure what they save)")
-    s.add_argument("--weight-headroom", type=float, default=2.0,
-                   help="trained weights get their scale x H so they can grow without saturating (default 2)")
     s.add_argument("--trainer", choices=["backprop", "mezo", "auto"], default="backprop",
                    help="mezo: zeroth-order, two forward passes a step at inference memory; auto: backprop when "
                         "it fits --sram, else mezo")
-    s.add_argument("--eps", type=int, default=1, help="MeZO perturbation in quantization steps (default 1)")
-    s.add_argument("--queries", type=int, default=1, help="MeZO two-point estimates per step (default 1)")
-    s.add_argument("--logit-range", type=float, default=16.0)
     s.add_argument("--input-shape", type=_shape)
     s.add_argument("-o", "--output", required=True, help="output folder for the C project")
     s.set_defaults(func=cmd_compile)

@@ -19,6 +19,7 @@ import numpy as np
 from numba import njit
 
 from ..quant.prng import prng_rademacher, prng_uniform
+from .update import _clip_step
 
 
 @njit(cache=True)
@@ -51,11 +52,7 @@ def _zo_update_s8(w, w_inner, w_k, rows, g_inner, g_k, factor, scaled_p, limit, 
     for r in range(rows):
         for i in range(g_inner):
             j = r * w_inner + (i // g_k) * w_k + (i % g_k)
-            step = (scaled_p * factor[r]) * prng_rademacher(zstate)
-            if step > np.float32(1 << 20):
-                step = np.float32(1 << 20)
-            if step < -np.float32(1 << 20):
-                step = -np.float32(1 << 20)
+            step = _clip_step((scaled_p * factor[r]) * prng_rademacher(zstate))
             d = np.int32(np.floor(step + prng_uniform(srstate)))
             v = np.int32(wf[j]) - d
             wf[j] = np.int8(max(-limit, min(limit, v)))
@@ -64,11 +61,7 @@ def _zo_update_s8(w, w_inner, w_k, rows, g_inner, g_k, factor, scaled_p, limit, 
 @njit(cache=True)
 def _zo_update_s32(b, factor, scaled_p, zstate, srstate):
     for c in range(b.shape[0]):
-        step = (scaled_p * factor[c]) * prng_rademacher(zstate)
-        if step > np.float32(1 << 20):
-            step = np.float32(1 << 20)
-        if step < -np.float32(1 << 20):
-            step = -np.float32(1 << 20)
+        step = _clip_step((scaled_p * factor[c]) * prng_rademacher(zstate))
         d = np.int64(np.floor(step + prng_uniform(srstate)))
         v = np.int64(b[c]) - d
         if v > np.int64(2147483647):
