@@ -122,3 +122,26 @@ def test_missing_toolchain_and_unknown_board_are_one_line_errors(sparse, monkeyp
     with pytest.raises(TinytrainError, match="arm-none-eabi-gcc not found: install it with: apt-get install .*"
                                              "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"):
         build(out, "qemu-mps2-an386")
+
+
+@needs_tools
+@pytest.mark.parametrize("board", BOARDS)
+def test_board_mezo_bit_exact_with_the_simulator(board, gq, fmnist, tmp_path):
+    """The zeroth-order library (two forward passes a step) on the board equals the simulator."""
+    from tinytrain.compiler.pipeline import compile_mezo
+    from tinytrain.train.mezo import MezoTrainer
+    gz, plan, facts = compile_mezo(gq, tmp_path, name="z", update="sparse", queries=2)
+    x, y = fmnist[0][:STEPS], fmnist[1][:STEPS]
+    fw = build(tmp_path, board, "z", x, y, steps=STEPS, lr=1e-4, seed=SEED, graph=gz)
+    res = run_firmware(fw, timeout=300)
+    sim = MezoTrainer(gq, "sparse", lr=1e-4, seed=SEED, queries=2)
+    for s in res.steps:
+        loss, logits = sim.step(x[s.step], y[s.step])
+        assert s.loss_bits == struct.unpack("<I", np.float32(loss).tobytes())[0], (board, s)
+        assert s.pred == int(np.argmax(np.asarray(logits).reshape(-1))), (board, s)
+    offsets = Emitter(gz, plan, "z").state_off
+    for it in gz.meta["zo"]["items"]:
+        t = sim.graph.t(it["tid"])
+        got = np.frombuffer(res.state, dtype=t.data.dtype, count=t.size, offset=offsets[it["tid"]])
+        np.testing.assert_array_equal(got, t.data.reshape(-1), err_msg=f"{board}: {t.name}")
+    assert fw.ram_static + res.stack_peak <= load_board(board)["sram"]
