@@ -42,6 +42,7 @@ The command line (`tinytrain mezo ...`) is in tinytrain/mezo_ort_cli.py.
 import fnmatch
 import hashlib
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,8 @@ def perturb(tensors, seed, scale, z="rademacher"):
     prng_seed(state, np.uint32(seed))
     s = np.float32(scale)
     for t in tensors:
+        if t.dtype != np.float32 or not t.flags.c_contiguous or not t.flags.writeable:
+            raise ValueError("perturb works in place on writeable C-contiguous float32 arrays")
         _axpz(t.reshape(-1), state, s, z == "normal")
 
 
@@ -157,9 +160,10 @@ def split_trainable(model, names):
     inputs, and return their values as C-contiguous float32 arrays (same order)."""
     by_name = {i.name: i for i in model.graph.initializer}
     arrays = [np.ascontiguousarray(numpy_helper.to_array(by_name[n]), dtype=np.float32).copy() for n in names]
-    keep = [i for i in model.graph.initializer if i.name not in set(names)]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
+    drop = set(names)
+    for k in reversed(range(len(model.graph.initializer))):      # in place: rebuilding the list copies it
+        if model.graph.initializer[k].name in drop:
+            del model.graph.initializer[k]
     have = {i.name for i in model.graph.input}
     for n, a in zip(names, arrays):
         if n not in have:
@@ -180,27 +184,31 @@ class MezoSession:
         self.names = select_trainable(model, trainable, file=model_path)
         self.weights = split_trainable(model, self.names)
         init_names = {i.name for i in model.graph.initializer}
-        self.data_inputs = [i for i in model.graph.input if i.name not in init_names and i.name not in self.names]
-        self.output = model.graph.output[0].name
-        blob = model.SerializeToString()
-        del model
+        data_inputs = [i for i in model.graph.input if i.name not in init_names and i.name not in self.names]
+        self.inputs = {i.name: (i.type.tensor_type.elem_type,          # plain Python: no reference into the proto
+                                [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim])
+                       for i in data_inputs}
+        self.output = str(model.graph.output[0].name)
+        del data_inputs
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise TinytrainError(f"onnxruntime cannot load the model: {e}".splitlines()[0], file=model_path) from None
-        del blob
+        # through a temporary file: a session made from bytes keeps them (InferenceSession._model_bytes)
+        with tempfile.TemporaryDirectory(prefix="tinytrain-mezo-") as tmp:
+            onnx.save(model, str(Path(tmp) / "model.onnx"))
+            del model
+            try:
+                self.session = ort.InferenceSession(str(Path(tmp) / "model.onnx"), so,
+                                                    providers=["CPUExecutionProvider"])
+            except Exception as e:
+                raise TinytrainError(f"onnxruntime cannot load the model: {e}".splitlines()[0],
+                                     file=model_path) from None
         self.binding = self.session.io_binding()
         self._values = [ort.OrtValue.ortvalue_from_numpy(w) for w in self.weights]
         for n, w, v in zip(self.names, self.weights, self._values):
             if v.data_ptr() != w.ctypes.data:        # would silently train a copy
                 raise RuntimeError(f"onnxruntime copied '{n}' instead of sharing its buffer")
             self.binding.bind_ortvalue_input(n, v)
-        self.inputs = {i.name: (i.type.tensor_type.elem_type,
-                                [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim])
-                       for i in self.data_inputs}
 
     @property
     def n_params(self):
