@@ -8,7 +8,8 @@ int8 reference, for each output element:
     y   = requantize_s8(acc, mult[co], shift[co], y_zp, act_min, act_max)
 with mult/shift the fixed-point form of s_x * s_w[co] / s_y.
 No overflow: |x - x_zp| <= 255 and |w| <= 127, so with K = KH*KW*Cin/groups
-|acc| <= K * 32385 + |b|; quantize() refuses graphs where that reaches 2^31.
+|acc| <= K * 32385 + |b|; quantize() refuses graphs where K * 32512 + |b| reaches 2^31
+(32512 = 256 * 127 also bounds the C pointwise kernel's sum x w - zp sum w).
 """
 import numpy as np
 from numba import njit
@@ -188,10 +189,11 @@ def quantize_weighted(node, graph, k):
     x, w, b, y = graph.t(node.inputs[0]), graph.t(node.inputs[1]), graph.t(node.inputs[2]), graph.t(node.outputs[0])
     wq = w.q if (w.q is not None and w.q.axis == 0) else weight_qparams(w.data, axis=0)
     s_x, s_y = float(x.q.scale), float(y.q.scale)
-    # The accumulator must hold K products (each |.| <= 255 * 127) plus the bias.  A channel whose
+    # The accumulator must hold K products (each |.| <= 256 * 127, which also covers the C pointwise
+    # kernel's sum x w - zp sum w) plus the bias.  A channel whose
     # weights are tiny next to its bias (e.g. a BatchNorm with gamma ~ 0) would need a bias beyond
-    # int32: give it a coarser weight scale instead, so that |bias| <= 2^31 - 1 - K * 32385.
-    room = float(2 ** 31 - 1 - int(k) * 255 * 127)
+    # int32: give it a coarser weight scale instead, so that |bias| <= 2^31 - 1 - K * 32512.
+    room = float(2 ** 31 - 1 - int(k) * 256 * 127)
     if room <= 2 ** 20:
         raise TinytrainError(f"int32 accumulator could overflow ({k} products per output); "
                              "split the layer", node=node.name, op=node.op)

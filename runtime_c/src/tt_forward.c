@@ -35,10 +35,10 @@ static int8_t clamp_keep(int32_t v, int32_t act_min, int32_t act_max, uint8_t *m
 
 /*
  * conv.py _conv2d_s8 (any groups) and _depthwise_conv2d_s8.  Depthwise
- * (groups == Cin == Cout) is the case cg = cog = 1 of the grouped loop: the same
- * taps summed exactly, so one loop nest serves both.
+ * (groups == Cin == Cout) and unpadded 1x1 convolutions have their own loop nests below
+ * (channels innermost; the same taps summed exactly, so the same results).
  * Accumulator bound: |x - in_zp| <= 255, |w| <= 127, so with K = KH*KW*cg
- * |acc| <= K * 32385 + |bias| < 2^31, which quantize() guarantees (it refuses
+ * |acc| <= K * 32385 + |bias| <= K * 32512 + |bias| < 2^31, which quantize() guarantees (it refuses
  * or rescales layers that could reach 2^31): int32 never overflows.
  */
 /* Depthwise (one input and one output channel per group): per output pixel, the channels run
@@ -87,6 +87,39 @@ static void depthwise_s8(const tt_conv_params *p, const tt_quant_params *q, cons
     }
 }
 
+/* 1x1 convolution without padding: every tap is valid, so sum (x - zp) w = sum x w - zp sum w,
+ * and the inner loop is a plain int8 dot product (vectorizable).  Integer sums: exact, the same
+ * results as the generic loop nest.  |sum x w| <= Cin * 128 * 127 and |zp sum w| <= 128 * Cin * 127:
+ * within the accumulator bound quantize() checks. */
+static void pointwise_s8(const tt_conv_params *p, const tt_quant_params *q, const int32_t *mult,
+                         const int32_t *shift, const tt_dims *in_dims, const int8_t *in, const tt_dims *filter_dims,
+                         const int8_t *w, const int32_t *bias, const tt_dims *out_dims, int8_t *out, uint8_t *mask)
+{
+    const int32_t c_in = filter_dims->c;
+    for (int32_t co = 0; co < out_dims->c; ++co) {
+        const int8_t *ws = w + co * c_in;
+        int32_t wsum = 0;
+        for (int32_t ci = 0; ci < c_in; ++ci) {
+            wsum += ws[ci];
+        }
+        const int32_t base = bias[co] - q->in_zp * wsum;
+        for (int32_t n = 0; n < out_dims->n; ++n) {
+            for (int32_t oh = 0; oh < out_dims->h; ++oh) {
+                for (int32_t ow = 0; ow < out_dims->w; ++ow) {
+                    const int8_t *xs = in + nhwc(in_dims, n, oh * p->stride_h, ow * p->stride_w, 0);
+                    int32_t acc = base;
+                    for (int32_t ci = 0; ci < c_in; ++ci) {
+                        acc += (int32_t)xs[ci] * (int32_t)ws[ci];
+                    }
+                    const int32_t i = nhwc(out_dims, n, oh, ow, co);
+                    const int32_t v = tt_requantize_zp(acc, mult[co], shift[co], q->out_zp);
+                    out[i] = clamp_keep(v, q->act_min, q->act_max, mask, i);
+                }
+            }
+        }
+    }
+}
+
 void tt_conv2d_s8(const tt_conv_params *p, const tt_quant_params *q, const int32_t *mult, const int32_t *shift,
                   const tt_dims *in_dims, const int8_t *in, const tt_dims *filter_dims, const int8_t *w,
                   const int32_t *bias, const tt_dims *out_dims, int8_t *out, uint8_t *mask)
@@ -95,6 +128,11 @@ void tt_conv2d_s8(const tt_conv_params *p, const tt_quant_params *q, const int32
     const int32_t cog = filter_dims->n / p->groups;
     if (cg == 1 && cog == 1) {
         depthwise_s8(p, q, mult, shift, in_dims, in, filter_dims, w, bias, out_dims, out, mask);
+        return;
+    }
+    if (kh_n == 1 && kw_n == 1 && p->groups == 1 && p->pad_t == 0 && p->pad_l == 0 &&
+        (out_dims->h - 1) * p->stride_h < in_dims->h && (out_dims->w - 1) * p->stride_w < in_dims->w) {
+        pointwise_s8(p, q, mult, shift, in_dims, in, filter_dims, w, bias, out_dims, out, mask);
         return;
     }
     for (int32_t n = 0; n < out_dims->n; ++n) {
