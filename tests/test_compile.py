@@ -198,3 +198,55 @@ def test_compile_cli_budget(tmp_path, capsys):
     assert len(err) == 1 and "does not fit" in err[0] and "KB" in err[0] and "fits in" in err[0]
     assert main(["compile", model, "-o", str(tmp_path / "nocalib")]) == 2
     assert main(["compile", model, "--calib", calib, "--sram", "lots", "-o", str(tmp_path / "x")]) == 2
+
+
+def test_learned_state_saves_and_restores_through_flash(gq, fmnist, tmp_path):
+    """<name>_save / <name>_load: the trained state goes to (simulated) flash and comes back,
+    after a factory reset, bit for bit; a save cut short keeps the previous state."""
+    x, y = fmnist
+    tg, plan, facts = compile_graph(gq, tmp_path, name="m", update="classifier")
+    hm = HostModel(tmp_path, "m", tg, facts, lr=0.05, seed=1)
+    ffi, lib = hm.ffi, hm.lib
+    slot = (facts["state"] + 24 + 255) // 256 * 256
+    flash = bytearray(b"\xff" * (2 * slot))
+    budget = {"left": None}
+
+    def take(n):
+        if budget["left"] is None:
+            return n
+        k = min(n, budget["left"])
+        budget["left"] -= k
+        return k
+
+    @ffi.callback("int(void *, uint32_t, uint32_t)")
+    def erase(user, off, size):
+        k = take(size)
+        flash[off:off + k] = b"\xff" * k
+        return 0 if k == size else -1
+
+    @ffi.callback("int(void *, uint32_t, const uint8_t *, uint32_t)")
+    def write(user, off, data, size):
+        k = take(size)
+        src = ffi.buffer(data, size)[:k]
+        flash[off:off + k] = bytes(a & b for a, b in zip(flash[off:off + k], src))
+        return 0 if k == size else -1
+
+    @ffi.callback("int(void *, uint32_t, uint8_t *, uint32_t)")
+    def read(user, off, data, size):
+        ffi.memmove(data, bytes(flash[off:off + size]), size)
+        return 0
+
+    dev = ffi.new("tt_flash *", {"erase": erase, "write": write, "read": read, "user": ffi.NULL, "slot_size": slot})
+    assert lib.m_load(hm.ctx, dev) == -5                       # nothing saved yet
+    for i in range(5):
+        hm.train_step(x[i], y[i])
+    trained = hm.state_bytes()
+    assert lib.m_save(hm.ctx, dev) == 0
+    for i in range(5, 8):
+        hm.train_step(x[i], y[i])
+    budget["left"] = slot + 10                                 # the next save loses power mid-payload
+    assert lib.m_save(hm.ctx, dev) == -5
+    budget["left"] = None
+    assert lib.m_reset(hm.ctx) == 0 and hm.state_bytes() != trained
+    assert lib.m_load(hm.ctx, dev) == 0
+    assert hm.state_bytes() == trained and hm.ctx.steps == 5

@@ -25,12 +25,21 @@ def build(out, name, extra=()):
 
 def cdef(name):
     return f"""
+typedef struct {{
+    int (*erase)(void *user, uint32_t offset, uint32_t size);
+    int (*write)(void *user, uint32_t offset, const uint8_t *data, uint32_t size);
+    int (*read)(void *user, uint32_t offset, uint8_t *data, uint32_t size);
+    void *user;
+    uint32_t slot_size;
+}} tt_flash;
 typedef struct {{ uint8_t *arena; uint8_t *state; float lr; uint32_t prng; int32_t steps; int32_t skipped; }} {name}_ctx;
 int {name}_init({name}_ctx *ctx, void *arena, size_t arena_size, void *state, size_t state_size, float lr,
                 uint32_t seed, int restore);
 int {name}_reset({name}_ctx *ctx);
 int {name}_train_step({name}_ctx *ctx, const float *input, int32_t label, float *loss, int32_t *predicted);
 int {name}_predict({name}_ctx *ctx, const float *input, float *logits, int32_t *predicted);
+int {name}_save({name}_ctx *ctx, const tt_flash *flash);
+int {name}_load({name}_ctx *ctx, const tt_flash *flash);
 """
 
 

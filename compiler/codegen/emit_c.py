@@ -199,6 +199,8 @@ def _header(e, f):
 #include <stddef.h>
 #include <stdint.h>
 
+#include "tt_persist.h"
+
 #ifdef __cplusplus
 extern "C" {{
 #endif
@@ -235,6 +237,9 @@ int {n}_init({n}_ctx *ctx, void *arena, size_t arena_size, void *state, size_t s
 int {n}_reset({n}_ctx *ctx);
 int {n}_train_step({n}_ctx *ctx, const float *input, int32_t label, float *loss, int32_t *predicted);
 int {n}_predict({n}_ctx *ctx, const float *input, float *logits, int32_t *predicted);
+/* Power-cut-safe persistence of the learned state (two flash slots, see tt_persist.h). */
+int {n}_save({n}_ctx *ctx, const tt_flash *flash);
+int {n}_load({n}_ctx *ctx, const tt_flash *flash);
 
 #ifdef __cplusplus
 }}
@@ -402,6 +407,26 @@ int {n}_train_step({n}_ctx *ctx, const float *input, int32_t label, float *loss,
     if (predicted != NULL) {{
         *predicted = best;
     }}
+    return {N}_OK;
+}}
+
+int {n}_save({n}_ctx *ctx, const tt_flash *flash)
+{{
+    if (ctx == NULL || ctx->state == NULL || flash == NULL) {{
+        return {N}_ERR_NULL;
+    }}
+    return tt_state_save(flash, ctx->state, {N}_STATE_SIZE, {N}_SIGNATURE) == TT_PERSIST_OK ? {N}_OK : {N}_ERR_STATE;
+}}
+
+int {n}_load({n}_ctx *ctx, const tt_flash *flash)
+{{
+    if (ctx == NULL || ctx->state == NULL || flash == NULL) {{
+        return {N}_ERR_NULL;
+    }}
+    if (tt_state_load(flash, ctx->state, {N}_STATE_SIZE, {N}_SIGNATURE) != TT_PERSIST_OK) {{
+        return {N}_ERR_STATE;
+    }}
+    memcpy(&ctx->steps, ctx->state + 12, sizeof ctx->steps);
     return {N}_OK;
 }}
 
