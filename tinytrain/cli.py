@@ -143,9 +143,10 @@ def cmd_train(args):
         trainer = BackpropTrainer(tg, lr=args.lr, rounding=args.rounding, seed=args.seed, momentum=args.momentum,
                                   accumulate=args.accumulate)
     rows = scheme.describe(g)
+    how = (f"QAS {'off' if args.no_qas else 'on'}, {args.rounding} rounding" if args.trainer == "backprop" else
+           f"{args.trainer}: eps {args.eps}, {args.queries} quer{'y' if args.queries == 1 else 'ies'}")
     print(f"update scheme '{scheme.name}': {sum(1 for r in rows if r[3] != '-')} weight tensors, "
-          f"{sum(1 for r in rows if r[4] == 'yes')} biases of {len(rows)} layers; QAS {'off' if args.no_qas else 'on'}, "
-          f"{args.rounding} rounding, lr {args.lr}")
+          f"{sum(1 for r in rows if r[4] == 'yes')} biases of {len(rows)} layers; {how}, lr {args.lr}")
     report = {"model": str(args.model), "scheme": scheme.name, "lr": args.lr, "qas": not args.no_qas,
               "rounding": args.rounding, "seed": args.seed, "float_classifier": args.float_classifier}
     if test is not None:

@@ -69,10 +69,6 @@ def _from_4d(imp, onnx_name, tid4, rank):
     imp.emit("reshape", [tid4], [out], shape=(n, w, c))
 
 
-def _out4d(imp, name):
-    return imp.tensor(name, (1, 1, 1, 1))
-
-
 @converter("Conv")
 def conv(imp, node):
     x, rank = _to_4d(imp, node.input[0])

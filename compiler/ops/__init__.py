@@ -22,10 +22,6 @@ def get_op(name):
     return _REGISTRY.get(name)
 
 
-def all_ops():
-    return dict(_REGISTRY)
-
-
 class Op:
     name = "?"
     # the output has the input's quantization parameters (pure int8 data movement)
@@ -67,10 +63,6 @@ class Op:
     def params(self, node, graph):
         return sum(graph.tensors[i].size for i in node.inputs if graph.tensors[i].kind == "const")
 
-
-def batched(shape, n):
-    """An IR shape (batch 1) with the batch set to n."""
-    return (n,) + tuple(shape[1:])
 
 
 # importing the modules registers the ops
