@@ -12,6 +12,7 @@ globals, no malloc, no I/O: the caller owns the context, the arena and the
 state blob.  Each op class writes its own call (`emit_c`, one place per op).
 """
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -57,6 +58,7 @@ class Emitter:
             raise TinytrainError(f"--name '{name}' is not a C identifier", field="name")
         self.g, self.plan, self.name, self.NAME = graph, plan, name, name.upper()
         self.decls, self.body = [], []
+        self.profile = []                                  # node index -> name, op, phase ({name}_profile.json)
         self._n = 0
         tr = graph.meta.get("training", {})
         self.trainable = list(tr.get("trainable", []))
@@ -138,9 +140,11 @@ def emit(graph, plan, out, name="model", rounding="stochastic"):
     nodes_b = [n for n in graph.nodes if n.id not in fwd]
     for n in nodes_f:
         _emit_node(e, n)
+    e.line(f"{e.NAME}_PROFILE({len(e.profile)});")
     forward_body, e.body = e.body, []
     for n in nodes_b:
         _emit_node(e, n)
+    e.line(f"{e.NAME}_PROFILE({len(e.profile)});")
     backward_body = e.body
     x = graph.t(graph.inputs[0])
     logits = graph.t(graph.outputs[0])
@@ -149,6 +153,7 @@ def emit(graph, plan, out, name="model", rounding="stochastic"):
                  classes=logits.size, name=name)
     (out / f"{name}.h").write_text(_header(e, facts))
     (out / f"{name}.c").write_text(_source(e, facts, forward_body, backward_body))
+    (out / f"{name}_profile.json").write_text(json.dumps(e.profile, indent=1) + "\n")
     rt = out / "runtime"
     pkg = runtime_dir()
     for sub in ("include", "src"):
@@ -174,7 +179,16 @@ def _emit_node(e, node):
         raise TinytrainError(f"op {node.op} has no C kernel yet (the simulator runs it; `tinytrain compile` "
                              "cannot)", node=node.name, op=node.op)
     e.line(f"/* {node.op}: {node.name} */")
+    e.line(f"{e.NAME}_PROFILE({len(e.profile)});")
+    e.profile.append(dict(index=len(e.profile), node=node.name, op=node.op, phase=_phase(e.g, node)))
     fn(node, e.g, e)
+
+
+def _phase(graph, node):
+    """forward, backward or update: the phase a node's cost counts towards (profiles, reports)."""
+    if node.id in set(graph.meta.get("training", {}).get("forward", ())):
+        return "forward"
+    return "update" if get_op(node.op).side_effect else "backward"
 
 
 def _header(e, f):
@@ -305,6 +319,12 @@ def _source(e, f, forward_body, backward_body, zo_body=None):
 
 #if TT_RUNTIME_VERSION != {RUNTIME_VERSION}
 #error "{n}.c was generated for tinytrain runtime version {RUNTIME_VERSION}: regenerate it or use its runtime/"
+#endif
+
+/* profiling hook: {N}_PROFILE(k) runs before node k of {n}_profile.json and once more (k = node count)
+   after the last node of the forward and of the backward; define it (e.g. to read a cycle counter) */
+#ifndef {N}_PROFILE
+#define {N}_PROFILE(k) ((void)0)
 #endif
 
 /* frozen weights live in flash; override to place them elsewhere (e.g. external flash) */

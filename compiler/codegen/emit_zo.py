@@ -31,6 +31,7 @@ def _items_code(e, items, phase, sign=0):
 
 def emit_mezo(graph, plan, out, name="model", queries=1):
     """graph: the output of zo_plan (meta["zo"]); writes <name>.c/.h and runtime/."""
+    import json
     import shutil
     from pathlib import Path
     out = Path(out)
@@ -41,6 +42,7 @@ def emit_mezo(graph, plan, out, name="model", queries=1):
     e = Emitter(graph, plan, name)
     for n in graph.nodes:
         _emit_node(e, n)
+    e.line(f"{e.NAME}_PROFILE({len(e.profile)});")
     forward_body, e.body = e.body, []
     logits = graph.t(graph.outputs[0])
     k = logits.size
@@ -75,6 +77,7 @@ def emit_mezo(graph, plan, out, name="model", queries=1):
                  classes=k, name=name, trainer="mezo")
     (out / f"{name}.h").write_text(_header(e, facts))
     (out / f"{name}.c").write_text(_source(e, facts, forward_body, [], zo_body=body))
+    (out / f"{name}_profile.json").write_text(json.dumps(e.profile, indent=1) + "\n")
     rt = out / "runtime"
     for sub in ("include", "src"):
         if (rt / sub).exists():
