@@ -4,7 +4,7 @@
         -> absorb_transpose (Flatten of NHWC into the linear layer's weights)
         -> calibrate -> quantize
         -> weight_headroom (trained weights' scale x2) -> autodiff (loss, backward, in-place SGD)
-        -> prune (the sparse-update scheme)
+        -> prune (the sparse-update scheme) -> chunk_grads (big weight gradients a slice of rows at a time)
 """
 import numpy as np
 
@@ -14,6 +14,7 @@ from .passes.absorb_transpose import absorb_transpose
 from .passes.autodiff import autodiff
 from .passes.prune import prune
 from .passes.calibrate import calibrate
+from .passes.chunk_grads import chunk_grads
 from .passes.float_head import float_head
 from .passes.fold_affine import fold_affine
 from .passes.fuse_activation import fuse_activation
@@ -59,26 +60,29 @@ def quantize_graph(graph, calib_x, method="minmax", percentile=99.99, output_ran
     return verify(quantize(graph, ranges, info), "quantize")
 
 
-def training_graph(graph_int8, update="sparse", qas=True, float_classifier=False, weight_headroom=2.0):
+def training_graph(graph_int8, update="sparse", qas=True, float_classifier=False, weight_headroom=2.0,
+                   chunk_bytes=8192):
     """int8 IR -> verified training graph for an update scheme (preset name,
     JSON path, dict or Scheme); optionally with a float32 classifier.  Trained
-    weights get `weight_headroom` (their scale x h) to grow without saturating."""
+    weights get `weight_headroom` (their scale x h) to grow without saturating.  A weight
+    gradient larger than `chunk_bytes` is computed and applied a slice of rows at a time."""
     scheme = resolve_scheme(graph_int8, update)
     graph_int8 = verify(_weight_headroom(graph_int8, scheme, weight_headroom), "weight_headroom")
     if float_classifier:
         graph_int8 = verify(float_head(graph_int8), "float_head")
     g = verify(autodiff(graph_int8, qas=qas), "autodiff")
-    return verify(prune(g, scheme), "prune")
+    g = verify(prune(g, scheme), "prune")
+    return verify(chunk_grads(g, chunk_bytes), "chunk_grads")
 
 
 def compile_graph(graph_int8, out, name="model", update="sparse", qas=True, float_classifier=False,
-                  rounding="stochastic", sram=None, in_place=True, weight_headroom=2.0):
+                  rounding="stochastic", sram=None, in_place=True, weight_headroom=2.0, chunk_bytes=8192):
     """int8 IR -> training graph -> memory plan (checked against `sram` bytes) -> C.
     -> (training graph, plan, facts)"""
     from .codegen.emit_c import emit
     from .passes.plan_memory import check_budget, plan_memory
     tg = training_graph(graph_int8, update, qas=qas, float_classifier=float_classifier,
-                        weight_headroom=weight_headroom)
+                        weight_headroom=weight_headroom, chunk_bytes=chunk_bytes)
     plan = plan_memory(tg, in_place=in_place)
     check_budget(tg, plan, sram)
     facts = emit(tg, plan, out, name=name, rounding=rounding)

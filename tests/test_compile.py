@@ -69,6 +69,35 @@ def test_c_bit_exact_options(kw, gq, fmnist, tmp_path):
     _bit_exact(tmp_path, gq, x, y, 100, "sparse", **kw)
 
 
+@pytest.mark.parametrize("rounding", ["stochastic", "shadow"])
+def test_chunked_weight_gradients_are_bit_exact(rounding, gq, fmnist, tmp_path):
+    """Weight gradients computed and applied a few rows at a time (passes/chunk_grads.py): the C and
+    the simulator agree, and both equal the unchunked simulator bit for bit."""
+    x, y = fmnist
+    tg = _bit_exact(tmp_path, gq, x, y, 60, "full", rounding=rounding, chunk_bytes=512)
+    chunks = [n for n in tg.nodes if n.op == "sgd_update" and n.attrs.get("row_offset") is not None]
+    assert len(chunks) > 10
+    whole = training_graph(gq, "full", chunk_bytes=1 << 30)
+    assert not any("row_offset" in n.attrs for n in whole.nodes)
+    sim = BackpropTrainer(whole, lr=0.02, seed=3, rounding=rounding)
+    for i in range(60):
+        sim.step(x[i], y[i])
+    for tid in whole.meta["training"]["trainable"]:
+        np.testing.assert_array_equal(whole.t(tid).data, tg.t(tid).data, err_msg=whole.t(tid).name)
+
+
+def test_chunking_bounds_the_gradient_buffers(gq):
+    big = max(training_graph(gq, "full", chunk_bytes=1 << 30).tensors.values(),
+              key=lambda t: t.nbytes if t.name.startswith("d_") and t.kind == "act" else 0)
+    assert big.nbytes > 4096
+    tg = training_graph(gq, "full", chunk_bytes=4096)
+    for n in tg.nodes:
+        if n.op == "conv2d_grad_weight" and n.attrs["groups"] == 1:
+            d = tg.t(n.outputs[0])
+            assert d.nbytes <= max(4096, d.nbytes // d.shape[0]), d.name
+    assert plan_memory(tg).arena_size < plan_memory(training_graph(gq, "full", chunk_bytes=1 << 30)).arena_size
+
+
 def test_c_bit_exact_on_the_1d_sensor_model(tmp_path):
     x, y = load_dataset(D / "basicmotions_train.npz")
     g = tt.quantize(tt.load(ROOT / "models" / "imu_cnn.onnx"), x, output_range=(-16, 16))

@@ -321,6 +321,7 @@ class Conv2dGradWeight(Op):
     def sim(self, node, graph, ins, masks=None):
         a = node.attrs
         dpre, x = ins
+        dpre = dpre[..., a.get("co_offset", 0):]          # a slice of output channels (passes/chunk_grads.py)
         dwt = np.empty(tuple(a["dw_shape"]), np.float32)
         _conv2d_grad_weight_f32(dpre, x, a["x_zp"], np.float32(a["x_scale"]), dwt, a["stride"][0], a["stride"][1],
                                 a["pads"][0], a["pads"][1], a["dilation"][0], a["dilation"][1], a["groups"],
@@ -391,7 +392,8 @@ def _emit_conv2d_grad_weight(self, node, g, e):
     from ..codegen.emit_c import c_float
     a = node.attrs
     d, x, dw = node.inputs[0], node.inputs[1], node.outputs[0]
-    e.line(f"tt_conv2d_grad_weight_f32({_conv_params(e, a)}, {e.dims(g.t(d).shape)}, {e.ptr(d)}, "
+    dp = e.ptr(d) if not a.get("co_offset") else f"{e.ptr(d)} + {a['co_offset']}"   # rows from co_offset on
+    e.line(f"tt_conv2d_grad_weight_f32({_conv_params(e, a)}, {e.dims(g.t(d).shape)}, {dp}, "
            f"{e.dims(g.t(x).shape)}, {e.ptr(x)}, {a['x_zp']}, {c_float(a['x_scale'])}, "
            f"{e.dims(a['dw_shape'])}, {e.ptr(dw)});")
 

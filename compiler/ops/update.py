@@ -100,6 +100,10 @@ class SgdUpdate(Op):
         ctx.accumulate samples (the mean is applied on the last one) happen here,
         in front of the in-place step."""
         p = graph.t(node.inputs[0])
+        data = p.data
+        r0 = node.attrs.get("row_offset")
+        if r0 is not None:                              # rows r0.. of the parameter (passes/chunk_grads.py)
+            data = p.data[r0:r0 + grad.shape[0]]
         lr = np.float32(ctx.lr)
         if ctx.accumulate > 1:
             acc = ctx.accum.get(node.id)
@@ -118,38 +122,42 @@ class SgdUpdate(Op):
             v += grad
             grad = v
         if p.dtype == "float32":
-            _sgd_f32(p.data, grad, lr)
+            _sgd_f32(data, grad, lr)
         elif p.dtype == "int32":
-            _sgd_s32_stochastic(p.data, grad, node.attrs["factor"], lr, ctx.prng)
+            _sgd_s32_stochastic(data, grad, node.attrs["factor"], lr, ctx.prng)
         elif ctx.rounding == "shadow":
             sh = ctx.shadow.get(p.id)
             if sh is None:
                 sh = ctx.shadow[p.id] = (p.data.astype(np.int16) * np.int16(256)).astype(np.int16)
-            _sgd_s8_shadow(p.data, sh, grad, node.attrs["factor"], lr)
+            if r0 is not None:
+                sh = sh[r0:r0 + grad.shape[0]]
+            _sgd_s8_shadow(data, sh, grad, node.attrs["factor"], lr)
         else:
-            _sgd_s8_stochastic(p.data, grad, node.attrs["factor"], lr, ctx.prng)
+            _sgd_s8_stochastic(data, grad, node.attrs["factor"], lr, ctx.prng)
 
 
 def _emit_sgd(self, node, g, e):
     """Skip the update when its gradient holds a NaN/Inf (counted), else step in place."""
     p, d = g.t(node.inputs[0]), g.t(node.inputs[1])
     gp = e.ptr(d.id)
+    r0 = node.attrs.get("row_offset") or 0             # rows r0.. of the parameter (passes/chunk_grads.py)
+    pp = e.ptr(p.id) if not r0 else f"({e.ptr(p.id)} + {r0 * (p.size // p.shape[0])})"
     e.line(f"if (!{e.name}_finite({gp}, {d.size})) {{ ctx->skipped += 1; }} else {{")
     if p.dtype == "float32":
-        e.line(f"    tt_sgd_f32({e.ptr(p.id)}, {d.size}, {gp}, ctx->lr);")
+        e.line(f"    tt_sgd_f32({pp}, {d.size}, {gp}, ctx->lr);")
     elif p.dtype == "int32":
-        e.line(f"    tt_sgd_s32_stochastic({e.ptr(p.id)}, {d.size}, {gp}, "
+        e.line(f"    tt_sgd_s32_stochastic({pp}, {d.size}, {gp}, "
                f"{e.array('qas', node.attrs['factor'], 'float')}, ctx->lr, &ctx->prng);")
     elif e.rounding == "shadow":
         w_inner = p.size // p.shape[0]
         g_inner = d.size // d.shape[0]
-        sh = f"((int16_t *)(ctx->state + {e.shadow_off[p.id]}))"
-        e.line(f"    tt_sgd_s8_shadow({e.ptr(p.id)}, {sh}, {w_inner}, {p.shape[-1]}, {gp}, {d.shape[0]}, {g_inner}, "
+        sh = f"((int16_t *)(ctx->state + {e.shadow_off[p.id]}) + {r0 * w_inner})"
+        e.line(f"    tt_sgd_s8_shadow({pp}, {sh}, {w_inner}, {p.shape[-1]}, {gp}, {d.shape[0]}, {g_inner}, "
                f"{d.shape[-1]}, {e.array('qas', node.attrs['factor'], 'float')}, ctx->lr);")
     else:
         w_inner = p.size // p.shape[0]
         g_inner = d.size // d.shape[0]
-        e.line(f"    tt_sgd_s8_stochastic({e.ptr(p.id)}, {w_inner}, {p.shape[-1]}, {gp}, {d.shape[0]}, {g_inner}, "
+        e.line(f"    tt_sgd_s8_stochastic({pp}, {w_inner}, {p.shape[-1]}, {gp}, {d.shape[0]}, {g_inner}, "
                f"{d.shape[-1]}, {e.array('qas', node.attrs['factor'], 'float')}, ctx->lr, &ctx->prng);")
     e.line("}")
 
