@@ -38,9 +38,13 @@ class RunResult:
     stack_size: int = 0
     skipped: int = 0
     output: str = ""
+    profile: dict = field(default_factory=dict)      # node index -> instructions summed over profile_steps
+    profile_steps: int = 0
 
 
 def qemu_command(board, elf):
+    if board.get("kind") == "linux-user":
+        return [*board["run"], str(elf)]
     q = board["qemu"]
     return ["qemu-system-arm", "-machine", q["machine"], "-nographic", "-monitor", "none", "-serial", "none",
             "-chardev", "stdio,id=sh0", "-semihosting-config", "enable=on,target=native,chardev=sh0",
@@ -48,6 +52,13 @@ def qemu_command(board, elf):
 
 
 def _explain(code, tail):
+    if code < 0:
+        import signal
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}"
     if code == 124:
         return "did not finish in time (raise --timeout)"
     if code == 134:
@@ -67,14 +78,12 @@ def _explain(code, tail):
 
 def run_firmware(fw, timeout=600):
     """Run fw (boards.Firmware) in QEMU -> RunResult; a failure is a TinytrainError."""
-    import shutil
-    from .boards import INSTALL_HINT
-    if shutil.which("qemu-system-arm") is None:
-        raise TinytrainError(f"qemu-system-arm not found: {INSTALL_HINT}")
+    from .boards import require_tool
     board = fw.board
+    cmd = qemu_command(board, fw.elf)
+    require_tool(cmd[0], board)
     try:
-        res = subprocess.run(qemu_command(board, fw.elf), capture_output=True, text=True, timeout=timeout,
-                             stdin=subprocess.DEVNULL)
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         code, out = res.returncode, res.stdout + res.stderr
     except subprocess.TimeoutExpired as e:
         out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
@@ -106,6 +115,10 @@ def parse_output(text):
             r.stack_peak, r.stack_size = int(w[2]), int(w[4])
         elif w[0] == "done":
             r.skipped = int(w[4])
+        elif w[:2] == ["profile", "nodes"] and len(w) == 5:
+            r.profile_steps = int(w[4])
+        elif w[0] == "profile" and len(w) == 4 and w[2] == "instr":
+            r.profile[int(w[1])] = int(w[3])
     r.state = b"".join(chunks[k] for k in sorted(chunks))
     if len(r.state) != size or zlib.crc32(r.state) != r.crc32:
         raise TinytrainError(f"the state blob read from the board is damaged ({len(r.state)} of {size} bytes, "
@@ -113,14 +126,16 @@ def parse_output(text):
     return r
 
 
-def format_steps(res):
+def format_steps(res, board=None):
     rows = ["step  label  pred  loss       accuracy  instructions"]
     correct = 0
     for s in res.steps:
         correct += s.pred == s.label
         rows.append(f"{s.step:>4}  {s.label:>5}  {s.pred:>4}  {s.loss:<9.5f}  {correct / (s.step + 1):>7.1%}  "
                     f"{s.instructions:>12,}")
-    if res.steps:
+    if res.steps and (board or {}).get("kind") == "linux-user":
+        rows.append(f"no instruction counter on {board['name']} ({board.get('instructions', 'none')})")
+    elif res.steps:
         mean = sum(s.instructions for s in res.steps) / len(res.steps)
         rows.append(f"mean {mean:,.0f} instructions per training step (under -icount, +-40)")
     return "\n".join(rows)
@@ -134,14 +149,15 @@ def state_arrays(tg, state, name, rounding="stochastic"):
             for tid, o in off.items()}
 
 
-def compare_with_simulator(tg, res, x, y, steps, lr, seed, rounding="stochastic", name="model"):
+def compare_with_simulator(tg, res, x, y, steps, lr, seed, rounding="stochastic", name="model", trainer=None):
     """Replay the board's steps in the simulator (tg is trained in place): the
     losses, predicted classes and final parameters must be bit-identical.
-    x in the ONNX layout.  -> a one-line report, or a TinytrainError."""
+    x in the ONNX layout; trainer: a MezoTrainer whose graph is tg (a MeZO library),
+    default backprop.  -> a one-line report, or a TinytrainError."""
     from .train.backprop import BackpropTrainer
     if len(res.steps) != steps:
         raise TinytrainError(f"the board reported {len(res.steps)} steps, expected {steps}")
-    sim = BackpropTrainer(tg, lr=lr, seed=seed, rounding=rounding)
+    sim = trainer if trainer is not None else BackpropTrainer(tg, lr=lr, seed=seed, rounding=rounding)
     for s in res.steps:
         k = s.step % len(x)
         loss, logits = sim.step(x[k], y[k])
@@ -160,3 +176,63 @@ def compare_with_simulator(tg, res, x, y, steps, lr, seed, rounding="stochastic"
     n = sum(v.size for v in params.values())
     return (f"check: {steps} steps bit-identical with the simulator (loss bits, predicted classes) and the "
             f"{len(params)} trained tensors ({n} values) equal bit for bit")
+
+
+PHASES = ("forward", "backward", "update", "other")
+
+
+def profile_report(res, nodes):
+    """Per-node, per-layer and per-phase instructions of a profiled run.  nodes: the
+    <name>_profile.json of the compile ([{index, node, op, phase}]).  Figures are means per
+    step; a layer is the ONNX node a graph node came from (its forward, gradient and update
+    nodes); "other" is the part of the step no node accounts for (input quantization,
+    argmax, the calls; with MeZO the perturbations and updates)."""
+    if not res.profile:
+        raise TinytrainError("the board printed no profile (build with profiling: tinytrain run --profile)")
+    if sorted(res.profile) != list(range(len(nodes))):
+        raise TinytrainError(f"the board profiled {len(res.profile)} nodes, {len(nodes)} listed in the "
+                             "profile json: regenerate the project")
+    steps = max(res.profile_steps, 1)
+    total = sum(s.instructions for s in res.steps) / steps
+    share = (lambda v: v / total) if total else (lambda v: 0.0)
+    rows, layers = [], {}
+    phases = dict.fromkeys(PHASES, 0.0)
+    for nd in nodes:
+        v = res.profile[nd["index"]] / steps
+        phases[nd["phase"]] = phases.get(nd["phase"], 0.0) + v
+        rows.append(dict(index=nd["index"], node=nd["node"], op=nd["op"], phase=nd["phase"], instructions=v,
+                         share=share(v)))
+        lay = layers.setdefault(nd["node"], dict(layer=nd["node"], op=nd["op"], forward=0.0, backward=0.0,
+                                                 update=0.0, instructions=0.0))
+        if nd["phase"] == "forward":
+            lay["op"] = nd["op"]
+        lay[nd["phase"]] = lay.get(nd["phase"], 0.0) + v
+        lay["instructions"] += v
+    for lay in layers.values():
+        lay["share"] = share(lay["instructions"])
+    phases["other"] = total - sum(v for k, v in phases.items() if k != "other")
+    return dict(steps=steps, step_instructions=total, phases=phases, layers=list(layers.values()), nodes=rows)
+
+
+def format_profile(report, top=None, by="layers"):
+    """The per-layer (or per-node: by="nodes") table in graph order, or the `top` largest,
+    and the phase totals, all per step."""
+    total = report["step_instructions"]
+    rows = report[by]
+    if top:
+        rows = sorted(rows, key=lambda r: -r["instructions"])[:top]
+    name = "layer" if by == "layers" else "node"
+    w = max([len(r[name]) for r in rows] + [5])
+    wo = max([len(r["op"]) for r in rows] + [2])
+    if by == "layers":
+        out = [f"{name:<{w}}  {'op':<{wo}}  {'forward':>12}  {'backward':>12}  {'update':>10}  {'total':>12}  "
+               "% step"]
+        out += [f"{r[name]:<{w}}  {r['op']:<{wo}}  {r['forward']:>12,.0f}  {r['backward']:>12,.0f}  "
+                f"{r['update']:>10,.0f}  {r['instructions']:>12,.0f}  {100 * r['share']:>5.1f}%" for r in rows]
+    else:
+        out = [f"{'#':>4}  {name:<{w}}  {'op':<{wo}}  {'phase':<8}  {'instructions':>12}  % step"]
+        out += [f"{r['index']:>4}  {r[name]:<{w}}  {r['op']:<{wo}}  {r['phase']:<8}  {r['instructions']:>12,.0f}  "
+                f"{100 * r['share']:>5.1f}%" for r in rows]
+    out.append(f"per step (mean of {report['steps']}): {total:,.0f} instructions: " + ", ".join(
+        f"{k} {v:,.0f} ({100 * v / total if total else 0:.1f}%)" for k, v in report["phases"].items()))
+    return "\n".join(out)

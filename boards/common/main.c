@@ -13,6 +13,11 @@
  *   state <offset> <64 bytes of the learned state blob, hex>      (the whole blob)
  *   stack peak <bytes> of <bytes>
  *   done steps <n> skipped <n>
+ * Built with profiling (tinytrain run --profile: tt_app.h defines
+ * APP_PROFILE_NODES and the model's <NAME>_PROFILE(k) calls app_profile(k)),
+ * after the steps, the instructions of each node summed over all steps:
+ *   profile nodes <n> steps <n>
+ *   profile <k> instr <instructions>                           (k = 0 .. n-1)
  * Exit status: 0 done; 10 + k init failed with status -k; 20 + k a train step
  * failed with status -k; 30 the stack reached the bottom of its region;
  * 200 + n fault with exception n (startup.c). */
@@ -21,6 +26,28 @@
 
 #include "board.h"
 #include "tt_app.h"
+
+#ifdef APP_PROFILE_NODES
+/* The generated code calls app_profile(k) before node k, and once more after
+ * the last node of the forward and of the backward (k = the count of nodes so
+ * far).  The instructions since the previous mark go to the node that mark
+ * opened; a mark repeating the previous one (the end of the forward, then the
+ * first backward node: the argmax between them) and marks past the last node
+ * open nothing, so the loss, argmax and input quantization stay unattributed. */
+static uint64_t prof_sum[APP_PROFILE_NODES];
+static uint64_t prof_last;
+static int32_t prof_open = -1;
+
+void app_profile(int32_t k)
+{
+    const uint64_t t = board_instructions();
+    if (prof_open >= 0 && prof_open < APP_PROFILE_NODES && k != prof_open) {
+        prof_sum[prof_open] += t - prof_last;
+    }
+    prof_open = k;
+    prof_last = t;
+}
+#endif
 
 static APP_CTX ctx;
 static uint8_t arena[APP_ARENA_SIZE] __attribute__((aligned(APP_ALIGN)));
@@ -147,6 +174,21 @@ int main(void)
         put_u64(&l, t1 - t0);
         flush(&l);
     }
+
+#ifdef APP_PROFILE_NODES
+    put_str(&l, "profile nodes ");
+    put_u64(&l, APP_PROFILE_NODES);
+    put_str(&l, " steps ");
+    put_u64(&l, APP_STEPS);
+    flush(&l);
+    for (i = 0; i < (uint32_t)APP_PROFILE_NODES; ++i) {
+        put_str(&l, "profile ");
+        put_u64(&l, i);
+        put_str(&l, " instr ");
+        put_u64(&l, prof_sum[i]);
+        flush(&l);
+    }
+#endif
 
     put_str(&l, "state size ");
     put_u64(&l, APP_STATE_SIZE);

@@ -1,0 +1,73 @@
+/* board.c: the porting layer (boards/common/board.h) for a Linux user-space
+ * target (a phone's application processor), here AArch64 under qemu-user.
+ *
+ * Output goes to stdout, the exit status is the process's.  There is no
+ * instruction counter: qemu-user (QEMU 7.2 `qemu-aarch64`) has no -icount
+ * (that is a system-emulation option), so the guest cannot read a
+ * deterministic count, and wall time under a user-mode emulator says nothing
+ * about a phone.  board_instructions() returns 0; the per-step "instr" figures
+ * of this board are 0 by design (board.json "instructions": "none").  On a real
+ * phone, replace it with clock_gettime(CLOCK_MONOTONIC) or the PMU (perf).
+ *
+ * The stack peak: board_init() paints BOARD_STACK_PAINT bytes of the stack
+ * below its own frame, board_stack_peak() scans the painted area from its
+ * bottom.  main() calls board_init() first, so the figure is the stack used
+ * below main's frame (the C library's output calls included). */
+#include "board.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#define BOARD_STACK_PAINT (64u * 1024u)
+#define PAINT_WORD 0xDEADBEEFu
+
+static uintptr_t paint_bottom, paint_top;
+
+/* noinline: its frame (the painted array) lies below board_init's caller */
+static __attribute__((noinline)) void paint_stack(void)
+{
+    volatile uint32_t area[BOARD_STACK_PAINT / 4u];
+    uint32_t i;
+    for (i = 0; i < BOARD_STACK_PAINT / 4u; ++i) {
+        area[i] = PAINT_WORD;
+    }
+    paint_bottom = (uintptr_t)&area[0];
+    paint_top = (uintptr_t)&area[BOARD_STACK_PAINT / 4u];
+}
+
+void board_init(void)
+{
+    setvbuf(stdout, NULL, _IOFBF, 1u << 16);
+    paint_stack();
+}
+
+void board_print(const char *text)
+{
+    fputs(text, stdout);
+}
+
+void board_exit(int code)
+{
+    fflush(stdout);
+    exit(code);
+}
+
+uint64_t board_instructions(void)
+{
+    return 0u;
+}
+
+uint32_t board_stack_peak(void)
+{
+    /* the painted words lie below every live frame: read them as plain memory */
+    const volatile uint32_t *p = (const volatile uint32_t *)paint_bottom;
+    while ((uintptr_t)p < paint_top && *p == PAINT_WORD) {
+        ++p;
+    }
+    return (uint32_t)(paint_top - (uintptr_t)p);
+}
+
+uint32_t board_stack_size(void)
+{
+    return BOARD_STACK_PAINT;
+}
