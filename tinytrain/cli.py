@@ -195,6 +195,8 @@ def cmd_compile(args):
         flash = parse_size(args.flash) if args.flash else None
     except ValueError as e:
         raise TinytrainError(str(e), field="--sram/--flash") from None
+    from .compiler.codegen.packages import describe, parse_kinds, write_packages
+    packages = parse_kinds(args.package)
     g = load(args.model, args.input_shape)
     if g.t(g.inputs[0]).dtype != "int8":
         if not args.calib:
@@ -213,6 +215,7 @@ def cmd_compile(args):
     else:
         tg, plan, facts = compile_graph(g, out, name=args.name, update=args.update, rounding=args.rounding,
                                         in_place=not args.no_in_place, **kw)
+    written = write_packages(out, facts, tg, packages, version=__version__)
     stack = stack_estimate(out, args.name)
     summary = memory_summary(tg, plan, facts, stack, sram, flash)
     text = write_reports(out, tg, plan, facts, summary)
@@ -241,6 +244,8 @@ def cmd_compile(args):
                              + (f"; {', '.join(fits)}" if fits else "; no preset fits either"))
     print(f"C project: {out / (args.name + '.c')}, {out / (args.name + '.h')}, {out / 'runtime'}; "
           f"reports: {out / 'report.txt'}, {out / 'report.json'}, {out / 'memory.png'}")
+    if written:
+        print(f"packages in {out}: {describe(out, written)}")
     return 0
 
 
@@ -318,6 +323,9 @@ def build_parser():
                    help="mezo: zeroth-order, two forward passes a step at inference memory; auto: backprop when "
                         "it fits --sram, else mezo")
     s.add_argument("--input-shape", type=_shape)
+    s.add_argument("--package", default="all",
+                   help="build files written beside the C: all (default), none, or a comma list of "
+                        "cmake,make,platformio,zephyr,arduino")
     s.add_argument("-o", "--output", required=True, help="output folder for the C project")
     s.set_defaults(func=cmd_compile)
     try:                                   # build / run / flash for boards (tinytrain/boards.py)
