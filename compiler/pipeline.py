@@ -75,15 +75,34 @@ def training_graph(graph_int8, update="sparse", qas=True, float_classifier=False
     return verify(chunk_grads(g, chunk_bytes), "chunk_grads")
 
 
+def memory_plan(graph, in_place=True, patch=True, sram=None):
+    """A training (or zeroth-order) graph -> (graph, plan): the frozen prefix run patch by
+    patch when that helps (patch_prefix; with `sram`, the cheapest patching that fits),
+    frozen depthwise convs in place (inplace_depthwise), then the static arena."""
+    from .passes.inplace_depthwise import inplace_depthwise
+    from .passes.patch_prefix import best_patching
+    from .passes.plan_memory import plan_memory, state_bytes
+
+    def prep(g):
+        return verify(inplace_depthwise(g), "inplace_depthwise") if in_place else g
+    if patch:
+        budget = None if sram is None else sram - state_bytes(graph)[0]
+        graph = best_patching(graph, lambda g: plan_memory(prep(g), in_place=in_place), budget)[0]
+        graph = verify(graph, "patch_prefix")
+    graph = prep(graph)
+    return graph, plan_memory(graph, in_place=in_place)
+
+
 def compile_graph(graph_int8, out, name="model", update="sparse", qas=True, float_classifier=False,
-                  rounding="stochastic", sram=None, in_place=True, weight_headroom=2.0, chunk_bytes=8192):
+                  rounding="stochastic", sram=None, in_place=True, weight_headroom=2.0, chunk_bytes=8192,
+                  patch=True):
     """int8 IR -> training graph -> memory plan (checked against `sram` bytes) -> C.
-    -> (training graph, plan, facts)"""
+    -> (training graph as compiled, plan, facts)"""
     from .codegen.emit_c import emit
-    from .passes.plan_memory import check_budget, plan_memory
+    from .passes.plan_memory import check_budget
     tg = training_graph(graph_int8, update, qas=qas, float_classifier=float_classifier,
                         weight_headroom=weight_headroom, chunk_bytes=chunk_bytes)
-    plan = plan_memory(tg, in_place=in_place)
+    tg, plan = memory_plan(tg, in_place=in_place, patch=patch, sram=sram)
     check_budget(tg, plan, sram)
     facts = emit(tg, plan, out, name=name, rounding=rounding)
     return tg, plan, facts

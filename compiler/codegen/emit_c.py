@@ -315,6 +315,7 @@ def _source(e, f, forward_body, backward_body, zo_body=None):
 
 #include "tt_fmath.h"
 #include "tt_kernels.h"
+#include "tt_lowmem.h"
 #include "tt_prng.h"
 
 #if TT_RUNTIME_VERSION != {RUNTIME_VERSION}

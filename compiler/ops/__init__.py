@@ -66,4 +66,4 @@ class Op:
 
 
 # importing the modules registers the ops
-from . import activation, affine, conv, eltwise, linear, pool, shape, train, update  # noqa: E402,F401
+from . import activation, affine, conv, eltwise, linear, lowmem, pool, shape, train, update  # noqa: E402,F401

@@ -4,7 +4,9 @@ Buffers:
   * activations, clamp masks (packed bits), gradients, the input, the label
     and the loss live in one arena; each gets an offset from its lifetime
     (first write .. last read, in schedule order)
-  * reshapes alias their input (no copy); with in_place, an elementwise
+  * reshapes alias their input (no copy); a paste (patch-based prefix) writes
+    into the tensor its earlier tiles built; an in-place depthwise conv's
+    output takes its input's bytes; with in_place, an elementwise
     backward op (mask_grad, grad_add, lut_grad) writes over an input that
     dies at that step
   * frozen weights stay in flash (const); trainable parameters (and their
@@ -79,6 +81,10 @@ def lifetimes(graph, in_place=True):
         return t
     for step, n in enumerate(graph.nodes):
         if n.op in ALIAS_OPS:
+            group[n.outputs[0]] = root(n.inputs[0])
+        elif n.op == "paste" and len(n.inputs) > 1:      # a tile pasted into the tensor built so far
+            group[n.outputs[0]] = root(n.inputs[1])
+        elif n.op == "depthwise_conv2d_inplace":         # writes its output over its (dying) input
             group[n.outputs[0]] = root(n.inputs[0])
         elif in_place and n.op in IN_PLACE_OPS:
             y = graph.t(n.outputs[0])

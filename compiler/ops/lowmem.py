@@ -1,0 +1,118 @@
+"""Memory-saving forms of forward ops: patch-based execution (passes/patch_prefix.py:
+crop, paste) and the in-place depthwise convolution (passes/inplace_depthwise.py).
+
+    crop   x [N, H, W, C] -> y [N, h, w, C] = x[:, y0:y0+h, x0:x0+w, :]
+    paste  (patch [N, h, w, C], prev [N, H, W, C]?) -> full [N, H, W, C]:
+           the patch written at (y0, x0) into `prev`'s bytes (the memory plan
+           gives a paste's output the buffer of its `prev` input), or into a
+           fresh buffer for the first patch
+
+Both move int8 bytes only (output qparams = input qparams); they exist in the
+frozen, forward-only prefix of a training graph, which has no gradient.
+
+    depthwise_conv2d_inplace  (x, w, b) -> (y, scratch): a frozen depthwise conv2d
+           whose output takes its input's bytes.  The C kernel computes one channel's
+           output plane into `scratch` (Ho x Wo bytes), then writes it over that
+           channel's slots, which no later channel reads (NHWC: every slot of channel c
+           is = c mod C, and y's slots are a prefix of x's).  Same integers as conv2d.
+"""
+import numpy as np
+
+from . import Op, get_op, register
+
+
+@register
+class Crop(Op):
+    name = "crop"
+    same_qparams = True
+
+    def infer(self, node, graph):
+        return [tuple(node.attrs["shape"])]
+
+    def check(self, node, graph, fail):
+        x, (y0, x0) = graph.t(node.inputs[0]).shape, node.attrs["origin"]
+        _, h, w, c = node.attrs["shape"]
+        if len(x) != 4 or y0 < 0 or x0 < 0 or y0 + h > x[1] or x0 + w > x[2] or c != x[3]:
+            fail(f"n{node.id} crop {node.attrs['shape']} at {(y0, x0)} is outside its input {x}")
+
+    def ref(self, node, graph, ins):
+        (y0, x0), (_, h, w, _) = node.attrs["origin"], node.attrs["shape"]
+        return [np.ascontiguousarray(ins[0][:, y0:y0 + h, x0:x0 + w, :])]
+
+    def sim(self, node, graph, ins, masks=None):
+        return self.ref(node, graph, ins)
+
+    def emit_c(self, node, g, e):
+        x, y = g.t(node.inputs[0]), g.t(node.outputs[0])
+        y0, x0 = node.attrs["origin"]
+        e.line(f"tt_crop_s8({e.dims(x.shape)}, {e.ptr(x.id)}, {y0}, {x0}, {e.dims(y.shape)}, {e.ptr(y.id)});")
+
+
+@register
+class Paste(Op):
+    name = "paste"
+    same_qparams = True
+
+    def infer(self, node, graph):
+        return [tuple(node.attrs["shape"])]
+
+    def check(self, node, graph, fail):
+        p, (y0, x0) = graph.t(node.inputs[0]).shape, node.attrs["origin"]
+        full = tuple(node.attrs["shape"])
+        if y0 < 0 or x0 < 0 or y0 + p[1] > full[1] or x0 + p[2] > full[2] or p[3] != full[3]:
+            fail(f"n{node.id} paste of {p} at {(y0, x0)} is outside {full}")
+        if len(node.inputs) > 1 and graph.t(node.inputs[1]).shape != full:
+            fail(f"n{node.id} paste into a tensor of another shape")
+
+    def ref(self, node, graph, ins):
+        y0, x0 = node.attrs["origin"]
+        p = ins[0]
+        full = (p.shape[0],) + tuple(node.attrs["shape"][1:])        # the simulator runs batches
+        out = ins[1].copy() if len(ins) > 1 else np.zeros(full, p.dtype)
+        out[:, y0:y0 + p.shape[1], x0:x0 + p.shape[2], :] = p
+        return [out]
+
+    def sim(self, node, graph, ins, masks=None):
+        return self.ref(node, graph, ins)
+
+    def emit_c(self, node, g, e):
+        p, y = g.t(node.inputs[0]), g.t(node.outputs[0])
+        y0, x0 = node.attrs["origin"]
+        e.line(f"tt_paste_s8({e.dims(p.shape)}, {e.ptr(p.id)}, {y0}, {x0}, {e.dims(y.shape)}, {e.ptr(y.id)});")
+
+
+@register
+class DepthwiseConv2dInplace(Op):
+    name = "depthwise_conv2d_inplace"
+
+    def infer(self, node, graph):
+        y = get_op("conv2d").infer(node, graph)[0]
+        return [y, (1, y[1], y[2], 1)]
+
+    def check(self, node, graph, fail):
+        x, w = graph.t(node.inputs[0]), graph.t(node.inputs[1])
+        if node.attrs["groups"] != x.shape[3] or w.shape[0] != x.shape[3] or w.shape[3] != 1:
+            fail(f"n{node.id} depthwise_conv2d_inplace needs groups == channels == outputs")
+
+    def ref(self, node, graph, ins):
+        y = get_op("conv2d").ref(node, graph, ins)[0]
+        return [y, np.zeros(graph.t(node.outputs[1]).shape, np.int8)]
+
+    def sim(self, node, graph, ins, masks=None):
+        y = get_op("conv2d").sim(node, graph, ins)[0]
+        return [y, np.zeros((y.shape[0],) + graph.t(node.outputs[1]).shape[1:], np.int8)]
+
+    def macs(self, node, graph):
+        return get_op("conv2d").macs(node, graph)
+
+    def emit_c(self, node, g, e):
+        a = node.attrs
+        x, w, b = node.inputs
+        y, scratch = node.outputs
+        assert e.plan.offsets[x] == e.plan.offsets[y], "the memory plan must give y the bytes of x"
+        q = e.struct("tt_quant_params", (a["in_zp"], a["out_zp"], a["act_min"], a["act_max"]))
+        p = e.struct("tt_conv_params", (a["stride"][0], a["stride"][1], a["pads"][0], a["pads"][1],
+                                        a["dilation"][0], a["dilation"][1], a["groups"]))
+        e.line(f"tt_depthwise_conv2d_inplace_s8({p}, {q}, {e.array('mult', a['mult'], 'int32_t')}, "
+               f"{e.array('shift', a['shift'], 'int32_t')}, {e.dims(g.t(x).shape)}, {e.ptr(x)}, "
+               f"{e.dims(g.t(w).shape)}, {e.ptr(w)}, {e.ptr(b)}, {e.dims(g.t(y).shape)}, {e.ptr(scratch)});")

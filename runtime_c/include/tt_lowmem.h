@@ -1,0 +1,38 @@
+/* tt_lowmem.h: memory-saving forward kernels (compiler/ops/lowmem.py): crop and
+ * paste for patch-based execution of a frozen prefix (compiler/passes/patch_prefix.py)
+ * and the in-place depthwise convolution (compiler/passes/inplace_depthwise.py).
+ *
+ * Layout NHWC, int8, batch 1 (dims->n == 1).  Neither kernel reads or writes
+ * outside the rectangles named; in and out never overlap. */
+#ifndef TT_LOWMEM_H
+#define TT_LOWMEM_H
+
+#include "tt_kernels.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** out[0, y, x, c] = in[0, y0 + y, x0 + x, c] for the out_dims->h x out_dims->w rectangle at (y0, x0);
+ *  requires y0 + out_dims->h <= in_dims->h, x0 + out_dims->w <= in_dims->w, equal channel counts. */
+void tt_crop_s8(const tt_dims *in_dims, const int8_t *in, int32_t y0, int32_t x0, const tt_dims *out_dims,
+                int8_t *out);
+
+/** full[0, y0 + y, x0 + x, c] = patch[0, y, x, c]: writes only the patch's rectangle of `full`. */
+void tt_paste_s8(const tt_dims *patch_dims, const int8_t *patch, int32_t y0, int32_t x0, const tt_dims *full_dims,
+                 int8_t *full);
+
+/** In place: a depthwise conv2d (groups == channels == outputs, filter [C][kh][kw][1]) whose output
+ *  [1][Ho][Wo][C] overwrites its input [1][H][W][C] (Ho <= H, Wo <= W).  Per channel c: the output
+ *  plane goes to scratch (Ho * Wo bytes), then to the output's channel-c slots.  Results are those of
+ *  tt_conv2d_s8 (same sums, tt_requantize_s8); no clamp mask (frozen, forward only). */
+void tt_depthwise_conv2d_inplace_s8(const tt_conv_params *p, const tt_quant_params *q, const int32_t *mult,
+                                    const int32_t *shift, const tt_dims *in_dims, int8_t *x_y,
+                                    const tt_dims *filter_dims, const int8_t *w, const int32_t *bias,
+                                    const tt_dims *out_dims, int8_t *scratch);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TT_LOWMEM_H */
