@@ -253,6 +253,12 @@ CONV_CASES = {
     "grouped_cog1": ((1, 5, 6, 8), (4, 3, 1, 2), (2, 1), (1, 0, 1, 0), (1, 1), 4),
     "conv1d": ((3, 1, 20, 4), (5, 1, 5, 4), (1, 2), (0, 2, 0, 1), (1, 2), 1),
     "conv1d_depthwise": ((2, 1, 16, 8), (8, 1, 3, 1), (1, 1), (0, 1, 0, 1), (1, 3), 8),
+    # wide enough for the blocked paths: 16-element inner blocks, 4-channel blocks with a remainder
+    "wide_1x1": ((1, 5, 6, 37), (11, 1, 1, 37), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    "wide_1x1_strided": ((2, 7, 7, 20), (6, 1, 1, 20), (2, 2), (0, 0, 0, 0), (1, 1), 1),
+    "wide_regular": ((1, 6, 7, 35), (9, 3, 3, 35), (2, 1), (1, 1, 1, 1), (1, 1), 1),
+    "wide_depthwise": ((1, 7, 6, 40), (40, 3, 3, 1), (1, 1), (1, 1, 1, 1), (1, 1), 40),
+    "wide_grouped": ((1, 5, 5, 40), (10, 3, 3, 20), (1, 1), (1, 1, 1, 1), (1, 1), 2),
 }
 
 
@@ -332,6 +338,26 @@ def test_fully_connected_s8(c, shape):
     if out.size > 20:
         both_values(mask)
     np.testing.assert_array_equal(c.fully_connected(x, w, b, in_zp, out_zp, mult, shift, lo, hi, keep=False)[0], out)
+
+
+def test_fully_connected_extreme_multipliers(c):
+    """Any mult in [2^30, 2^31) and shift in [-31, 30]: values far outside int8 (and int32) clamp and
+    mask as the numba kernel's requantize_zp + clamp does."""
+    rng = np.random.default_rng(3)
+    for trial in range(20):
+        n, k, m_n = 2, int(rng.integers(1, 70)), int(rng.integers(1, 40))
+        x = rng.integers(-128, 128, (n, k), dtype=np.int8)
+        w = rng.integers(-127, 128, (m_n, k), dtype=np.int8)
+        b = rng.integers(-2 ** 24, 2 ** 24, m_n).astype(np.int32)
+        mult = rng.integers(2 ** 30, 2 ** 31, m_n).astype(np.int32)
+        shift = rng.integers(-31, 31, m_n).astype(np.int32)
+        in_zp, out_zp = int(rng.integers(-128, 128)), int(rng.integers(-128, 128))
+        lo = int(rng.integers(-128, 0))
+        hi = int(rng.integers(lo, 128))
+        out = np.empty((n, m_n), np.int8)
+        mask = np.empty(out.shape, np.uint8)
+        linear._fully_connected_s8(x, w, b, out, mask, in_zp, out_zp, mult, shift, lo, hi)
+        assert_same(c.fully_connected(x, w, b, in_zp, out_zp, mult, shift, lo, hi), out, mask)
 
 
 @pytest.mark.parametrize("shape", [(4, 50, 10), (1, 160, 10), (3, 777, 5)])

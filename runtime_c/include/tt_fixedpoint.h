@@ -66,9 +66,15 @@ static inline int64_t tt_asr64(int64_t x, int32_t n)
  */
 static inline int32_t tt_requantize(int32_t acc, int32_t mult, int32_t shift)
 {
-    const int64_t n = (int64_t)31 - (int64_t)shift;
+    /* floor(t / 2^n) for t = prod + 2^(n-1), n = 31 - shift in [1, 62], without a branch (the
+     * kernels call this once per output; a sign test mispredicts): u = t + 2^63 in uint64 is
+     * t's value offset to be non-negative (|prod| < 2^62, so no wrap), 2^63 is a multiple of 2^n,
+     * so floor(t / 2^n) = (u >> n) - 2^(63-n), where u >> n < 2^63 converts to int64 exactly.
+     * The same value as tt_asr64(t, n). */
+    const int32_t n = 31 - shift;
     const int64_t prod = (int64_t)acc * (int64_t)mult;
-    const int64_t rounded = tt_asr64(prod + ((int64_t)1 << (n - (int64_t)1)), (int32_t)n);
+    const uint64_t u = (uint64_t)prod + ((uint64_t)1 << (n - 1)) + ((uint64_t)1 << 63);
+    const int64_t rounded = (int64_t)(u >> n) - (int64_t)((uint64_t)1 << (63 - n));
     return tt_sat_s32(rounded);
 }
 

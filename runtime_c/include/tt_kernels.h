@@ -54,13 +54,9 @@ typedef struct {
 
 static inline void tt_mask_put(uint8_t *mask, int32_t i, int32_t on)
 {
-    if (mask != NULL) {
-        const uint8_t bit = (uint8_t)(1u << (i & 7));
-        if (on) {
-            mask[i >> 3] = (uint8_t)(mask[i >> 3] | bit);
-        } else {
-            mask[i >> 3] = (uint8_t)(mask[i >> 3] & (uint8_t)~bit);
-        }
+    if (mask != NULL) { /* on is 0 or 1: no branch on the data */
+        const uint32_t b = (uint32_t)(i & 7);
+        mask[i >> 3] = (uint8_t)(((uint32_t)mask[i >> 3] & ~(1u << b)) | ((uint32_t)(on != 0) << b));
     }
 }
 

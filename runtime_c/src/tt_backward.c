@@ -13,6 +13,7 @@
  * tensor has fewer than 2^31 elements).
  */
 #include "tt_kernels.h"
+#include "tt_arm_dsp.h" /* TT_RESTRICT */
 
 #include <float.h>
 
@@ -79,8 +80,78 @@ void tt_sum_to_f32(const tt_dims *dims, const float *d, const tt_dims *dims_out,
     }
 }
 
+/** The taps k in [*k0, *k1) of a kernel of k_n taps with 0 <= start + k * dil < size. */
+static void tap_range(int32_t start, int32_t dil, int32_t k_n, int32_t size, int32_t *k0, int32_t *k1)
+{
+    int32_t a = 0, b = k_n;
+    while (a < b && start + a * dil < 0) {
+        ++a;
+    }
+    while (b > a && start + (b - 1) * dil >= size) {
+        --b;
+    }
+    *k0 = a;
+    *k1 = b;
+}
+
+/** The outputs o in [*o0, *o1) of o_n with 0 <= o * stride + off < size (off = k * dil - pad). */
+static void out_range(int32_t off, int32_t stride, int32_t o_n, int32_t size, int32_t *o0, int32_t *o1)
+{
+    int32_t a = 0, b = o_n;
+    while (a < b && a * stride + off < 0) {
+        ++a;
+    }
+    while (b > a && (b - 1) * stride + off >= size) {
+        --b;
+    }
+    *o0 = a;
+    *o1 = b;
+}
+
 /* conv.py _conv2d_grad_input_f32: dx[n, ih, iw, c0 + ci] += (dpre[n, oh, ow, co] * s_w[co]) * w[co, kh, kw, ci],
- * scattered in the order n, oh, ow, co, kh, kw, ci. */
+ * scattered in the order n, oh, ow, co, kh, kw, ci.
+ *
+ * The order of the additions into each dx element is what must not change.  For one output
+ * pixel (oh, ow) a dx element is reached by at most one tap (kh, kw), so the element receives
+ * its terms in the order (oh, ow), then co ascending.  The loops below keep exactly that:
+ * output pixels in order, then for each valid tap the output channels ascending, four at a time
+ * into the same dx value (t = t + d0 w0; t = t + d1 w1; ...: the same sequence of roundings), the
+ * input channels innermost (independent elements: vectorizable).  d = dpre * s_w is recomputed
+ * per tap: the same float product each time. */
+static void grad_input_depthwise(const tt_conv_params *p, const tt_dims *dpre_dims, const float *dpre,
+                                 const tt_dims *filter_dims, const int8_t *w, const float *w_scale,
+                                 const tt_dims *dx_dims, float *dx)
+{
+    /* one input channel per output channel: per (oh, ow) and tap, the channels innermost */
+    const int32_t h = dx_dims->h, wd = dx_dims->w, c_n = dx_dims->c;
+    const int32_t kh_n = filter_dims->h, kw_n = filter_dims->w, taps = kh_n * kw_n;
+    const int32_t oh_n = dpre_dims->h, ow_n = dpre_dims->w, dc = dpre_dims->c;
+    int32_t n, oh, ow, kh, kw, c;
+    for (n = 0; n < dx_dims->n; ++n) {
+        for (oh = 0; oh < oh_n; ++oh) {
+            const int32_t h0 = oh * p->stride_h - p->pad_t;
+            int32_t kh0, kh1;
+            tap_range(h0, p->dil_h, kh_n, h, &kh0, &kh1);
+            for (ow = 0; ow < ow_n; ++ow) {
+                const int32_t w0 = ow * p->stride_w - p->pad_l;
+                const float *dp = dpre + ((n * oh_n + oh) * ow_n + ow) * dc;
+                int32_t kw0, kw1;
+                tap_range(w0, p->dil_w, kw_n, wd, &kw0, &kw1);
+                for (kh = kh0; kh < kh1; ++kh) {
+                    for (kw = kw0; kw < kw1; ++kw) {
+                        float *TT_RESTRICT xp = dx + ((n * h + h0 + kh * p->dil_h) * wd + w0 + kw * p->dil_w) * c_n;
+                        const int8_t *TT_RESTRICT wp = w + kh * kw_n + kw;
+                        for (c = 0; c < c_n; ++c) {
+                            const float d = dp[c] * w_scale[c];
+                            xp[c] = xp[c] + d * (float)wp[c * taps];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 void tt_conv2d_grad_input_f32(const tt_conv_params *p, const tt_dims *dpre_dims, const float *dpre,
                               const tt_dims *filter_dims, const int8_t *w, const float *w_scale,
                               const tt_dims *dx_dims, float *dx)
@@ -89,31 +160,66 @@ void tt_conv2d_grad_input_f32(const tt_conv_params *p, const tt_dims *dpre_dims,
     const int32_t co_n = filter_dims->n, kh_n = filter_dims->h, kw_n = filter_dims->w, cg = filter_dims->c;
     const int32_t oh_n = dpre_dims->h, ow_n = dpre_dims->w, dc = dpre_dims->c;
     const int32_t cog = co_n / p->groups;
-    int32_t n, oh, ow, co, kh, kw, ci;
+    const int32_t w_stride = kh_n * kw_n * cg;
+    int32_t n, oh, ow, co, kh, kw, ci, g;
     zero_f32(dx, dims_size(dx_dims));
+    if (cg == 1 && cog == 1) {
+        grad_input_depthwise(p, dpre_dims, dpre, filter_dims, w, w_scale, dx_dims, dx);
+        return;
+    }
     for (n = 0; n < n_b; ++n) {
         for (oh = 0; oh < oh_n; ++oh) {
+            const int32_t h0 = oh * p->stride_h - p->pad_t;
+            int32_t kh0, kh1;
+            tap_range(h0, p->dil_h, kh_n, h, &kh0, &kh1);
             for (ow = 0; ow < ow_n; ++ow) {
+                const int32_t w0 = ow * p->stride_w - p->pad_l;
                 const float *dp = dpre + ((n * oh_n + oh) * ow_n + ow) * dc;
-                for (co = 0; co < co_n; ++co) {
-                    const float d = dp[co] * w_scale[co];
-                    const int32_t c0 = (co / cog) * cg;
-                    for (kh = 0; kh < kh_n; ++kh) {
-                        const int32_t ih = oh * p->stride_h - p->pad_t + kh * p->dil_h;
-                        if (ih < 0 || ih >= h) {
-                            continue;
-                        }
-                        for (kw = 0; kw < kw_n; ++kw) {
-                            const int32_t iw = ow * p->stride_w - p->pad_l + kw * p->dil_w;
-                            const int8_t *wp;
-                            float *xp;
-                            if (iw < 0 || iw >= wd) {
-                                continue;
+                int32_t kw0, kw1;
+                tap_range(w0, p->dil_w, kw_n, wd, &kw0, &kw1);
+                for (kh = kh0; kh < kh1; ++kh) {
+                    for (kw = kw0; kw < kw1; ++kw) {
+                        float *xrow = dx + ((n * h + h0 + kh * p->dil_h) * wd + w0 + kw * p->dil_w) * c_in;
+                        for (g = 0; g < p->groups; ++g) {
+                            float *TT_RESTRICT xp = xrow + g * cg;
+                            const int32_t co_end = (g + 1) * cog;
+                            co = g * cog;
+                            for (; co + 4 <= co_end; co += 4) {
+                                const float d0 = dp[co] * w_scale[co];
+                                const float d1 = dp[co + 1] * w_scale[co + 1];
+                                const float d2 = dp[co + 2] * w_scale[co + 2];
+                                const float d3 = dp[co + 3] * w_scale[co + 3];
+                                const int8_t *TT_RESTRICT w0p = w + co * w_stride + (kh * kw_n + kw) * cg;
+                                const int8_t *TT_RESTRICT w1p = w0p + w_stride;
+                                const int8_t *TT_RESTRICT w2p = w0p + 2 * w_stride;
+                                const int8_t *TT_RESTRICT w3p = w0p + 3 * w_stride;
+                                ci = 0;
+                                for (; ci + 16 <= cg; ci += 16) { /* constant trip count: vectorized at -O2 */
+                                    int32_t j;
+                                    for (j = ci; j < ci + 16; ++j) {
+                                        float t = xp[j];
+                                        t = t + d0 * (float)w0p[j];
+                                        t = t + d1 * (float)w1p[j];
+                                        t = t + d2 * (float)w2p[j];
+                                        t = t + d3 * (float)w3p[j];
+                                        xp[j] = t;
+                                    }
+                                }
+                                for (; ci < cg; ++ci) {
+                                    float t = xp[ci];
+                                    t = t + d0 * (float)w0p[ci];
+                                    t = t + d1 * (float)w1p[ci];
+                                    t = t + d2 * (float)w2p[ci];
+                                    t = t + d3 * (float)w3p[ci];
+                                    xp[ci] = t;
+                                }
                             }
-                            wp = w + ((co * kh_n + kh) * kw_n + kw) * cg;
-                            xp = dx + ((n * h + ih) * wd + iw) * c_in + c0;
-                            for (ci = 0; ci < cg; ++ci) {
-                                xp[ci] = xp[ci] + d * (float)wp[ci];
+                            for (; co < co_end; ++co) {
+                                const float d = dp[co] * w_scale[co];
+                                const int8_t *TT_RESTRICT wp = w + co * w_stride + (kh * kw_n + kw) * cg;
+                                for (ci = 0; ci < cg; ++ci) {
+                                    xp[ci] = xp[ci] + d * (float)wp[ci];
+                                }
                             }
                         }
                     }
@@ -124,42 +230,119 @@ void tt_conv2d_grad_input_f32(const tt_conv_params *p, const tt_dims *dpre_dims,
 }
 
 /* conv.py _conv2d_grad_weight_f32: dwt[co, kh, kw, ci] = (sum_{n, oh, ow} dpre * (x - x_zp)) * s_x
- * for the first dw_dims->n output and dw_dims->c input channels. */
+ * for the first dw_dims->n output and dw_dims->c input channels.
+ *
+ * Each dwt element is 0, then += dpre * (x - zp) over the valid (n, oh, ow) in that order, then
+ * * x_scale: exactly the numba kernel's sequence per element.  The loops run the positions outside
+ * and the input channels inside (independent accumulators: vectorizable, no sum reassociated);
+ * four positions (consecutive valid ow) are added into each accumulator per pass, one after the
+ * other (t = t + a; t = t + b; ...: the same roundings in the same order). */
+static void grad_weight_depthwise(const tt_conv_params *p, const tt_dims *dpre_dims, const float *dpre,
+                                  const tt_dims *in_dims, const int8_t *x, int32_t x_zp, float x_scale,
+                                  const tt_dims *dw_dims, float *dwt)
+{
+    /* one input channel per output channel: per tap, the positions outside, the channels inside
+     * (dwt[co][kh][kw] is strided by the taps; each element still sums its positions in order) */
+    const int32_t h = in_dims->h, wd = in_dims->w, c_x = in_dims->c;
+    const int32_t co_n = dw_dims->n, kh_n = dw_dims->h, kw_n = dw_dims->w, taps = kh_n * kw_n;
+    const int32_t oh_n = dpre_dims->h, ow_n = dpre_dims->w, dc = dpre_dims->c;
+    int32_t kh, kw, n, oh, ow, co;
+    for (kh = 0; kh < kh_n; ++kh) {
+        int32_t oh0, oh1;
+        out_range(kh * p->dil_h - p->pad_t, p->stride_h, oh_n, h, &oh0, &oh1);
+        for (kw = 0; kw < kw_n; ++kw) {
+            float *TT_RESTRICT acc = dwt + kh * kw_n + kw;
+            int32_t ow0, ow1;
+            out_range(kw * p->dil_w - p->pad_l, p->stride_w, ow_n, wd, &ow0, &ow1);
+            for (co = 0; co < co_n; ++co) {
+                acc[co * taps] = 0.0f;
+            }
+            for (n = 0; n < in_dims->n; ++n) {
+                for (oh = oh0; oh < oh1; ++oh) {
+                    const int32_t ih = oh * p->stride_h - p->pad_t + kh * p->dil_h;
+                    for (ow = ow0; ow < ow1; ++ow) {
+                        const int32_t iw = ow * p->stride_w - p->pad_l + kw * p->dil_w;
+                        const float *TT_RESTRICT d = dpre + ((n * oh_n + oh) * ow_n + ow) * dc;
+                        const int8_t *TT_RESTRICT xs = x + ((n * h + ih) * wd + iw) * c_x;
+                        for (co = 0; co < co_n; ++co) {
+                            acc[co * taps] = acc[co * taps] + d[co] * (float)((int32_t)xs[co] - x_zp);
+                        }
+                    }
+                }
+            }
+            for (co = 0; co < co_n; ++co) {
+                acc[co * taps] = acc[co * taps] * x_scale;
+            }
+        }
+    }
+}
+
 void tt_conv2d_grad_weight_f32(const tt_conv_params *p, const tt_dims *dpre_dims, const float *dpre,
                                const tt_dims *in_dims, const int8_t *x, int32_t x_zp, float x_scale,
                                const tt_dims *dw_dims, float *dwt)
 {
-    /* Each dwt element is 0, then += dpre * (x - zp) over (n, oh, ow) in that order, then * x_scale:
-     * exactly the numba kernel's sequence per element.  The loop runs the positions outside and
-     * the input channels inside (independent accumulators: vectorizable, no sum reassociated). */
     const int32_t n_b = in_dims->n, h = in_dims->h, wd = in_dims->w, c_x = in_dims->c;
     const int32_t co_n = dw_dims->n, kh_n = dw_dims->h, kw_n = dw_dims->w, ci_n = dw_dims->c;
     const int32_t oh_n = dpre_dims->h, ow_n = dpre_dims->w, dc = dpre_dims->c;
     const int32_t cog = dc / p->groups;
     const int32_t cg = c_x / p->groups;
     int32_t co, kh, kw, ci, n, oh, ow;
+    if (cg == 1 && cog == 1 && ci_n == 1) {
+        grad_weight_depthwise(p, dpre_dims, dpre, in_dims, x, x_zp, x_scale, dw_dims, dwt);
+        return;
+    }
     for (co = 0; co < co_n; ++co) {
         const int32_t c0 = (co / cog) * cg;
         for (kh = 0; kh < kh_n; ++kh) {
+            int32_t oh0, oh1;
+            out_range(kh * p->dil_h - p->pad_t, p->stride_h, oh_n, h, &oh0, &oh1);
             for (kw = 0; kw < kw_n; ++kw) {
-                float *acc = dwt + ((co * kh_n + kh) * kw_n + kw) * ci_n;
+                float *TT_RESTRICT acc = dwt + ((co * kh_n + kh) * kw_n + kw) * ci_n;
+                int32_t ow0, ow1;
+                out_range(kw * p->dil_w - p->pad_l, p->stride_w, ow_n, wd, &ow0, &ow1);
                 for (ci = 0; ci < ci_n; ++ci) {
                     acc[ci] = 0.0f;
                 }
                 for (n = 0; n < n_b; ++n) {
-                    for (oh = 0; oh < oh_n; ++oh) {
+                    for (oh = oh0; oh < oh1; ++oh) {
                         const int32_t ih = oh * p->stride_h - p->pad_t + kh * p->dil_h;
-                        if (ih < 0 || ih >= h) {
-                            continue;
-                        }
-                        for (ow = 0; ow < ow_n; ++ow) {
-                            const int32_t iw = ow * p->stride_w - p->pad_l + kw * p->dil_w;
-                            const float d = dpre[((n * oh_n + oh) * ow_n + ow) * dc + co];
-                            const int8_t *xs;
-                            if (iw < 0 || iw >= wd) {
-                                continue;
+                        const float *drow = dpre + (n * oh_n + oh) * ow_n * dc + co;
+                        const int8_t *xrow = x + (n * h + ih) * wd * c_x + c0;
+                        const int32_t xstep = p->stride_w * c_x;
+                        ow = ow0;
+                        for (; ow + 4 <= ow1; ow += 4) {
+                            const float d0 = drow[ow * dc];
+                            const float d1 = drow[(ow + 1) * dc];
+                            const float d2 = drow[(ow + 2) * dc];
+                            const float d3 = drow[(ow + 3) * dc];
+                            const int8_t *TT_RESTRICT x0 = xrow + (ow * p->stride_w - p->pad_l + kw * p->dil_w) * c_x;
+                            const int8_t *TT_RESTRICT x1 = x0 + xstep;
+                            const int8_t *TT_RESTRICT x2 = x0 + 2 * xstep;
+                            const int8_t *TT_RESTRICT x3 = x0 + 3 * xstep;
+                            ci = 0;
+                            for (; ci + 16 <= ci_n; ci += 16) { /* constant trip count: vectorized at -O2 */
+                                int32_t j;
+                                for (j = ci; j < ci + 16; ++j) {
+                                    float t = acc[j];
+                                    t = t + d0 * (float)((int32_t)x0[j] - x_zp);
+                                    t = t + d1 * (float)((int32_t)x1[j] - x_zp);
+                                    t = t + d2 * (float)((int32_t)x2[j] - x_zp);
+                                    t = t + d3 * (float)((int32_t)x3[j] - x_zp);
+                                    acc[j] = t;
+                                }
                             }
-                            xs = x + ((n * h + ih) * wd + iw) * c_x + c0;
+                            for (; ci < ci_n; ++ci) {
+                                float t = acc[ci];
+                                t = t + d0 * (float)((int32_t)x0[ci] - x_zp);
+                                t = t + d1 * (float)((int32_t)x1[ci] - x_zp);
+                                t = t + d2 * (float)((int32_t)x2[ci] - x_zp);
+                                t = t + d3 * (float)((int32_t)x3[ci] - x_zp);
+                                acc[ci] = t;
+                            }
+                        }
+                        for (; ow < ow1; ++ow) {
+                            const float d = drow[ow * dc];
+                            const int8_t *TT_RESTRICT xs = xrow + (ow * p->stride_w - p->pad_l + kw * p->dil_w) * c_x;
                             for (ci = 0; ci < ci_n; ++ci) {
                                 acc[ci] = acc[ci] + d * (float)((int32_t)xs[ci] - x_zp);
                             }

@@ -27,58 +27,247 @@ static int32_t nhwc(const tt_dims *d, int32_t n, int32_t h, int32_t w, int32_t c
 /** The clamp of every requantizing kernel: mask bit i, then the clamped int8. */
 static int8_t clamp_keep(int32_t v, int32_t act_min, int32_t act_max, uint8_t *mask, int32_t i)
 {
-    tt_mask_put(mask, i, act_min <= v && v <= act_max);
+    tt_mask_put(mask, i, (int32_t)(act_min <= v) & (int32_t)(v <= act_max));
     return (int8_t)tt_clamp_s32(v, act_min, act_max);
+}
+
+/** Mask bits i .. i + cnt - 1 (cnt <= 24) set to bits 0 .. cnt - 1 of `bits`: one
+ *  read-modify-write per byte instead of one per element. */
+static void mask_put_bits(uint8_t *mask, int32_t i, uint32_t bits, int32_t cnt)
+{
+    const uint32_t sh = (uint32_t)(i & 7);
+    uint32_t m = ((1u << cnt) - 1u) << sh;
+    uint32_t b = bits << sh;
+    uint8_t *p = mask + (i >> 3);
+    while (m != 0u) {
+        *p = (uint8_t)(((uint32_t)*p & ~m) | b);
+        m >>= 8;
+        b >>= 8;
+        ++p;
+    }
+}
+
+/** tt_requantize(acc, mult, shift) clamped to [-1024, 1024] (the int64 product and the one
+ *  rounding of tt_fixedpoint.h).  Followed by + zero point and the clamp to [act_min, act_max]
+ *  within [-128, 127] it gives the same value and mask bit as tt_requantize_zp: outside
+ *  [-1024, 1024] both land beyond the clamp range on the same side (|zero point| <= 128), so
+ *  the int32 saturations of tt_requantize_zp never matter. */
+static inline int32_t requant_small(int32_t acc, int32_t mult, int32_t shift)
+{
+    const int32_t n = 31 - shift;
+    const int64_t prod = (int64_t)acc * (int64_t)mult;
+    const uint64_t u = (uint64_t)prod + ((uint64_t)1 << (n - 1)) + ((uint64_t)1 << 63);
+    const int64_t r = (int64_t)(u >> n) - (int64_t)((uint64_t)1 << (63 - n)); /* as tt_requantize */
+    return r < -1024 ? -1024 : (r > 1024 ? 1024 : (int32_t)r);
+}
+
+/** Requantize acc[0 .. cnt) with per-channel mult/shift into out[i ..], clamp, keep the mask bits
+ *  (clamp_keep for cnt elements; mask writes grouped). */
+static inline void requant_store(const int32_t *acc, int32_t cnt, const int32_t *mult, const int32_t *shift,
+                                 const tt_quant_params *q, int8_t *out, uint8_t *mask, int32_t i)
+{
+    const int32_t lo = q->act_min, hi = q->act_max, zp = q->out_zp;
+    for (int32_t j0 = 0; j0 < cnt; j0 += 16) {
+        const int32_t c = (cnt - j0 < 16) ? cnt - j0 : 16;
+        uint32_t bits = 0u;
+        for (int32_t j = j0; j < j0 + c; ++j) {
+            const int32_t v = requant_small(acc[j], mult[j], shift[j]) + zp;
+            bits |= (uint32_t)((int32_t)(lo <= v) & (int32_t)(v <= hi)) << (j - j0);
+            out[i + j] = (int8_t)(v < lo ? lo : (v > hi ? hi : v));
+        }
+        if (mask != NULL) {
+            mask_put_bits(mask, i + j0, bits, c);
+        }
+    }
 }
 
 /* ---- conv2d -------------------------------------------------------------- */
 
 /*
- * conv.py _conv2d_s8 (any groups) and _depthwise_conv2d_s8.  Depthwise
- * (groups == Cin == Cout) and unpadded 1x1 convolutions have their own loop nests below
- * (channels innermost; the same taps summed exactly, so the same results).
+ * conv.py _conv2d_s8 (any groups) and _depthwise_conv2d_s8.  Integer sums are exact, so any
+ * order of the taps gives the same accumulator: the loop nests here are chosen for speed.
  * Accumulator bound: |x - in_zp| <= 255, |w| <= 127, so with K = KH*KW*cg
  * |acc| <= K * 32385 + |bias| <= K * 32512 + |bias| < 2^31, which quantize() guarantees (it refuses
- * or rescales layers that could reach 2^31): int32 never overflows.
+ * or rescales layers that could reach 2^31): int32 never overflows, in any order.
+ *
+ * Padding: instead of testing every tap, each output pixel first computes its range of valid
+ * kernel rows and columns (tap_range); padded taps contribute 0 and are skipped.
  */
+
+/** The taps k in [*k0, *k1) of a kernel of k_n taps with 0 <= start + k * dil < size. */
+static void tap_range(int32_t start, int32_t dil, int32_t k_n, int32_t size, int32_t *k0, int32_t *k1)
+{
+    int32_t a = 0, b = k_n;
+    while (a < b && start + a * dil < 0) {
+        ++a;
+    }
+    while (b > a && start + (b - 1) * dil >= size) {
+        --b;
+    }
+    *k0 = a;
+    *k1 = b;
+}
+
+/* Dot products of one input vector x (length n, minus the zero point) with TT_COB weight rows
+ * (w + j * w_stride), added to acc[0..TT_COB).  tt_arm_dsp.h supplies the Cortex-M DSP form
+ * (SXTB16/SMLAD) of the same integer sums. */
+#include "tt_arm_dsp.h"
+
+#define TT_COB 4 /* output channels per register block */
+
+#if !TT_USE_DSP
+/* Written as int16 x int16 products summed into int32 (|x - zp| <= 255 fits int16): the form
+ * compilers map to multiply-add instructions (SSE2 pmaddwd, NEON smlal), in blocks of a
+ * constant 16 so that gcc -O2 vectorizes them. */
+static inline void dot4_s8(const int8_t *TT_RESTRICT x, int32_t zp, const int8_t *TT_RESTRICT w, int32_t w_stride,
+                    int32_t n, int32_t *TT_RESTRICT acc)
+{
+    const int8_t *TT_RESTRICT w0 = w;
+    const int8_t *TT_RESTRICT w1 = w + w_stride;
+    const int8_t *TT_RESTRICT w2 = w + 2 * w_stride;
+    const int8_t *TT_RESTRICT w3 = w + 3 * w_stride;
+    const int16_t z = (int16_t)zp;
+    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+    int32_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        for (int32_t j = 0; j < 16; ++j) {
+            const int16_t xv = (int16_t)((int16_t)x[i + j] - z);
+            a0 += (int32_t)xv * (int32_t)(int16_t)w0[i + j];
+            a1 += (int32_t)xv * (int32_t)(int16_t)w1[i + j];
+            a2 += (int32_t)xv * (int32_t)(int16_t)w2[i + j];
+            a3 += (int32_t)xv * (int32_t)(int16_t)w3[i + j];
+        }
+    }
+    for (; i < n; ++i) {
+        const int32_t xv = (int32_t)x[i] - zp;
+        a0 += xv * (int32_t)w0[i];
+        a1 += xv * (int32_t)w1[i];
+        a2 += xv * (int32_t)w2[i];
+        a3 += xv * (int32_t)w3[i];
+    }
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    acc[3] = a3;
+}
+
+static inline int32_t dot1_s8(const int8_t *TT_RESTRICT x, int32_t zp, const int8_t *TT_RESTRICT w, int32_t n, int32_t acc)
+{
+    const int16_t z = (int16_t)zp;
+    int32_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        for (int32_t j = 0; j < 16; ++j) {
+            const int16_t xv = (int16_t)((int16_t)x[i + j] - z);
+            acc += (int32_t)xv * (int32_t)(int16_t)w[i + j];
+        }
+    }
+    for (; i < n; ++i) {
+        acc += ((int32_t)x[i] - zp) * (int32_t)w[i];
+    }
+    return acc;
+}
+#else
+#define dot4_s8 tt_dsp_dot4_s8
+#define dot1_s8 tt_dsp_dot1_s8
+#endif
+
 /* Depthwise (one input and one output channel per group): per output pixel, the channels run
  * innermost in blocks of DW_BLOCK with their own accumulators (contiguous loads, no per-tap loop
- * overhead per channel).  Integer sums: the same results as the generic loop nest. */
-#define DW_BLOCK 64
+ * overhead per channel). */
+#define DW_BLOCK 32
 static void depthwise_s8(const tt_conv_params *p, const tt_quant_params *q, const int32_t *mult,
                          const int32_t *shift, const tt_dims *in_dims, const int8_t *in, const tt_dims *filter_dims,
                          const int8_t *w, const int32_t *bias, const tt_dims *out_dims, int8_t *out, uint8_t *mask)
 {
-    const int32_t kh_n = filter_dims->h, kw_n = filter_dims->w, c_n = out_dims->c;
+    const int32_t kh_n = filter_dims->h, kw_n = filter_dims->w, c_n = out_dims->c, taps = kh_n * kw_n;
+    const int32_t zp = q->in_zp;
     int32_t acc[DW_BLOCK];
     for (int32_t n = 0; n < out_dims->n; ++n) {
         for (int32_t oh = 0; oh < out_dims->h; ++oh) {
+            const int32_t h0 = oh * p->stride_h - p->pad_t;
+            int32_t kh0, kh1;
+            tap_range(h0, p->dil_h, kh_n, in_dims->h, &kh0, &kh1);
             for (int32_t ow = 0; ow < out_dims->w; ++ow) {
+                const int32_t w0 = ow * p->stride_w - p->pad_l;
+                int32_t kw0, kw1;
+                tap_range(w0, p->dil_w, kw_n, in_dims->w, &kw0, &kw1);
+                const int32_t o = nhwc(out_dims, n, oh, ow, 0);
                 for (int32_t c0 = 0; c0 < c_n; c0 += DW_BLOCK) {
                     const int32_t cb = (c_n - c0 < DW_BLOCK) ? c_n - c0 : DW_BLOCK;
                     for (int32_t c = 0; c < cb; ++c) {
                         acc[c] = bias[c0 + c];
                     }
-                    for (int32_t kh = 0; kh < kh_n; ++kh) {
-                        const int32_t ih = oh * p->stride_h - p->pad_t + kh * p->dil_h;
-                        if (ih < 0 || ih >= in_dims->h) {
-                            continue;
-                        }
-                        for (int32_t kw = 0; kw < kw_n; ++kw) {
-                            const int32_t iw = ow * p->stride_w - p->pad_l + kw * p->dil_w;
-                            if (iw < 0 || iw >= in_dims->w) {
-                                continue;
-                            }
-                            const int8_t *xs = in + nhwc(in_dims, n, ih, iw, c0);
-                            const int8_t *ws = w + (c0 * kh_n + kh) * kw_n + kw;
+                    for (int32_t kh = kh0; kh < kh1; ++kh) {
+                        for (int32_t kw = kw0; kw < kw1; ++kw) {
+                            const int8_t *TT_RESTRICT xs =
+                                in + nhwc(in_dims, n, h0 + kh * p->dil_h, w0 + kw * p->dil_w, c0);
+                            const int8_t *TT_RESTRICT ws = w + c0 * taps + kh * kw_n + kw;
                             for (int32_t c = 0; c < cb; ++c) {
-                                acc[c] += ((int32_t)xs[c] - q->in_zp) * (int32_t)ws[c * kh_n * kw_n];
+                                acc[c] += ((int32_t)xs[c] - zp) * (int32_t)ws[c * taps];
                             }
                         }
                     }
-                    for (int32_t c = 0; c < cb; ++c) {
-                        const int32_t i = nhwc(out_dims, n, oh, ow, c0 + c);
-                        const int32_t v = tt_requantize_zp(acc[c], mult[c0 + c], shift[c0 + c], q->out_zp);
+                    requant_store(acc, cb, mult + c0, shift + c0, q, out, mask, o + c0);
+                }
+            }
+        }
+    }
+}
+
+/* Any other convolution (pointwise, full, grouped): per output pixel and group, TT_COB output
+ * channels at a time share every input load (dot4_s8 over the cg contiguous input channels of each
+ * valid tap), then one channel at a time for the rest. */
+void tt_conv2d_s8(const tt_conv_params *p, const tt_quant_params *q, const int32_t *mult, const int32_t *shift,
+                  const tt_dims *in_dims, const int8_t *in, const tt_dims *filter_dims, const int8_t *w,
+                  const int32_t *bias, const tt_dims *out_dims, int8_t *out, uint8_t *mask)
+{
+    const int32_t kh_n = filter_dims->h, kw_n = filter_dims->w, cg = filter_dims->c;
+    const int32_t cog = filter_dims->n / p->groups;
+    const int32_t w_stride = kh_n * kw_n * cg; /* one output channel's weights */
+    const int32_t zp = q->in_zp;
+    if (cg == 1 && cog == 1) {
+        depthwise_s8(p, q, mult, shift, in_dims, in, filter_dims, w, bias, out_dims, out, mask);
+        return;
+    }
+    for (int32_t n = 0; n < out_dims->n; ++n) {
+        for (int32_t oh = 0; oh < out_dims->h; ++oh) {
+            const int32_t h0 = oh * p->stride_h - p->pad_t;
+            int32_t kh0, kh1;
+            tap_range(h0, p->dil_h, kh_n, in_dims->h, &kh0, &kh1);
+            for (int32_t ow = 0; ow < out_dims->w; ++ow) {
+                const int32_t w0 = ow * p->stride_w - p->pad_l;
+                int32_t kw0, kw1;
+                tap_range(w0, p->dil_w, kw_n, in_dims->w, &kw0, &kw1);
+                const int32_t o = nhwc(out_dims, n, oh, ow, 0);
+                for (int32_t g = 0; g < p->groups; ++g) {
+                    const int32_t c0 = g * cg;
+                    const int32_t co_end = (g + 1) * cog;
+                    int32_t co = g * cog;
+                    for (; co + TT_COB <= co_end; co += TT_COB) {
+                        int32_t acc[TT_COB];
+                        for (int32_t j = 0; j < TT_COB; ++j) {
+                            acc[j] = bias[co + j];
+                        }
+                        for (int32_t kh = kh0; kh < kh1; ++kh) {
+                            const int8_t *xr = in + nhwc(in_dims, n, h0 + kh * p->dil_h, 0, c0);
+                            const int8_t *wr = w + (co * kh_n + kh) * kw_n * cg;
+                            for (int32_t kw = kw0; kw < kw1; ++kw) {
+                                dot4_s8(xr + (w0 + kw * p->dil_w) * in_dims->c, zp, wr + kw * cg, w_stride, cg, acc);
+                            }
+                        }
+                        requant_store(acc, TT_COB, mult + co, shift + co, q, out, mask, o + co);
+                    }
+                    for (; co < co_end; ++co) {
+                        int32_t acc = bias[co];
+                        for (int32_t kh = kh0; kh < kh1; ++kh) {
+                            const int8_t *xr = in + nhwc(in_dims, n, h0 + kh * p->dil_h, 0, c0);
+                            const int8_t *wr = w + (co * kh_n + kh) * kw_n * cg;
+                            for (int32_t kw = kw0; kw < kw1; ++kw) {
+                                acc = dot1_s8(xr + (w0 + kw * p->dil_w) * in_dims->c, zp, wr + kw * cg, cg, acc);
+                            }
+                        }
+                        const int32_t i = o + co;
+                        const int32_t v = tt_requantize_zp(acc, mult[co], shift[co], q->out_zp);
                         out[i] = clamp_keep(v, q->act_min, q->act_max, mask, i);
                     }
                 }
@@ -87,101 +276,27 @@ static void depthwise_s8(const tt_conv_params *p, const tt_quant_params *q, cons
     }
 }
 
-/* 1x1 convolution without padding: every tap is valid, so sum (x - zp) w = sum x w - zp sum w,
- * and the inner loop is a plain int8 dot product (vectorizable).  Integer sums: exact, the same
- * results as the generic loop nest.  |sum x w| <= Cin * 128 * 127 and |zp sum w| <= 128 * Cin * 127:
- * within the accumulator bound quantize() checks. */
-static void pointwise_s8(const tt_conv_params *p, const tt_quant_params *q, const int32_t *mult,
-                         const int32_t *shift, const tt_dims *in_dims, const int8_t *in, const tt_dims *filter_dims,
-                         const int8_t *w, const int32_t *bias, const tt_dims *out_dims, int8_t *out, uint8_t *mask)
-{
-    const int32_t c_in = filter_dims->c;
-    for (int32_t co = 0; co < out_dims->c; ++co) {
-        const int8_t *ws = w + co * c_in;
-        int32_t wsum = 0;
-        for (int32_t ci = 0; ci < c_in; ++ci) {
-            wsum += ws[ci];
-        }
-        const int32_t base = bias[co] - q->in_zp * wsum;
-        for (int32_t n = 0; n < out_dims->n; ++n) {
-            for (int32_t oh = 0; oh < out_dims->h; ++oh) {
-                for (int32_t ow = 0; ow < out_dims->w; ++ow) {
-                    const int8_t *xs = in + nhwc(in_dims, n, oh * p->stride_h, ow * p->stride_w, 0);
-                    int32_t acc = base;
-                    for (int32_t ci = 0; ci < c_in; ++ci) {
-                        acc += (int32_t)xs[ci] * (int32_t)ws[ci];
-                    }
-                    const int32_t i = nhwc(out_dims, n, oh, ow, co);
-                    const int32_t v = tt_requantize_zp(acc, mult[co], shift[co], q->out_zp);
-                    out[i] = clamp_keep(v, q->act_min, q->act_max, mask, i);
-                }
-            }
-        }
-    }
-}
-
-void tt_conv2d_s8(const tt_conv_params *p, const tt_quant_params *q, const int32_t *mult, const int32_t *shift,
-                  const tt_dims *in_dims, const int8_t *in, const tt_dims *filter_dims, const int8_t *w,
-                  const int32_t *bias, const tt_dims *out_dims, int8_t *out, uint8_t *mask)
-{
-    const int32_t kh_n = filter_dims->h, kw_n = filter_dims->w, cg = filter_dims->c;
-    const int32_t cog = filter_dims->n / p->groups;
-    if (cg == 1 && cog == 1) {
-        depthwise_s8(p, q, mult, shift, in_dims, in, filter_dims, w, bias, out_dims, out, mask);
-        return;
-    }
-    if (kh_n == 1 && kw_n == 1 && p->groups == 1 && p->pad_t == 0 && p->pad_l == 0 &&
-        (out_dims->h - 1) * p->stride_h < in_dims->h && (out_dims->w - 1) * p->stride_w < in_dims->w) {
-        pointwise_s8(p, q, mult, shift, in_dims, in, filter_dims, w, bias, out_dims, out, mask);
-        return;
-    }
-    for (int32_t n = 0; n < out_dims->n; ++n) {
-        for (int32_t oh = 0; oh < out_dims->h; ++oh) {
-            for (int32_t ow = 0; ow < out_dims->w; ++ow) {
-                for (int32_t co = 0; co < out_dims->c; ++co) {
-                    const int32_t c0 = (co / cog) * cg;
-                    int32_t acc = bias[co];
-                    for (int32_t kh = 0; kh < kh_n; ++kh) {
-                        const int32_t ih = oh * p->stride_h - p->pad_t + kh * p->dil_h;
-                        if (ih < 0 || ih >= in_dims->h) {
-                            continue;
-                        }
-                        for (int32_t kw = 0; kw < kw_n; ++kw) {
-                            const int32_t iw = ow * p->stride_w - p->pad_l + kw * p->dil_w;
-                            if (iw < 0 || iw >= in_dims->w) {
-                                continue;
-                            }
-                            const int8_t *xs = in + nhwc(in_dims, n, ih, iw, c0);
-                            const int8_t *ws = w + nhwc(filter_dims, co, kh, kw, 0);
-                            for (int32_t ci = 0; ci < cg; ++ci) {
-                                acc += ((int32_t)xs[ci] - q->in_zp) * (int32_t)ws[ci];
-                            }
-                        }
-                    }
-                    const int32_t i = nhwc(out_dims, n, oh, ow, co);
-                    const int32_t v = tt_requantize_zp(acc, mult[co], shift[co], q->out_zp);
-                    out[i] = clamp_keep(v, q->act_min, q->act_max, mask, i);
-                }
-            }
-        }
-    }
-}
-
 /* ---- fully connected ----------------------------------------------------- */
 
-/** linear.py _fully_connected_s8.  Accumulator bound as conv2d with K = k. */
+/** linear.py _fully_connected_s8.  Accumulator bound as conv2d with K = k (exact sums, any order):
+ *  TT_COB outputs at a time share the input loads. */
 void tt_fully_connected_s8(const tt_quant_params *q, const int32_t *mult, const int32_t *shift, int32_t batch,
                            int32_t k, int32_t m, const int8_t *in, const int8_t *w, const int32_t *bias, int8_t *out,
                            uint8_t *mask)
 {
     for (int32_t n = 0; n < batch; ++n) {
         const int8_t *x = in + n * k;
-        for (int32_t j = 0; j < m; ++j) {
-            const int8_t *wj = w + j * k;
-            int32_t acc = bias[j];
-            for (int32_t i = 0; i < k; ++i) {
-                acc += ((int32_t)x[i] - q->in_zp) * (int32_t)wj[i];
+        int32_t j = 0;
+        for (; j + TT_COB <= m; j += TT_COB) {
+            int32_t acc[TT_COB];
+            for (int32_t t = 0; t < TT_COB; ++t) {
+                acc[t] = bias[j + t];
             }
+            dot4_s8(x, q->in_zp, w + j * k, k, k, acc);
+            requant_store(acc, TT_COB, mult + j, shift + j, q, out, mask, n * m + j);
+        }
+        for (; j < m; ++j) {
+            const int32_t acc = dot1_s8(x, q->in_zp, w + j * k, k, bias[j]);
             const int32_t v = tt_requantize_zp(acc, mult[j], shift[j], q->out_zp);
             out[n * m + j] = clamp_keep(v, q->act_min, q->act_max, mask, n * m + j);
         }
