@@ -1,7 +1,8 @@
 """The phone target: the compiled training library cross-built for Linux on
 AArch64 (aarch64-linux-gnu-gcc, static) trains under qemu-user bit for bit like
 the simulator, for backprop and for MeZO, with the Cortex-M boards' main.c and
-output protocol."""
+output protocol; the instruction counts come from a QEMU plugin (qemu-user has
+no -icount) and are exact."""
 import copy
 import shutil
 import struct
@@ -12,12 +13,12 @@ import numpy as np
 import pytest
 
 import tinytrain as tt
-from tinytrain.boards import build, load_board
+from tinytrain.boards import boards_dir, build, load_board
 from tinytrain.cli import main
 from tinytrain.compiler.codegen.emit_c import Emitter
 from tinytrain.compiler.pipeline import compile_graph, compile_mezo
 from tinytrain.data import load_dataset
-from tinytrain.qemu import run_firmware
+from tinytrain.qemu import profile_report, run_firmware
 from tinytrain.train.backprop import BackpropTrainer
 from tinytrain.train.mezo import MezoTrainer
 
@@ -83,7 +84,7 @@ def test_aarch64_backprop_bit_exact_with_the_simulator(kw, gq, fmnist, tmp_path)
         assert s.loss_bits == _bits(loss), s
         assert s.pred == int(np.argmax(np.asarray(logits).reshape(-1))), s
         assert s.label == y[s.step]
-        assert s.instructions == 0                # qemu-user: no instruction counter
+        assert (s.instructions > 1_000_000) if fw.plugin else (s.instructions == 0), s
     assert struct.unpack("<4I", res.state[:16]) == (0x31535454, facts["signature"], facts["state"], STEPS)
     offsets = Emitter(tg, plan, "m").state_off
     for tid, off in offsets.items():
@@ -127,7 +128,7 @@ def test_cli_build_and_run_with_check_backprop_and_mezo(tmp_path, capsys):
     assert main(["run", str(out), "--board", BOARD, "--data", data, "--steps", "4", "--check", "--model",
                  str(MODEL), "--calib", data]) == 0
     text = capsys.readouterr().out
-    assert "check: 4 steps bit-identical" in text and "no instruction counter" in text
+    assert "check: 4 steps bit-identical" in text and "instructions per training step (exact" in text
 
     z = tmp_path / "z"
     assert main(["compile", str(MODEL), "--calib", data, "--name", "z", "--trainer", "mezo", "--queries", "2",
@@ -140,3 +141,53 @@ def test_cli_build_and_run_with_check_backprop_and_mezo(tmp_path, capsys):
     # a backprop replay of a MeZO library is refused before anything runs (another graph signature)
     assert main(args[:-2]) == 2
     assert "signature" in capsys.readouterr().err
+
+
+HOST_CC = shutil.which("cc") or shutil.which("gcc")
+
+
+@needs_tools
+@pytest.mark.skipif(HOST_CC is None, reason="no host C compiler for the QEMU plugin")
+def test_plugin_counts_instructions_exactly(tmp_path):
+    """board_instructions() around a loop of 2 x 10,000,000 instructions (subs, b.ne)."""
+    d = boards_dir()
+    (tmp_path / "t.c").write_text("""#include <stdio.h>
+#include "board.h"
+int main(void)
+{
+    uint64_t a, b, c;
+    board_init();
+    a = board_instructions();
+    b = board_instructions();
+    __asm__ volatile("ldr x9, =10000000\\n1: subs x9, x9, #1\\nb.ne 1b" ::: "x9", "cc");
+    c = board_instructions();
+    printf("%llu %llu\\n", (unsigned long long)(b - a), (unsigned long long)(c - b));
+    return 0;
+}
+""")
+    subprocess.run(["aarch64-linux-gnu-gcc", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-static",
+                    f"-I{d / 'common'}", str(tmp_path / "t.c"), str(d / BOARD / "board.c"), "-o",
+                    str(tmp_path / "t")], check=True)
+    subprocess.run([HOST_CC, "-shared", "-fPIC", "-O2", str(d / BOARD / "icount_plugin.c"), "-o",
+                    str(tmp_path / "p.so")], check=True)
+    with_plugin = subprocess.run(["qemu-aarch64", "-plugin", str(tmp_path / "p.so"), str(tmp_path / "t")],
+                                 capture_output=True, text=True, check=True).stdout.split()
+    read_cost, loop = int(with_plugin[0]), int(with_plugin[1])
+    assert 0 < read_cost < 100                               # one read of the counter
+    assert loop - read_cost == 2 * 10_000_000 + 1, (read_cost, loop)   # + the ldr
+    plain = subprocess.run(["qemu-aarch64", str(tmp_path / "t")], capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert plain == ["0", "0"]                               # no plugin: no count
+
+
+@needs_tools
+@pytest.mark.skipif(HOST_CC is None, reason="no host C compiler for the QEMU plugin")
+def test_aarch64_profile_adds_up(gq, fmnist, tmp_path):
+    tg, plan, facts = compile_graph(gq, tmp_path, name="m", update="sparse")
+    x, y = fmnist[0][:2], fmnist[1][:2]
+    fw = build(tmp_path, BOARD, "m", x, y, steps=2, lr=LR, seed=SEED, graph=copy.deepcopy(tg), profile=True)
+    res = run_firmware(fw, timeout=300)
+    rep = profile_report(res, __import__("json").loads((tmp_path / "m_profile.json").read_text()))
+    ph = rep["phases"]
+    assert ph["forward"] > 0 and ph["backward"] > 0 and ph["update"] > 0
+    assert 0 <= ph["other"] < 0.005 * rep["step_instructions"]

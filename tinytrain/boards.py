@@ -213,6 +213,7 @@ class Firmware:
     stack_reserved: int
     link_log: str = ""
     profile: bool = False
+    plugin: Path = None        # linux-user: the instruction-counting QEMU plugin built for the host, if any
 
     @property
     def ram_static(self):
@@ -319,9 +320,23 @@ def build(build_dir, board_name, name=None, x=None, y=None, steps=1, lr=0.02, se
     return Firmware(elf, board, facts, used.get("FLASH", 0), used.get("RAM", 0), stack, log, bool(nodes))
 
 
+def _host_plugin(board, out):
+    """The board's QEMU TCG plugin (board.json "plugin", e.g. the instruction counter of
+    linux-aarch64) built with the host's C compiler -> its .so, or None without one."""
+    if not board.get("plugin"):
+        return None
+    cc = shutil.which("cc") or shutil.which("gcc")
+    src = board["dir"] / board["plugin"]
+    so = out / (src.stem + ".so")
+    if cc is None or subprocess.run([cc, "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror", str(src), "-o",
+                                     str(so)], capture_output=True).returncode != 0:
+        return None
+    return so
+
+
 def _link_linux(board, gcc, facts, out, objs, profile):
-    """A Linux user-space program (dynamically linked against the target's C library,
-    run with the runner's -L sysroot); sizes from binutils' size."""
+    """A Linux user-space program, linked as board.json's ldflags say (static: it runs under
+    qemu-user or on the device without a sysroot); sizes from binutils' size."""
     prog = out / "train"
     res = subprocess.run([str(c) for c in [gcc, *board["cflags"], *board.get("ldflags", []),
                                            f"-Wl,-Map={out / 'train.map'}", *objs, "-lm", "-o", prog]],
@@ -336,7 +351,7 @@ def _link_linux(board, gcc, facts, out, objs, profile):
         rows = subprocess.run([size, str(prog)], capture_output=True, text=True).stdout.splitlines()
         if len(rows) >= 2:
             text, data, bss = (int(v) for v in rows[1].split()[:3])
-    return Firmware(prog, board, facts, text + data, data + bss, 0, log, profile)
+    return Firmware(prog, board, facts, text + data, data + bss, 0, log, profile, _host_plugin(board, out))
 
 
 # ---------------------------------------------------------------------------- command line
@@ -363,8 +378,10 @@ def _graph_for_check(args, facts):
         tg.meta["training"] = {"forward": [n.id for n in tg.nodes],          # as compile_mezo records it
                                "trainable": [it["tid"] for it in tg.meta["zo"]["items"]]}
     else:
+        from .compiler.pipeline import memory_plan
         tg = training_graph(g, args.update, qas=not args.no_qas, float_classifier=args.float_classifier,
                             weight_headroom=args.weight_headroom)
+        tg = memory_plan(tg, in_place=not args.no_in_place)[0]     # patches, in-place depthwise: as compiled
     if signature(tg) != facts["signature"]:
         raise TinytrainError(f"the model, calibration and options given do not rebuild the graph compiled in "
                              f"{args.build_dir} (signature {signature(tg):08x}, {facts['name']}.h has "
@@ -454,6 +471,7 @@ def add_board_commands(sub):
     s.add_argument("--no-qas", action="store_true")
     s.add_argument("--float-classifier", action="store_true")
     s.add_argument("--weight-headroom", type=float, default=2.0)
+    s.add_argument("--no-in-place", action="store_true", help="with --check: the compile had --no-in-place")
     s.add_argument("--trainer", choices=["backprop", "mezo"], default="backprop",
                    help="with --check: the compile's --trainer (mezo: replay with the MeZO simulator)")
     s.add_argument("--eps", type=int, default=1, help="with --check --trainer mezo: the compile's --eps")

@@ -42,9 +42,9 @@ class RunResult:
     profile_steps: int = 0
 
 
-def qemu_command(board, elf):
+def qemu_command(board, elf, plugin=None):
     if board.get("kind") == "linux-user":
-        return [*board["run"], str(elf)]
+        return [*board["run"], *(["-plugin", str(plugin)] if plugin else []), str(elf)]
     q = board["qemu"]
     return ["qemu-system-arm", "-machine", q["machine"], "-nographic", "-monitor", "none", "-serial", "none",
             "-chardev", "stdio,id=sh0", "-semihosting-config", "enable=on,target=native,chardev=sh0",
@@ -80,7 +80,7 @@ def run_firmware(fw, timeout=600):
     """Run fw (boards.Firmware) in QEMU -> RunResult; a failure is a TinytrainError."""
     from .boards import require_tool
     board = fw.board
-    cmd = qemu_command(board, fw.elf)
+    cmd = qemu_command(board, fw.elf, getattr(fw, "plugin", None))
     require_tool(cmd[0], board)
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
@@ -133,11 +133,14 @@ def format_steps(res, board=None):
         correct += s.pred == s.label
         rows.append(f"{s.step:>4}  {s.label:>5}  {s.pred:>4}  {s.loss:<9.5f}  {correct / (s.step + 1):>7.1%}  "
                     f"{s.instructions:>12,}")
-    if res.steps and (board or {}).get("kind") == "linux-user":
-        rows.append(f"no instruction counter on {board['name']} ({board.get('instructions', 'none')})")
+    linux = (board or {}).get("kind") == "linux-user"
+    if res.steps and linux and not any(s.instructions for s in res.steps):
+        rows.append(f"no instruction counter on {board['name']} (the counting plugin was not built: no host C "
+                    "compiler)")
     elif res.steps:
         mean = sum(s.instructions for s in res.steps) / len(res.steps)
-        rows.append(f"mean {mean:,.0f} instructions per training step (under -icount, +-40)")
+        how = "exact, counted by the QEMU plugin" if linux else "under -icount, +-40"
+        rows.append(f"mean {mean:,.0f} instructions per training step ({how})")
     return "\n".join(rows)
 
 
