@@ -394,6 +394,10 @@ def _graph_for_check(args, facts):
 def cmd_build(args):
     fw = build(args.build_dir, args.board, args.name, stack=args.stack)
     print(fw.summary())
+    if fw.board.get("real_board"):
+        print(f"firmware: {fw.elf} (map: {fw.elf.with_suffix('.map')}); put it on the board with "
+              f"`tinytrain flash {args.build_dir} --board {args.board}`")
+        return 0
     print(f"firmware: {fw.elf} (map: {fw.elf.with_suffix('.map')}); the stack peak is measured by "
           f"`tinytrain run {args.build_dir} --board {args.board} --data ...`")
     return 0
@@ -402,6 +406,9 @@ def cmd_build(args):
 def cmd_run(args):
     from .data import load_dataset
     from .qemu import compare_with_simulator, format_steps, run_firmware
+    if load_board(args.board).get("real_board"):
+        raise TinytrainError(f"{args.board} is a real board, QEMU cannot run it: use `tinytrain flash "
+                             f"{args.build_dir} --board {args.board}` and read its serial port", field="--board")
     facts = model_facts(args.build_dir, args.name)
     tg, mezo = _graph_for_check(args, facts) if args.check else (None, None)
     shape = tg.meta["input_shape"] if tg is not None else None

@@ -334,6 +334,12 @@ def build_parser():
         add_board_commands = None
     if add_board_commands is not None:
         add_board_commands(sub)
+    try:                                   # flash a real board with pyOCD (tinytrain/flash.py)
+        from .flash import add_flash_command
+    except ImportError:
+        add_flash_command = None
+    if add_flash_command is not None:
+        add_flash_command(sub)
     try:                                   # zeroth-order training on onnxruntime (tinytrain/mezo_ort.py)
         from .mezo_ort import add_mezo_commands
     except ImportError:
