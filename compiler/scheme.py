@@ -17,6 +17,10 @@ Presets:
               of the last three non-depthwise convs before the classifier with
               input-channel ratios 1, 1/2, 1/4 (nearest the classifier first),
               and the classifier
+  tte         a TTE-sized scheme for a small SRAM budget: biases of the last third
+              of the layers, the weights of the last two non-depthwise convs whose
+              int8 weights take at most 16 KB (each held whole in SRAM), and the
+              classifier
 """
 import json
 from dataclasses import dataclass, field
@@ -25,7 +29,8 @@ from pathlib import Path
 from .errors import TinytrainError
 
 RATIOS = (1.0, 0.5, 0.25, 0.125)
-PRESETS = ("full", "bias", "classifier", "sparse", "last-<k>")
+PRESETS = ("full", "bias", "classifier", "sparse", "tte", "last-<k>")
+TTE_WEIGHT_BYTES = 16 * 1024
 
 
 def weighted_layers(graph):
@@ -122,6 +127,11 @@ def preset(graph, name):
         convs = [i for i in range(len(layers) - 1) if not is_depthwise(graph, layers[i])]
         weights = {i: r for i, r in zip(reversed(convs[-3:]), RATIOS[:3])}
         return from_dict(graph, {"bias": half, "weights": weights, "classifier": True}, name)
+    if name == "tte":
+        third = list(range(len(layers) - max(1, len(layers) // 3), len(layers)))
+        small = [i for i in range(len(layers) - 1) if not is_depthwise(graph, layers[i])
+                 and graph.t(layers[i].inputs[1]).nbytes <= TTE_WEIGHT_BYTES]
+        return from_dict(graph, {"bias": third, "weights": {i: 1.0 for i in small[-2:]}, "classifier": True}, name)
     raise TinytrainError(f"unknown update scheme '{name}' (presets: {', '.join(PRESETS)}, or a .json file)",
                          field="update")
 

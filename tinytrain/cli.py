@@ -252,7 +252,7 @@ def cmd_compile(args):
 def _training_options(s):
     """Options shared by train and compile."""
     s.add_argument("--update", default="sparse",
-                   help="full, bias, classifier, sparse, last-<k>, or a scheme.json (default sparse)")
+                   help="full, bias, classifier, sparse, tte, last-<k>, or a scheme.json (default sparse)")
     s.add_argument("--rounding", choices=["stochastic", "shadow"], default="stochastic",
                    help="how int8 updates below one step survive (default stochastic)")
     s.add_argument("--no-qas", action="store_true", help="turn quantization-aware scaling off (for comparison)")

@@ -15,6 +15,11 @@ frozen, forward-only prefix of a training graph, which has no gradient.
            output plane into `scratch` (Ho x Wo bytes), then writes it over that
            channel's slots, which no later channel reads (NHWC: every slot of channel c
            is = c mod C, and y's slots are a prefix of x's).  Same integers as conv2d.
+
+    depthwise_conv2d_grad_input_inplace  (dpre, w) -> (dx, scratch): the float32 input
+           gradient of a stride-1 depthwise conv (dx and dpre of one shape) written over
+           dpre, which dies there: per channel, the dx plane is summed in `scratch`
+           (H x W floats) in conv2d_grad_input's order, then stored in that channel's slots.
 """
 import numpy as np
 
@@ -116,3 +121,34 @@ class DepthwiseConv2dInplace(Op):
         e.line(f"tt_depthwise_conv2d_inplace_s8({p}, {q}, {e.array('mult', a['mult'], 'int32_t')}, "
                f"{e.array('shift', a['shift'], 'int32_t')}, {e.dims(g.t(x).shape)}, {e.ptr(x)}, "
                f"{e.dims(g.t(w).shape)}, {e.ptr(w)}, {e.ptr(b)}, {e.dims(g.t(y).shape)}, {e.ptr(scratch)});")
+
+
+@register
+class DepthwiseConv2dGradInputInplace(Op):
+    name = "depthwise_conv2d_grad_input_inplace"
+
+    def infer(self, node, graph):
+        x = tuple(node.attrs["x_shape"])
+        return [x, (1, x[1], x[2], 1)]
+
+    def check(self, node, graph, fail):
+        d, w = graph.t(node.inputs[0]), graph.t(node.inputs[1])
+        if d.shape != tuple(node.attrs["x_shape"]) or w.shape[3] != 1 or node.attrs["groups"] != w.shape[0]:
+            fail(f"n{node.id} depthwise_conv2d_grad_input_inplace needs a depthwise conv with dx shaped like dpre")
+
+    def sim(self, node, graph, ins, masks=None):
+        dx = get_op("conv2d_grad_input").sim(node, graph, ins)[0]
+        return [dx, np.zeros((dx.shape[0],) + graph.t(node.outputs[1]).shape[1:], np.float32)]
+
+    def macs(self, node, graph):
+        return get_op("conv2d_grad_input").macs(node, graph)
+
+    def emit_c(self, node, g, e):
+        a = node.attrs
+        d, w = node.inputs
+        dx, scratch = node.outputs
+        assert e.plan.offsets[d] == e.plan.offsets[dx], "the memory plan must give dx the bytes of dpre"
+        p = e.struct("tt_conv_params", (a["stride"][0], a["stride"][1], a["pads"][0], a["pads"][1],
+                                        a["dilation"][0], a["dilation"][1], a["groups"]))
+        e.line(f"tt_depthwise_conv2d_grad_input_inplace_f32({p}, {e.dims(g.t(d).shape)}, {e.ptr(d)}, "
+               f"{e.dims(g.t(w).shape)}, {e.ptr(w)}, {e.array('ws', a['w_scale'], 'float')}, {e.ptr(scratch)});")

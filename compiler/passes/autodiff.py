@@ -74,6 +74,16 @@ def autodiff(graph, qas=True):
             dpre = emit("mask_grad", [dy, m.id], f"dpre_{g.t(y).name}", {}, like=y)
         operands = {"dy": dy, "dpre": dpre}
         operands.update({f"in{k}": t for k, t in enumerate(node.inputs)})
+        # a bias gradient (a sum over positions) is taken before the input gradient, so that dpre
+        # can die at the input gradient (an in-place depthwise dx, passes/inplace_depthwise.py);
+        # its update stays after the weight's (the same order of rounding draws)
+        early = {}
+        for k, (gop, args) in op.param_grads.items():
+            if gop == "bias_grad":
+                p = node.inputs[k]
+                attrs = op.grad_attrs(node, g, gop, k)
+                early[k] = emit(gop, [operands[a] for a in args], f"d_{g.t(p).name}", attrs,
+                                shape=attrs.get("dw_shape", g.t(p).shape))
         for k, x in enumerate(node.inputs):
             if g.t(x).kind == "const":
                 continue
@@ -92,7 +102,8 @@ def autodiff(graph, qas=True):
             p = node.inputs[k]
             attrs = op.grad_attrs(node, g, gop, k)
             shape = attrs.get("dw_shape", g.t(p).shape)
-            d = emit(gop, [operands[a] for a in args], f"d_{g.t(p).name}", attrs, shape=shape)
+            d = early[k] if k in early else emit(gop, [operands[a] for a in args], f"d_{g.t(p).name}", attrs,
+                                                 shape=shape)
             g.add_node("sgd_update", [p, d], [], {"factor": _qas_factor(g, node, k, qas), "param_of": node.id,
                                                    "role": "weight" if k == 1 else "bias"}, name=node.name)
     g.outputs = [logits, loss.id]

@@ -84,7 +84,8 @@ def lifetimes(graph, in_place=True):
             group[n.outputs[0]] = root(n.inputs[0])
         elif n.op == "paste" and len(n.inputs) > 1:      # a tile pasted into the tensor built so far
             group[n.outputs[0]] = root(n.inputs[1])
-        elif n.op == "depthwise_conv2d_inplace":         # writes its output over its (dying) input
+        elif n.op in ("depthwise_conv2d_inplace", "depthwise_conv2d_grad_input_inplace"):
+            # writes its output over its (dying) input
             group[n.outputs[0]] = root(n.inputs[0])
         elif in_place and n.op in IN_PLACE_OPS:
             y = graph.t(n.outputs[0])

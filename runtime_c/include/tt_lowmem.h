@@ -31,6 +31,14 @@ void tt_depthwise_conv2d_inplace_s8(const tt_conv_params *p, const tt_quant_para
                                     const tt_dims *filter_dims, const int8_t *w, const int32_t *bias,
                                     const tt_dims *out_dims, int8_t *scratch);
 
+/** In place: the input gradient of a depthwise conv2d whose dx has dpre's shape (stride 1, "same"
+ *  padding): dx[., ., c] overwrites dpre[., ., c].  Per channel the dx plane is summed in scratch
+ *  (H * W floats) in tt_conv2d_grad_input_f32's order (positions oh, ow ascending), so every dx
+ *  element is bit for bit that kernel's. */
+void tt_depthwise_conv2d_grad_input_inplace_f32(const tt_conv_params *p, const tt_dims *dims, float *dpre_dx,
+                                                const tt_dims *filter_dims, const int8_t *w, const float *w_scale,
+                                                float *scratch);
+
 #ifdef __cplusplus
 }
 #endif

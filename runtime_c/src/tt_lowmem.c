@@ -63,3 +63,39 @@ void tt_depthwise_conv2d_inplace_s8(const tt_conv_params *p, const tt_quant_para
         }
     }
 }
+
+void tt_depthwise_conv2d_grad_input_inplace_f32(const tt_conv_params *p, const tt_dims *dims, float *dpre_dx,
+                                                const tt_dims *filter_dims, const int8_t *w, const float *w_scale,
+                                                float *scratch)
+{
+    const int32_t h = dims->h, wd = dims->w, c_n = dims->c;
+    const int32_t kh_n = filter_dims->h, kw_n = filter_dims->w;
+    int32_t c, oh, ow, kh, kw, i;
+    for (c = 0; c < c_n; ++c) {
+        const int8_t *wc = w + c * kh_n * kw_n;
+        for (i = 0; i < h * wd; ++i) {
+            scratch[i] = 0.0f;
+        }
+        for (oh = 0; oh < h; ++oh) {
+            for (ow = 0; ow < wd; ++ow) {
+                const float d = dpre_dx[((size_t)oh * (size_t)wd + (size_t)ow) * (size_t)c_n + (size_t)c] * w_scale[c];
+                for (kh = 0; kh < kh_n; ++kh) {
+                    const int32_t ih = oh * p->stride_h - p->pad_t + kh * p->dil_h;
+                    if (ih < 0 || ih >= h) {
+                        continue;
+                    }
+                    for (kw = 0; kw < kw_n; ++kw) {
+                        const int32_t iw = ow * p->stride_w - p->pad_l + kw * p->dil_w;
+                        if (iw < 0 || iw >= wd) {
+                            continue;
+                        }
+                        scratch[ih * wd + iw] = scratch[ih * wd + iw] + d * (float)wc[kh * kw_n + kw];
+                    }
+                }
+            }
+        }
+        for (i = 0; i < h * wd; ++i) {
+            dpre_dx[(size_t)i * (size_t)c_n + (size_t)c] = scratch[i];
+        }
+    }
+}
