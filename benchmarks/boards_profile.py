@@ -74,14 +74,16 @@ def main():
         print(f"### {title}, --update sparse, {steps} steps, mean per step\n")
         print(f"Arena {facts['arena'] / 1024:.1f} KB, state {facts['state'] / 1024:.1f} KB; all runs bit-identical "
               "with the simulator.\n")
-        print("| board | instructions / step | forward | backward | update | other |")
-        print("|---|---|---|---|---|---|")
+        print("| board | instructions / step | forward | backward | update | other | RAM |")
+        print("|---|---|---|---|---|---|---|")
         for board, label in BOARDS:
             r = reports[board]
             t = r["step_instructions"]
             cells = [f"{r['phases'][k] / 1e6:.2f} M ({100 * r['phases'][k] / t:.1f}%)"
                      for k in ("forward", "backward", "update", "other")]
-            print(f"| {label} | {t / 1e6:.2f} M | " + " | ".join(cells) + " |")
+            ram = (f"{r['ram'] / 1024:.1f} KB static data" if board == "linux-aarch64" else
+                   f"{r['ram'] / 1024:.1f} KB linked (4 KB stack)")
+            print(f"| {label} | {t / 1e6:.2f} M | " + " | ".join(cells) + f" | {ram} |")
         ref = reports["qemu-mps2-an500"]
         top = sorted(ref["layers"], key=lambda r: -r["instructions"])[:10]
         print("\nTop 10 layers (ranked on an500; a layer = its forward, gradient and update nodes; M instructions per "

@@ -4,6 +4,7 @@ the simulator, for backprop and for MeZO, with the Cortex-M boards' main.c and
 output protocol; the instruction counts come from a QEMU plugin (qemu-user has
 no -icount) and are exact."""
 import copy
+import json
 import shutil
 import struct
 import subprocess
@@ -187,7 +188,7 @@ def test_aarch64_profile_adds_up(gq, fmnist, tmp_path):
     x, y = fmnist[0][:2], fmnist[1][:2]
     fw = build(tmp_path, BOARD, "m", x, y, steps=2, lr=LR, seed=SEED, graph=copy.deepcopy(tg), profile=True)
     res = run_firmware(fw, timeout=300)
-    rep = profile_report(res, __import__("json").loads((tmp_path / "m_profile.json").read_text()))
+    rep = profile_report(res, json.loads((tmp_path / "m_profile.json").read_text()))
     ph = rep["phases"]
     assert ph["forward"] > 0 and ph["backward"] > 0 and ph["update"] > 0
     assert 0 <= ph["other"] < 0.005 * rep["step_instructions"]
