@@ -31,6 +31,13 @@
 #define TT_RESTRICT
 #endif
 
+/** Keep a helper out of line (register pressure in the big loop nests; gcc/clang only). */
+#if defined(__GNUC__)
+#define TT_NOINLINE __attribute__((noinline))
+#else
+#define TT_NOINLINE
+#endif
+
 /** 1 where the SXTB16/SMLAD kernels are compiled in. */
 #if defined(__ARM_FEATURE_DSP) && (__ARM_FEATURE_DSP == 1) && !defined(TT_NO_DSP) && defined(__GNUC__)
 #define TT_USE_DSP 1
@@ -38,7 +45,7 @@
 #define TT_USE_DSP 0
 #endif
 
-#if TT_USE_DSP
+#if TT_USE_DSP && defined(TT_DSP_KERNELS) /* the kernels: only in tt_forward.c */
 
 /** Four int8 at p (any alignment: Cortex-M3/M4/M7/M33 load words unaligned) as a word. */
 static inline uint32_t tt_dsp_load4(const int8_t *p)
@@ -80,8 +87,24 @@ static inline int32_t tt_dsp_smlad(uint32_t a, uint32_t b, int32_t acc)
     return r;
 }
 
+/** acc + a.lo * b.lo (signed halfwords). */
+static inline int32_t tt_dsp_smlabb(uint32_t a, uint32_t b, int32_t acc)
+{
+    int32_t r;
+    __asm__("smlabb %0, %1, %2, %3" : "=r"(r) : "r"(a), "r"(b), "r"(acc));
+    return r;
+}
+
+/** acc + a.hi * b.lo (signed halfwords). */
+static inline int32_t tt_dsp_smlatb(uint32_t a, uint32_t b, int32_t acc)
+{
+    int32_t r;
+    __asm__("smlatb %0, %1, %2, %3" : "=r"(r) : "r"(a), "r"(b), "r"(acc));
+    return r;
+}
+
 /** acc[j] += sum_i (x[i] - zp) * w[j * w_stride + i], j = 0..3 (tt_forward.c dot4_s8). */
-static inline void tt_dsp_dot4_s8(const int8_t *TT_RESTRICT x, int32_t zp, const int8_t *TT_RESTRICT w,
+TT_NOINLINE static void tt_dsp_dot4_s8(const int8_t *TT_RESTRICT x, int32_t zp, const int8_t *TT_RESTRICT w,
                                   int32_t w_stride, int32_t n, int32_t *TT_RESTRICT acc)
 {
     const int8_t *w0 = w;
@@ -122,7 +145,7 @@ static inline void tt_dsp_dot4_s8(const int8_t *TT_RESTRICT x, int32_t zp, const
 }
 
 /** acc + sum_i (x[i] - zp) * w[i] (tt_forward.c dot1_s8). */
-static inline int32_t tt_dsp_dot1_s8(const int8_t *TT_RESTRICT x, int32_t zp, const int8_t *TT_RESTRICT w,
+TT_NOINLINE static int32_t tt_dsp_dot1_s8(const int8_t *TT_RESTRICT x, int32_t zp, const int8_t *TT_RESTRICT w,
                                      int32_t n, int32_t acc)
 {
     const uint32_t nzp = ((uint32_t)(-zp) & 0xFFFFu) * 0x00010001u;
@@ -139,6 +162,6 @@ static inline int32_t tt_dsp_dot1_s8(const int8_t *TT_RESTRICT x, int32_t zp, co
     return acc;
 }
 
-#endif /* TT_USE_DSP */
+#endif /* TT_USE_DSP && TT_DSP_KERNELS */
 
 #endif /* TT_ARM_DSP_H */

@@ -15,6 +15,8 @@
  * element, in output memory order.
  */
 
+#define TT_DSP_KERNELS /* tt_arm_dsp.h: the dot products */
+#include "tt_arm_dsp.h"
 #include "tt_fixedpoint.h"
 #include "tt_kernels.h"
 
@@ -56,14 +58,33 @@ static inline int32_t requant_small(int32_t acc, int32_t mult, int32_t shift)
 {
     const int32_t n = 31 - shift;
     const int64_t prod = (int64_t)acc * (int64_t)mult;
-    const uint64_t u = (uint64_t)prod + ((uint64_t)1 << (n - 1)) + ((uint64_t)1 << 63);
-    const int64_t r = (int64_t)(u >> n) - (int64_t)((uint64_t)1 << (63 - n)); /* as tt_requantize */
-    return r < -1024 ? -1024 : (r > 1024 ? 1024 : (int32_t)r);
+    const uint64_t u = (uint64_t)prod + ((uint64_t)1 << 63); /* prod + 2^63: no wrap, |prod| < 2^62 */
+    if (n >= 32) {
+        /* The usual case (multiplier < 1), in 32-bit steps (cheap on 32-bit cores): with
+         * hi = floor(prod / 2^32) and k = n - 32, floor((prod + 2^(n-1)) / 2^n) is
+         * hi + (bit 31 of prod) for k = 0, else floor((hi + 2^(k-1)) / 2^k) (2^(n-1) is a
+         * multiple of 2^32, so the inner floor changes nothing).  |hi| < 2^30. */
+        const int32_t k = n - 32;
+        const int32_t hi = (int32_t)((int64_t)(uint32_t)(u >> 32) - ((int64_t)1 << 31));
+        int32_t r32;
+        if (k == 0) {
+            r32 = hi + (int32_t)(((uint32_t)u) >> 31);
+        } else {
+            const uint32_t v = (uint32_t)(hi + (int32_t)(1u << (k - 1))) + 0x80000000u; /* + 2^31: >= 0 */
+            r32 = (int32_t)(v >> k) - (int32_t)(1u << (31 - k));
+        }
+        return r32 < -1024 ? -1024 : (r32 > 1024 ? 1024 : r32);
+    } else {
+        /* as tt_requantize: floor(t / 2^n), t = prod + 2^(n-1), through t + 2^63 (2^63 is a multiple of 2^n) */
+        const uint64_t t = u + ((uint64_t)1 << (n - 1));
+        const int64_t r = (int64_t)(t >> n) - (int64_t)((uint64_t)1 << (63 - n));
+        return r < -1024 ? -1024 : (r > 1024 ? 1024 : (int32_t)r);
+    }
 }
 
 /** Requantize acc[0 .. cnt) with per-channel mult/shift into out[i ..], clamp, keep the mask bits
  *  (clamp_keep for cnt elements; mask writes grouped). */
-static inline void requant_store(const int32_t *acc, int32_t cnt, const int32_t *mult, const int32_t *shift,
+TT_NOINLINE static void requant_store(const int32_t *acc, int32_t cnt, const int32_t *mult, const int32_t *shift,
                                  const tt_quant_params *q, int8_t *out, uint8_t *mask, int32_t i)
 {
     const int32_t lo = q->act_min, hi = q->act_max, zp = q->out_zp;
@@ -111,15 +132,13 @@ static void tap_range(int32_t start, int32_t dil, int32_t k_n, int32_t size, int
 /* Dot products of one input vector x (length n, minus the zero point) with TT_COB weight rows
  * (w + j * w_stride), added to acc[0..TT_COB).  tt_arm_dsp.h supplies the Cortex-M DSP form
  * (SXTB16/SMLAD) of the same integer sums. */
-#include "tt_arm_dsp.h"
-
 #define TT_COB 4 /* output channels per register block */
 
 #if !TT_USE_DSP
 /* Written as int16 x int16 products summed into int32 (|x - zp| <= 255 fits int16): the form
  * compilers map to multiply-add instructions (SSE2 pmaddwd, NEON smlal), in blocks of a
  * constant 16 so that gcc -O2 vectorizes them. */
-static inline void dot4_s8(const int8_t *TT_RESTRICT x, int32_t zp, const int8_t *TT_RESTRICT w, int32_t w_stride,
+TT_NOINLINE static void dot4_s8(const int8_t *TT_RESTRICT x, int32_t zp, const int8_t *TT_RESTRICT w, int32_t w_stride,
                     int32_t n, int32_t *TT_RESTRICT acc)
 {
     const int8_t *TT_RESTRICT w0 = w;
@@ -151,7 +170,7 @@ static inline void dot4_s8(const int8_t *TT_RESTRICT x, int32_t zp, const int8_t
     acc[3] = a3;
 }
 
-static inline int32_t dot1_s8(const int8_t *TT_RESTRICT x, int32_t zp, const int8_t *TT_RESTRICT w, int32_t n, int32_t acc)
+TT_NOINLINE static int32_t dot1_s8(const int8_t *TT_RESTRICT x, int32_t zp, const int8_t *TT_RESTRICT w, int32_t n, int32_t acc)
 {
     const int16_t z = (int16_t)zp;
     int32_t i = 0;
@@ -171,17 +190,55 @@ static inline int32_t dot1_s8(const int8_t *TT_RESTRICT x, int32_t zp, const int
 #define dot1_s8 tt_dsp_dot1_s8
 #endif
 
-/* Depthwise (one input and one output channel per group): per output pixel, the channels run
- * innermost in blocks of DW_BLOCK with their own accumulators (contiguous loads, no per-tap loop
- * overhead per channel). */
-#define DW_BLOCK 32
+/* The valid taps (rows x cols) of a depthwise conv for four adjacent channels: the inputs of a
+ * tap are four adjacent bytes, xrow / xcol bytes apart between kernel rows / columns; the weights
+ * of a channel are `taps` apart, wrow apart between kernel rows. */
+TT_NOINLINE static void dw_taps4(const int8_t *TT_RESTRICT xs, int32_t xrow, int32_t xcol, const int8_t *TT_RESTRICT ws,
+                                 int32_t wrow, int32_t taps, int32_t rows, int32_t cols, int32_t zp,
+                                 int32_t *TT_RESTRICT acc)
+{
+    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+    for (int32_t r = 0; r < rows; ++r) {
+        const int8_t *TT_RESTRICT x = xs + r * xrow;
+        const int8_t *TT_RESTRICT wj = ws + r * wrow;
+        for (int32_t j = 0; j < cols; ++j) {
+#if TT_USE_DSP
+            /* the four channels' inputs in one word, minus the zero point as halfword pairs;
+             * SMLABB / SMLATB multiply the matching halfword by the weight */
+            const uint32_t xw = tt_dsp_load4(x);
+            const uint32_t nzp = ((uint32_t)(-zp) & 0xFFFFu) * 0x00010001u;
+            const uint32_t xe = tt_dsp_sadd16(tt_dsp_sxtb16(xw), nzp);
+            const uint32_t xo = tt_dsp_sadd16(tt_dsp_sxtb16_ror8(xw), nzp);
+            a0 = tt_dsp_smlabb(xe, (uint32_t)(int32_t)wj[0], a0);
+            a1 = tt_dsp_smlabb(xo, (uint32_t)(int32_t)wj[taps], a1);
+            a2 = tt_dsp_smlatb(xe, (uint32_t)(int32_t)wj[2 * taps], a2);
+            a3 = tt_dsp_smlatb(xo, (uint32_t)(int32_t)wj[3 * taps], a3);
+#else
+            a0 += ((int32_t)x[0] - zp) * (int32_t)wj[0];
+            a1 += ((int32_t)x[1] - zp) * (int32_t)wj[taps];
+            a2 += ((int32_t)x[2] - zp) * (int32_t)wj[2 * taps];
+            a3 += ((int32_t)x[3] - zp) * (int32_t)wj[3 * taps];
+#endif
+            x += xcol;
+            ++wj;
+        }
+    }
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    acc[3] = a3;
+}
+
+/* Depthwise (one input and one output channel per group): per output pixel, four channels at a
+ * time keep their accumulators in registers over the valid taps (the four inputs of a tap are
+ * adjacent bytes), then one channel at a time for the rest. */
 static void depthwise_s8(const tt_conv_params *p, const tt_quant_params *q, const int32_t *mult,
                          const int32_t *shift, const tt_dims *in_dims, const int8_t *in, const tt_dims *filter_dims,
                          const int8_t *w, const int32_t *bias, const tt_dims *out_dims, int8_t *out, uint8_t *mask)
 {
     const int32_t kh_n = filter_dims->h, kw_n = filter_dims->w, c_n = out_dims->c, taps = kh_n * kw_n;
     const int32_t zp = q->in_zp;
-    int32_t acc[DW_BLOCK];
+    const int32_t xstep = p->dil_w * in_dims->c;
     for (int32_t n = 0; n < out_dims->n; ++n) {
         for (int32_t oh = 0; oh < out_dims->h; ++oh) {
             const int32_t h0 = oh * p->stride_h - p->pad_t;
@@ -192,22 +249,31 @@ static void depthwise_s8(const tt_conv_params *p, const tt_quant_params *q, cons
                 int32_t kw0, kw1;
                 tap_range(w0, p->dil_w, kw_n, in_dims->w, &kw0, &kw1);
                 const int32_t o = nhwc(out_dims, n, oh, ow, 0);
-                for (int32_t c0 = 0; c0 < c_n; c0 += DW_BLOCK) {
-                    const int32_t cb = (c_n - c0 < DW_BLOCK) ? c_n - c0 : DW_BLOCK;
-                    for (int32_t c = 0; c < cb; ++c) {
-                        acc[c] = bias[c0 + c];
+                const int32_t xpix = nhwc(in_dims, n, h0, w0, 0); /* may be negative: an offset, not a pointer */
+                int32_t c = 0;
+                for (; c + 4 <= c_n; c += 4) {
+                    int32_t acc[4];
+                    acc[0] = bias[c];
+                    acc[1] = bias[c + 1];
+                    acc[2] = bias[c + 2];
+                    acc[3] = bias[c + 3];
+                    if (kh1 > kh0 && kw1 > kw0) {
+                        dw_taps4(in + (xpix + (kh0 * p->dil_h * in_dims->w + kw0 * p->dil_w) * in_dims->c + c),
+                                 p->dil_h * in_dims->w * in_dims->c, xstep, w + c * taps + kh0 * kw_n + kw0, kw_n,
+                                 taps, kh1 - kh0, kw1 - kw0, zp, acc);
                     }
+                    requant_store(acc, 4, mult + c, shift + c, q, out, mask, o + c);
+                }
+                for (; c < c_n; ++c) {
+                    int32_t acc = bias[c];
                     for (int32_t kh = kh0; kh < kh1; ++kh) {
-                        for (int32_t kw = kw0; kw < kw1; ++kw) {
-                            const int8_t *TT_RESTRICT xs =
-                                in + nhwc(in_dims, n, h0 + kh * p->dil_h, w0 + kw * p->dil_w, c0);
-                            const int8_t *TT_RESTRICT ws = w + c0 * taps + kh * kw_n + kw;
-                            for (int32_t c = 0; c < cb; ++c) {
-                                acc[c] += ((int32_t)xs[c] - zp) * (int32_t)ws[c * taps];
-                            }
+                        const int8_t *xs = in + (xpix + (kh * p->dil_h * in_dims->w + kw0 * p->dil_w) * in_dims->c + c);
+                        const int8_t *ws = w + c * taps + kh * kw_n + kw0;
+                        for (int32_t j = 0, xo = 0; j < kw1 - kw0; ++j, xo += xstep) {
+                            acc += ((int32_t)xs[xo] - zp) * (int32_t)ws[j];
                         }
                     }
-                    requant_store(acc, cb, mult + c0, shift + c0, q, out, mask, o + c0);
+                    requant_store(&acc, 1, mult + c, shift + c, q, out, mask, o + c);
                 }
             }
         }
