@@ -7,6 +7,7 @@ QEMU: a stack overflow, a write past the SRAM budget, a write to flash and a
 jump into RAM end with MemManage (exit 204) instead of silent corruption."""
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -69,9 +70,8 @@ def test_real_board_firmware_links_for_the_part(board, sparse):
     assert 0 < fw.ram_used <= sram and 0 < fw.flash_used <= b["flash"]
 
     sym = _symbols(fw.elf)
-    sections = {w[1]: int(w[3], 16) for w in (ln.replace("[ ", "[").split() for ln in
-                                             _tool("arm-none-eabi-readelf", "-S", "-W", fw.elf).splitlines())
-                if len(w) > 4 and w[0].startswith("[")}
+    sections = {m[0]: int(m[1], 16) for m in re.findall(r"^\s*\[\s*\d+\]\s+(\S+)\s+\S+\s+([0-9a-f]{8})\s",
+                                                        _tool("arm-none-eabi-readelf", "-S", "-W", fw.elf), re.M)}
     assert sections[".isr_vector"] == origin and sym["tt_vectors"] == origin
     entry = int(_tool("arm-none-eabi-readelf", "-h", fw.elf).split("Entry point address:")[1].split()[0], 16)
     assert entry & ~1 == sym["Reset_Handler"] and origin < sym["Reset_Handler"] < origin + fw.flash_used
