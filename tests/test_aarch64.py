@@ -192,3 +192,12 @@ def test_aarch64_profile_adds_up(gq, fmnist, tmp_path):
     ph = rep["phases"]
     assert ph["forward"] > 0 and ph["backward"] > 0 and ph["update"] > 0
     assert 0 <= ph["other"] < 0.005 * rep["step_instructions"]
+
+
+def test_missing_cross_tools_are_one_line_errors(gq, tmp_path, monkeypatch):
+    from tinytrain.compiler.errors import TinytrainError
+    compile_graph(gq, tmp_path, name="m", update="bias")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(TinytrainError, match="aarch64-linux-gnu-gcc not found: install it with: apt-get install .*"
+                                             "gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user"):
+        build(tmp_path, BOARD, "m")
