@@ -155,13 +155,44 @@ def _emit_reshape(self, node, g, e):
         e.line(f"memmove({e.ptr(y)}, {e.ptr(x)}, {g.t(y).nbytes});")
 
 
+def _perm4(shape, perm):
+    """perm of a rank <= 4 tensor as a perm of its 4-D tt_dims (emit_c.Emitter.dims: [N, C] is
+    (N, 1, 1, C), [N, L, C] is (N, 1, L, C)), so the output's dims come out the same way."""
+    axes = {4: (0, 1, 2, 3), 3: (0, 2, 3), 2: (0, 3), 1: (3,)}.get(len(shape))
+    if axes is None:
+        return None
+    out = [a for a in range(4) if a not in axes]           # the inserted size-1 axes stay in front
+    return out + [axes[p] for p in perm]
+
+
 def _emit_transpose(self, node, g, e):
     x, y = node.inputs[0], node.outputs[0]
-    if g.t(x).dtype != "float32" or len(g.t(x).shape) != 4:
+    t = g.t(x)
+    kernel = {"float32": "tt_transpose_f32", "int8": "tt_transpose_s8"}.get(t.dtype)
+    perm = _perm4(t.shape, node.attrs["perm"])
+    if kernel is None or perm is None:
         from ..errors import TinytrainError
-        raise TinytrainError("an int8 transpose has no C kernel yet", node=node.name, op=node.op)
-    e.line(f"tt_transpose_f32({e.dims(g.t(x).shape)}, {e.ptr(x)}, "
-           f"{e.array('perm', node.attrs['perm'], 'int32_t')}, {e.ptr(y)});")
+        raise TinytrainError(f"a transpose of a rank-{len(t.shape)} {t.dtype} tensor has no C kernel",
+                             node=node.name, op=node.op)
+    e.line(f"{kernel}({e.dims(t.shape)}, {e.ptr(x)}, {e.array('perm', perm, 'int32_t')}, {e.ptr(y)});")
+
+
+def _emit_concat(self, node, g, e):
+    """tt_concat_s8: rows = the product of the dims before the axis; input k gives each row
+    its extent on the axis times the product of the dims after it."""
+    a = node.attrs
+    ins = [g.t(i) for i in node.inputs]
+    if any(t.dtype != "int8" for t in ins):
+        from ..errors import TinytrainError
+        raise TinytrainError("a float concat has no C kernel", node=node.name, op=node.op)
+    ax = a["axis"]
+    outer = int(np.prod(ins[0].shape[:ax]))
+    lens = [int(np.prod(t.shape[ax:])) for t in ins]
+    ptrs = ", ".join(f"(const int8_t *){e.ptr(t.id)}" for t in ins)
+    e.line(f"{{ const int8_t *const parts[{len(ins)}] = {{{ptrs}}};")
+    e.line(f"  tt_concat_s8({outer}, {len(ins)}, parts, {e.array('len', lens, 'int32_t')}, "
+           f"{e.array('zp', a['in_zp'], 'int32_t')}, {e.array('mult', a['mult'], 'int32_t')}, "
+           f"{e.array('shift', a['shift'], 'int32_t')}, {a['out_zp']}, {e.ptr(node.outputs[0])}); }}")
 
 
 def _emit_slice(self, node, g, e):
@@ -172,4 +203,5 @@ def _emit_slice(self, node, g, e):
 
 Reshape.emit_c = _emit_reshape
 Transpose.emit_c = _emit_transpose
+Concat.emit_c = _emit_concat
 Slice.emit_c = _emit_slice

@@ -111,6 +111,15 @@ void tt_clamp_s8(int32_t n, const int8_t *in, int32_t lo, int32_t hi, int8_t *ou
 /** shape.py _requant_copy_s8 (one concat input). */
 void tt_requant_copy_s8(int32_t n, const int8_t *in, int32_t in_zp, int32_t mult, int32_t shift, int32_t out_zp,
                         int8_t *out);
+/** shape.py Concat (int8): out = the inputs side by side along one axis, each requantized to the
+ *  output's scale as _requant_copy_s8 does.  Seen as rows: `outer` rows (the product of the dims
+ *  before the axis); input k gives len[k] contiguous elements (its extent on the axis times the
+ *  product of the dims after it) to every output row, whose length is the sum of len[]. */
+void tt_concat_s8(int32_t outer, int32_t n_inputs, const int8_t *const *inputs, const int32_t *len,
+                  const int32_t *in_zp, const int32_t *mult, const int32_t *shift, int32_t out_zp, int8_t *out);
+/** shape.py Transpose (int8, np.transpose(x, perm)): out axis i is input axis perm[i]; out in
+ *  memory order.  The values keep their quantization (a pure data move). */
+void tt_transpose_s8(const tt_dims *dims, const int8_t *in, const int32_t *perm, int8_t *out);
 /** Host input quantization (simulator.quantize_input): clamp(floor(x / s + 0.5) + zp). */
 void tt_quantize_f32_s8(int32_t n, const float *x, float scale, int32_t zp, int8_t *out);
 
