@@ -291,3 +291,103 @@ def test_stack_overflow_ends_with_memmanage(board, sparse):
         run_firmware(fw, timeout=60)
     log = (fw.elf.parent / "run.log").read_text()
     assert "step 0" not in log and "(the stack overflowed its region)" in log
+
+
+# ---------------------------------------------------------------------------- the real-board glue under QEMU
+
+# A console for board_hw.c that writes through semihosting and, when board_exit
+# flushes it after storing tt_exit_status, ends QEMU with that status: the glue
+# of the real boards (DWT counter, SysTick extension, exit word, fault report)
+# then runs the training program on the MPS2 machines, whose memory map is the
+# nRF52840's (flash at 0, RAM at 0x20000000).
+SEMIHOSTING_CONSOLE = r"""
+#include <stdint.h>
+#include "board_hw.h"
+extern volatile uint32_t tt_exit_status[2];
+static int semihost(int op, const void *arg)
+{
+    register int r0 __asm__("r0") = op;
+    register const void *r1 __asm__("r1") = arg;
+    __asm__ volatile("bkpt 0xAB" : "+r"(r0) : "r"(r1) : "memory");
+    return r0;
+}
+void board_console_init(void)
+{
+}
+void board_console_write(const char *text, uint32_t n)
+{
+    char chunk[65];
+    uint32_t i = 0u, k;
+    while (i < n) {
+        for (k = 0u; k < 64u && i < n; ++k, ++i) {
+            chunk[k] = text[i];
+        }
+        chunk[k] = '\0';
+        (void)semihost(0x04, chunk);
+    }
+}
+void board_console_flush(void)
+{
+    uint32_t block[2];
+    if (tt_exit_status[0] == 0x54545845u) {
+        block[0] = 0x20026u;
+        block[1] = tt_exit_status[1];
+        (void)semihost(0x20, block);
+    }
+}
+"""
+
+
+@pytest.fixture
+def glue_board(tmp_path, monkeypatch):
+    """boards/ with one more board: an386 or an500 built with board_hw.c and the semihosting console."""
+    import tinytrain.boards as tb
+    real = boards_dir()
+    root = tmp_path / "boards"
+    root.mkdir()
+    for d in real.iterdir():
+        if d.is_dir():
+            (root / d.name).symlink_to(d, target_is_directory=True)
+    for qemu_board in QEMU:
+        b = json.loads((real / qemu_board / "board.json").read_text())
+        d = root / f"glue-{qemu_board}"
+        d.mkdir()
+        (d / "console.c").write_text(SEMIHOSTING_CONSOLE)
+        (d / "board.ld").symlink_to(real / qemu_board / "board.ld")
+        b.update(name=d.name, sources=["../common/startup.c", "../common/board_hw.c", "console.c",
+                                       "../common/main.c"])
+        (d / "board.json").write_text(json.dumps(b))
+    monkeypatch.setattr(tb, "boards_dir", lambda: root)
+    return lambda qemu_board: f"glue-{qemu_board}"
+
+
+@needs_qemu
+@pytest.mark.parametrize("qemu_board", QEMU)
+def test_real_board_glue_trains_bit_exact_under_qemu(qemu_board, glue_board, gq, tmp_path):
+    import copy
+    import struct
+
+    import numpy as np
+
+    from tinytrain.qemu import run_firmware
+    from tinytrain.train.backprop import BackpropTrainer
+    out = tmp_path / "g"
+    tg0 = compile_graph(gq, out, name="m", update="sparse")[0]
+    x, y = load_dataset(D / "fmnist_train.npz")
+    steps = 4
+    tg = copy.deepcopy(tg0)
+    fw = build(out, glue_board(qemu_board), "m", x[:steps], y[:steps], steps=steps, lr=0.02, seed=1, graph=tg)
+    res = run_firmware(fw, timeout=120)
+    sim = BackpropTrainer(tg, lr=0.02, seed=1)
+    for s in res.steps:
+        loss, logits = sim.step(x[s.step], y[s.step])
+        assert s.loss_bits == struct.unpack("<I", np.float32(loss).tobytes())[0]
+        assert s.pred == int(np.argmax(np.asarray(logits).reshape(-1)))
+        assert s.instructions == 0            # QEMU does not model the DWT cycle counter: it reads 0
+    assert len(res.steps) == steps and 0 < res.stack_peak < res.stack_size
+
+    # a stack overflow through the same glue: MemManage, reported by board_hw.c's fault exit
+    fw = build(out, glue_board(qemu_board), "m", x[:1], y[:1], steps=1, stack=256)
+    with pytest.raises(TinytrainError, match=r"fault: exception 4 \(MemManage\); the stack overflowed"):
+        run_firmware(fw, timeout=60)
+    assert " mmfar 0x" in (fw.elf.parent / "run.log").read_text()
