@@ -94,6 +94,9 @@ def test_patched_in_place_c_matches_the_plain_simulator(mbv2, tmp_path):
     in-place depthwise) trains bit for bit like the simulator on the unmodified graph."""
     tg, plan, facts = compile_graph(mbv2, tmp_path, name="mb", update="classifier")
     assert tg.meta.get("patch") and any(n.op == "depthwise_conv2d_inplace" for n in tg.nodes)
+    # tiles are quantized straight from the caller's input: no int8 copy of it in the arena
+    assert tg.meta.get("input_external") and tg.inputs[0] not in plan.offsets
+    assert "tt_quantize_crop_f32_s8" in (tmp_path / "mb.c").read_text()
     plain = BackpropTrainer(training_graph(mbv2, "classifier"), lr=0.05, seed=1)
     hm = HostModel(tmp_path, "mb", tg, facts, lr=0.05, seed=1)
     rng = np.random.default_rng(2)

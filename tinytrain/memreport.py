@@ -36,10 +36,18 @@ def layer_rows(tg):
         if n.op == "sgd_update":
             grad_bytes[n.attrs["param_of"]] = grad_bytes.get(n.attrs["param_of"], 0) + tg.t(n.inputs[1]).nbytes
     rows = []
+    tiled = {}                                   # a layer run patch by patch: one row, MACs summed
     for n in tg.nodes:
-        if n.id not in fwd:
+        if n.id not in fwd or n.op in ("crop", "paste"):
             continue
         op = get_op(n.op)
+        if "@p" in tg.t(n.outputs[0]).name:
+            row = tiled.get(n.name)
+            if row is not None:
+                row["macs"] += op.macs(n, tg)
+                row["tiles"] += 1
+                row["activation_bytes"] = max(row["activation_bytes"], nbytes(tg.t(n.outputs[0])))
+                continue
         consts = [tg.t(i) for i in n.inputs if tg.t(i).kind == "const"]
         flash = sum(t.nbytes for t in consts if t.id not in trainable)
         ram = sum(t.nbytes for t in consts if t.id in trainable)
@@ -47,7 +55,9 @@ def layer_rows(tg):
         rows.append({"layer": n.name, "op": n.op, "output": list(tg.t(n.outputs[0]).shape),
                      "params": sum(t.size for t in consts), "macs": op.macs(n, tg), "flash_bytes": flash,
                      "sram_param_bytes": ram, "activation_bytes": nbytes(tg.t(n.outputs[0])), "state": state,
-                     "gradient_bytes": grad_bytes.get(n.id, 0)})
+                     "gradient_bytes": grad_bytes.get(n.id, 0), "tiles": 1})
+        if "@p" in tg.t(n.outputs[0]).name:
+            tiled[n.name] = rows[-1]
     return rows
 
 
@@ -73,7 +83,8 @@ def write_reports(out, tg, plan, facts, summary):
     rows = layer_rows(tg)
     t1 = format_table(["layer", "op", "output", "params", "MACs", "flash B", "SRAM params B", "act B", "state",
                        "grad B"],
-                      [(r["layer"], r["op"], "x".join(map(str, r["output"])), r["params"], r["macs"], r["flash_bytes"],
+                      [(r["layer"], r["op"] + (f" x{r['tiles']} tiles" if r["tiles"] > 1 else ""),
+                        "x".join(map(str, r["output"])), r["params"], r["macs"], r["flash_bytes"],
                         r["sram_param_bytes"], r["activation_bytes"], r["state"], r["gradient_bytes"]) for r in rows])
     s = summary
     kb = lambda v: f"{v / 1024:.1f} KB"
@@ -85,6 +96,16 @@ def write_reports(out, tg, plan, facts, summary):
              f"flash: frozen weights {kb(s['flash_weight_bytes'])}" +
              (f" of {kb(s['flash_budget_bytes'])}" if s["flash_budget_bytes"] else "") + " (plus code)",
              f"peak at step {s['peak_step']} ({s['peak_node']}); live there:"]
+    pt = tg.meta.get("patch")
+    if pt:
+        lines.insert(3, f"patch-based prefix: {pt['prefix_nodes']} frozen layers run in {pt['grid']}x{pt['grid']} tiles up "
+                        f"to {pt['split']}; halos recompute {pt['patched_macs'] - pt['macs']} MACs "
+                        f"(+{100 * (pt['patched_macs'] - pt['macs']) / max(1, pt['macs']):.0f}% of that prefix)"
+                        + ("; the input is quantized tile by tile from the caller's buffer (no int8 copy)"
+                           if tg.meta.get("input_external") else ""))
+    k = len({n.name for n in tg.nodes if n.op.endswith("_inplace")})
+    if k:
+        lines.insert(3, f"in place: {k} depthwise convolutions / input gradients write over their input")
     lines += [f"  {r['tensor']:<50} {r['dtype']:<8} {r['bytes']:>8} B  @ {r['offset']}" for r in s["live_at_peak"][:12]]
     text = "\n".join(lines) + "\n\nper layer:\n" + t1 + f"\n\ntotal: {sum(r['params'] for r in rows)} params, " \
         f"{sum(r['macs'] for r in rows)} forward MACs\n"

@@ -55,7 +55,7 @@ def emit_mezo(graph, plan, out, name="model", queries=1):
             "    seed = tt_prng_next(&ctx->prng);",
             "    tt_prng_seed(&zs, seed);"]
     body += _items_code(e, items, "perturb", 1)
-    body += [f"    {name}_forward(ctx, 0);",
+    body += [f"    {name}_forward(ctx, 0, NULL);",
              "    if (q == 0) {",
              f"        best = 0; for (i = 1; i < {k}; ++i) {{ if ({e.ptr(logits.id)}[i] > {e.ptr(logits.id)}[best]) "
              "{ best = i; } } *pred = best;",
@@ -63,7 +63,7 @@ def emit_mezo(graph, plan, out, name="model", queries=1):
              f"    {loss}", f"    lp = tt_softmax_xent(z, {k}, label, g);",
              "    tt_prng_seed(&zs, seed);"]
     body += _items_code(e, items, "perturb", -2)
-    body += [f"    {name}_forward(ctx, 0);", f"    {loss}", f"    lm = tt_softmax_xent(z, {k}, label, g);",
+    body += [f"    {name}_forward(ctx, 0, NULL);", f"    {loss}", f"    lm = tt_softmax_xent(z, {k}, label, g);",
              "    tt_prng_seed(&zs, seed);"]
     body += _items_code(e, items, "perturb", 1)
     body += ["    p = (lp - lm) * 0.5f;",

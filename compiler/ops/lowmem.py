@@ -50,6 +50,11 @@ class Crop(Op):
     def emit_c(self, node, g, e):
         x, y = g.t(node.inputs[0]), g.t(node.outputs[0])
         y0, x0 = node.attrs["origin"]
+        if x.id == g.inputs[0] and g.meta.get("input_external"):
+            from ..codegen.emit_c import c_float
+            e.line(f"tt_quantize_crop_f32_s8({e.dims(x.shape)}, input, {y0}, {x0}, {e.dims(y.shape)}, "
+                   f"{c_float(x.q.scale)}, {int(x.q.zero_point)}, {e.ptr(y.id)});")
+            return
         e.line(f"tt_crop_s8({e.dims(x.shape)}, {e.ptr(x.id)}, {y0}, {x0}, {e.dims(y.shape)}, {e.ptr(y.id)});")
 
 

@@ -9,7 +9,8 @@ g x g spatial tiles: for each tile, every prefix tensor is computed only over
 the region that tile needs (the receptive field, walked back through strides,
 kernels and pads), then the tile is pasted into T.  Tiles overlap by their
 halos, so some work is done twice (reported as extra MACs); the prefix's
-memory falls to one tile's working set, plus the input and T.
+memory falls to one tile's working set plus T: each tile quantizes its own
+crop of the caller's float input, so the whole int8 input never exists.
 
 Every output element is computed from exactly the same integers as in the
 unpatched graph (a conv on a cropped input, with the padding kept only where
@@ -189,6 +190,9 @@ def patch_prefix(graph, pos, grid):
     tr = g.meta.get("training")
     if tr is not None:
         tr["forward"] = [n.id for n in new_nodes] + [i for i in tr["forward"] if i not in old_ids]
+    # every tile quantizes its own crop of the input: the C reads the caller's float input tile by
+    # tile and the whole int8 input never needs a place in the arena
+    g.meta["input_external"] = all(n.op == "crop" for n in g.nodes if x_in in n.inputs)
     g.meta["patch"] = {"split": g.t(T).name, "grid": grid, "prefix_nodes": info.prefix_nodes,
                        "macs": info.macs, "patched_macs": info.patched_macs}
     g.remove_unused()

@@ -60,11 +60,14 @@ def _align(n):
 def lifetimes(graph, in_place=True):
     """-> list of Buffers (tensors that share storage grouped), schedule = node order."""
     first, last = {}, {}
+    # "input_external": the input is read tile by tile from the caller's buffer (a patched prefix)
+    external = {graph.inputs[0]} if graph.meta.get("input_external") else set()
     for tid in graph.inputs:
-        first[tid] = 0
+        if tid not in external:
+            first[tid] = 0
     for step, n in enumerate(graph.nodes):
         for i in n.inputs:
-            if graph.t(i).kind != "const":
+            if graph.t(i).kind != "const" and i not in external:
                 last[i] = step
         for o in n.outputs:
             first.setdefault(o, step)
@@ -73,7 +76,8 @@ def lifetimes(graph, in_place=True):
     for o in graph.outputs:
         last[o] = end
     for tid in graph.inputs:
-        last.setdefault(tid, 0)
+        if tid not in external:
+            last.setdefault(tid, 0)
     group = {}                                  # tensor -> representative
     def root(t):
         while group.get(t, t) != t:
@@ -156,7 +160,7 @@ def verify_plan(graph, plan):
     buffers whose lifetimes meet share a byte."""
     for tid, t in graph.tensors.items():
         if t.kind != "const" and any(tid in n.inputs or tid in n.outputs for n in graph.nodes) \
-                and tid not in plan.offsets:
+                and tid not in plan.offsets and not (graph.meta.get("input_external") and tid == graph.inputs[0]):
             raise AssertionError(f"tensor t{tid} has no place in the arena")
     bufs = sorted(plan.buffers, key=lambda b: b.offset)
     for b in bufs:

@@ -18,6 +18,12 @@ extern "C" {
 void tt_crop_s8(const tt_dims *in_dims, const int8_t *in, int32_t y0, int32_t x0, const tt_dims *out_dims,
                 int8_t *out);
 
+/** out = the int8 quantization (tt_quantize_f32_s8, element by element) of the float NHWC rectangle
+ *  in[0, y0 .. y0 + out_dims->h, x0 .. x0 + out_dims->w, :]: a tile of the input, read straight
+ *  from the caller's buffer. */
+void tt_quantize_crop_f32_s8(const tt_dims *in_dims, const float *in, int32_t y0, int32_t x0,
+                             const tt_dims *out_dims, float scale, int32_t zp, int8_t *out);
+
 /** full[0, y0 + y, x0 + x, c] = patch[0, y, x, c]: writes only the patch's rectangle of `full`. */
 void tt_paste_s8(const tt_dims *patch_dims, const int8_t *patch, int32_t y0, int32_t x0, const tt_dims *full_dims,
                  int8_t *full);

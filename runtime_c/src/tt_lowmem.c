@@ -16,6 +16,17 @@ void tt_crop_s8(const tt_dims *in_dims, const int8_t *in, int32_t y0, int32_t x0
     }
 }
 
+void tt_quantize_crop_f32_s8(const tt_dims *in_dims, const float *in, int32_t y0, int32_t x0,
+                             const tt_dims *out_dims, float scale, int32_t zp, int8_t *out)
+{
+    const int32_t row = out_dims->w * out_dims->c;
+    int32_t y;
+    for (y = 0; y < out_dims->h; ++y) {
+        tt_quantize_f32_s8(row, in + ((size_t)(y0 + y) * (size_t)in_dims->w + (size_t)x0) * (size_t)in_dims->c, scale,
+                           zp, out + (size_t)y * (size_t)row);
+    }
+}
+
 void tt_paste_s8(const tt_dims *patch_dims, const int8_t *patch, int32_t y0, int32_t x0, const tt_dims *full_dims,
                  int8_t *full)
 {
