@@ -22,7 +22,7 @@ import pytest
 from tinytrain.compiler.ops import activation, conv, eltwise, get_op, linear, pool, train, update
 from tinytrain.compiler.quant.prng import prng_seed
 
-from .cbuild import CFLAGS, INCLUDE, ROOT, build
+from .cbuild import CFLAGS, INCLUDE, ROOT, build, header_cdef
 
 SOURCES = [ROOT / "runtime_c" / "src" / "tt_backward.c", ROOT / "runtime_c" / "src" / "tt_update.c"]
 SANITIZE = os.environ.get("TT_BWD_SANITIZE") == "1"
@@ -31,15 +31,6 @@ SAN_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-
 EXTRA_WARNINGS = ["-Wconversion", "-Wsign-conversion", "-Wdouble-promotion", "-Wfloat-conversion", "-Wshadow",
                   "-Wstrict-prototypes", "-Wmissing-prototypes", "-Wcast-qual", "-Wcast-align", "-Wundef", "-Wvla",
                   "-Wfloat-equal"]
-
-
-def header_cdef():
-    """The structs and the backward / update prototypes of tt_kernels.h, for cffi."""
-    text = re.sub(r"/\*.*?\*/", "", (INCLUDE / "tt_kernels.h").read_text(), flags=re.S)
-    structs = re.findall(r"typedef struct \{.*?\} \w+;", text, flags=re.S)
-    start = text.index("void tt_mask_grad_f32")
-    end = text.index("#ifdef __cplusplus", start)
-    return "\n".join(structs) + "\n" + text[start:end]
 
 
 @pytest.fixture(scope="module")

@@ -22,48 +22,13 @@ from tinytrain.compiler.ops.conv import conv_out_size
 from tinytrain.compiler.quant.fixedpoint import quantize_multiplier, quantize_multipliers
 from tinytrain.sim.simulator import quantize_input
 
-from .cbuild import CFLAGS, INCLUDE, ROOT, build
+from .cbuild import CFLAGS, INCLUDE, ROOT, build, header_cdef
 
 SOURCE = ROOT / "runtime_c" / "src" / "tt_forward.c"
 SANITIZE = os.environ.get("TT_FWD_SANITIZE") == "1"
 SAN_FLAGS = ["-fsanitize=address,undefined,float-cast-overflow", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
 
-CDEF = """
-typedef struct { int32_t n, h, w, c; } tt_dims;
-typedef struct { int32_t stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, groups; } tt_conv_params;
-typedef struct { int32_t in_zp, out_zp, act_min, act_max; } tt_quant_params;
-typedef struct { int32_t kernel_h, kernel_w, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, count_include_pad; }
-    tt_pool_params;
-void tt_conv2d_s8(const tt_conv_params *p, const tt_quant_params *q, const int32_t *mult, const int32_t *shift,
-                  const tt_dims *in_dims, const int8_t *in, const tt_dims *filter_dims, const int8_t *w,
-                  const int32_t *bias, const tt_dims *out_dims, int8_t *out, uint8_t *mask);
-void tt_fully_connected_s8(const tt_quant_params *q, const int32_t *mult, const int32_t *shift, int32_t batch,
-                           int32_t k, int32_t m, const int8_t *in, const int8_t *w, const int32_t *bias, int8_t *out,
-                           uint8_t *mask);
-void tt_fully_connected_f32(int32_t batch, int32_t k, int32_t m, const int8_t *in, int32_t in_zp, float in_scale,
-                            const float *w, const float *bias, float *out);
-void tt_add_s8(const tt_dims *out_dims, const tt_dims *dims1, const int8_t *x1, int32_t z1, int32_t m1, int32_t s1,
-               const tt_dims *dims2, const int8_t *x2, int32_t z2, int32_t m2, int32_t s2, int32_t left_shift,
-               int32_t mult, int32_t shift, int32_t zp, int32_t act_min, int32_t act_max, int8_t *out,
-               uint8_t *mask);
-void tt_mul_s8(const tt_dims *out_dims, const tt_dims *dims1, const int8_t *x1, int32_t z1, const tt_dims *dims2,
-               const int8_t *x2, int32_t z2, int32_t mult, int32_t shift, int32_t zp, int32_t act_min,
-               int32_t act_max, int8_t *out, uint8_t *mask);
-void tt_avg_pool_s8(const tt_pool_params *p, const tt_quant_params *q, const int32_t *mult, const int32_t *shift,
-                    const tt_dims *in_dims, const int8_t *in, const tt_dims *out_dims, int8_t *out, uint8_t *mask);
-void tt_max_pool_s8(const tt_pool_params *p, const tt_quant_params *q, const tt_dims *in_dims, const int8_t *in,
-                    const tt_dims *out_dims, int8_t *out, uint8_t *mask);
-void tt_global_avg_pool_s8(const tt_quant_params *q, int32_t mult, int32_t shift, const tt_dims *in_dims,
-                           const int8_t *in, int8_t *out, uint8_t *mask);
-void tt_lut_s8(int32_t n, const int8_t *in, const int8_t *table, int8_t *out);
-void tt_clamp_s8(int32_t n, const int8_t *in, int32_t lo, int32_t hi, int8_t *out, uint8_t *mask);
-void tt_requant_copy_s8(int32_t n, const int8_t *in, int32_t in_zp, int32_t mult, int32_t shift, int32_t out_zp,
-                        int8_t *out);
-void tt_quantize_f32_s8(int32_t n, const float *x, float scale, int32_t zp, int8_t *out);
-void tt_concat_s8(int32_t outer, int32_t n_inputs, const int8_t *const *inputs, const int32_t *len,
-                  const int32_t *in_zp, const int32_t *mult, const int32_t *shift, int32_t out_zp, int8_t *out);
-void tt_transpose_s8(const tt_dims *dims, const int8_t *in, const int32_t *perm, int8_t *out);
-"""
+CDEF = header_cdef()          # the prototypes of runtime_c/include/tt_kernels.h, verbatim
 
 _CTYPES = {np.dtype(np.int8): "int8_t", np.dtype(np.uint8): "uint8_t", np.dtype(np.int32): "int32_t",
            np.dtype(np.float32): "float"}
