@@ -95,14 +95,15 @@ def memory_plan(graph, in_place=True, patch=True, sram=None):
 
 def compile_graph(graph_int8, out, name="model", update="sparse", qas=True, float_classifier=False,
                   rounding="stochastic", sram=None, in_place=True, weight_headroom=2.0, chunk_bytes=8192,
-                  patch=True):
+                  patch=True, plan_sram=None):
     """int8 IR -> training graph -> memory plan (checked against `sram` bytes) -> C.
+    `plan_sram` only steers the plan (the cheapest patching that fits) without the check.
     -> (training graph as compiled, plan, facts)"""
     from .codegen.emit_c import emit
     from .passes.plan_memory import check_budget
     tg = training_graph(graph_int8, update, qas=qas, float_classifier=float_classifier,
                         weight_headroom=weight_headroom, chunk_bytes=chunk_bytes)
-    tg, plan = memory_plan(tg, in_place=in_place, patch=patch, sram=sram)
+    tg, plan = memory_plan(tg, in_place=in_place, patch=patch, sram=sram if sram is not None else plan_sram)
     check_budget(tg, plan, sram)
     facts = emit(tg, plan, out, name=name, rounding=rounding)
     return tg, plan, facts

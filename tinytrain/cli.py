@@ -170,13 +170,13 @@ def cmd_train(args):
 
 def _choose_trainer(g, args, sram, kw):
     """--trainer auto: backprop when its plan fits the budget, MeZO otherwise."""
-    from .compiler.passes.plan_memory import plan_memory, state_bytes
-    from .compiler.pipeline import training_graph
+    from .compiler.passes.plan_memory import state_bytes
+    from .compiler.pipeline import memory_plan, training_graph
     try:
         tg = training_graph(g, args.update, **kw)
     except TinytrainError as e:
         return "mezo", f"backprop cannot train this scheme: {e.problem}"
-    plan = plan_memory(tg)
+    plan = memory_plan(tg, in_place=not args.no_in_place, sram=sram)[1]
     need = plan.arena_size + state_bytes(tg)[0] + 2048
     if sram is not None and need > sram:
         return "mezo", f"backprop needs ~{need / 1024:.0f} KB, more than the {sram / 1024:.0f} KB budget"
@@ -185,8 +185,8 @@ def _choose_trainer(g, args, sram, kw):
 
 def cmd_compile(args):
     from .api import load, quantize
-    from .compiler.passes.plan_memory import plan_memory, state_bytes
-    from .compiler.pipeline import compile_graph, training_graph
+    from .compiler.passes.plan_memory import state_bytes
+    from .compiler.pipeline import compile_graph, memory_plan, training_graph
     from .data import load_dataset
     from .host import stack_estimate
     from .memreport import memory_summary, parse_size, write_reports
@@ -214,7 +214,7 @@ def cmd_compile(args):
         tg, plan, facts = compile_mezo(g, out, name=args.name, update=args.update, eps=args.eps, queries=args.queries)
     else:
         tg, plan, facts = compile_graph(g, out, name=args.name, update=args.update, rounding=args.rounding,
-                                        in_place=not args.no_in_place, **kw)
+                                        in_place=not args.no_in_place, plan_sram=sram, **kw)
     written = write_packages(out, facts, tg, packages, version=__version__)
     stack = stack_estimate(out, args.name)
     summary = memory_summary(tg, plan, facts, stack, sram, flash)
@@ -228,14 +228,14 @@ def cmd_compile(args):
                         f"budget {flash / 1024:.1f} KB")
     if problems:
         fits = []
-        for alt in ("sparse", "last-4", "last-2", "bias", "classifier"):
+        for alt in ("sparse", "tte", "last-4", "last-2", "bias", "classifier"):
             if alt == args.update:
                 continue
             try:
                 t2 = training_graph(g, alt, **kw)
             except TinytrainError:
                 continue
-            p2 = plan_memory(t2)
+            p2 = memory_plan(t2)[1]
             need = p2.arena_size + state_bytes(t2)[0] + 32 + stack
             if sram is None or need <= sram:
                 fits.append(f"{alt} fits in {need / 1024:.0f} KB")
