@@ -83,17 +83,37 @@ static inline int32_t requant_small(int32_t acc, int32_t mult, int32_t shift)
 }
 
 /** Requantize acc[0 .. cnt) with per-channel mult/shift into out[i ..], clamp, keep the mask bits
- *  (clamp_keep for cnt elements; mask writes grouped). */
+ *  (clamp_keep for cnt elements; mask writes grouped).  The usual multiplier (< 1: shift < 0, so
+ *  n = 31 - shift >= 32) takes a 32-bit path: with hi = floor(acc * mult / 2^32) and k = n - 32,
+ *  floor((acc * mult + 2^(n-1)) / 2^n) is hi + (bit 31 of the product) for k = 0, else
+ *  floor((hi + 2^(k-1)) / 2^k) (2^(n-1) is a multiple of 2^32, so the inner floor changes
+ *  nothing); |hi| < 2^30, so no saturation can matter there.  Other shifts: requant_small. */
 TT_NOINLINE static void requant_store(const int32_t *acc, int32_t cnt, const int32_t *mult, const int32_t *shift,
-                                 const tt_quant_params *q, int8_t *out, uint8_t *mask, int32_t i)
+                                      const tt_quant_params *q, int8_t *out, uint8_t *mask, int32_t i)
 {
     const int32_t lo = q->act_min, hi = q->act_max, zp = q->out_zp;
+    const uint32_t span = (uint32_t)(hi - lo);
     for (int32_t j0 = 0; j0 < cnt; j0 += 16) {
         const int32_t c = (cnt - j0 < 16) ? cnt - j0 : 16;
         uint32_t bits = 0u;
         for (int32_t j = j0; j < j0 + c; ++j) {
-            const int32_t v = requant_small(acc[j], mult[j], shift[j]) + zp;
-            bits |= (uint32_t)((int32_t)(lo <= v) & (int32_t)(v <= hi)) << (j - j0);
+            const int32_t sh = shift[j];
+            int32_t v;
+            if (sh < 0) {
+                const int32_t k = -1 - sh; /* n - 32 */
+                const uint64_t u = (uint64_t)((int64_t)acc[j] * (int64_t)mult[j]) + ((uint64_t)1 << 63);
+                const int32_t h = (int32_t)((int64_t)(uint32_t)(u >> 32) - ((int64_t)1 << 31));
+                if (k == 0) {
+                    v = h + (int32_t)(((uint32_t)u) >> 31);
+                } else {
+                    const uint32_t t = (uint32_t)(h + (int32_t)(1u << (k - 1))) + 0x80000000u; /* + 2^31: >= 0 */
+                    v = (int32_t)(t >> k) - (int32_t)(1u << (31 - k));
+                }
+            } else {
+                v = requant_small(acc[j], mult[j], sh);
+            }
+            v += zp;
+            bits |= (uint32_t)((uint32_t)(v - lo) <= span) << (j - j0);
             out[i + j] = (int8_t)(v < lo ? lo : (v > hi ? hi : v));
         }
         if (mask != NULL) {
@@ -251,18 +271,22 @@ static void depthwise_s8(const tt_conv_params *p, const tt_quant_params *q, cons
                 const int32_t o = nhwc(out_dims, n, oh, ow, 0);
                 const int32_t xpix = nhwc(in_dims, n, h0, w0, 0); /* may be negative: an offset, not a pointer */
                 int32_t c = 0;
+                int32_t acc[16]; /* four blocks of four channels requantized per call */
                 for (; c + 4 <= c_n; c += 4) {
-                    int32_t acc[4];
-                    acc[0] = bias[c];
-                    acc[1] = bias[c + 1];
-                    acc[2] = bias[c + 2];
-                    acc[3] = bias[c + 3];
+                    int32_t *a = acc + (c & 15);
+                    a[0] = bias[c];
+                    a[1] = bias[c + 1];
+                    a[2] = bias[c + 2];
+                    a[3] = bias[c + 3];
                     if (kh1 > kh0 && kw1 > kw0) {
                         dw_taps4(in + (xpix + (kh0 * p->dil_h * in_dims->w + kw0 * p->dil_w) * in_dims->c + c),
                                  p->dil_h * in_dims->w * in_dims->c, xstep, w + c * taps + kh0 * kw_n + kw0, kw_n,
-                                 taps, kh1 - kh0, kw1 - kw0, zp, acc);
+                                 taps, kh1 - kh0, kw1 - kw0, zp, a);
                     }
-                    requant_store(acc, 4, mult + c, shift + c, q, out, mask, o + c);
+                    if ((c & 15) == 12 || c + 8 > c_n) {
+                        const int32_t c0 = c & ~15;
+                        requant_store(acc, c + 4 - c0, mult + c0, shift + c0, q, out, mask, o + c0);
+                    }
                 }
                 for (; c < c_n; ++c) {
                     int32_t acc = bias[c];
@@ -291,6 +315,7 @@ void tt_conv2d_s8(const tt_conv_params *p, const tt_quant_params *q, const int32
     const int32_t cog = filter_dims->n / p->groups;
     const int32_t w_stride = kh_n * kw_n * cg; /* one output channel's weights */
     const int32_t zp = q->in_zp;
+    const int32_t merge = p->dil_w == 1 && cg == in_dims->c;
     if (cg == 1 && cog == 1) {
         depthwise_s8(p, q, mult, shift, in_dims, in, filter_dims, w, bias, out_dims, out, mask);
         return;
@@ -308,33 +333,38 @@ void tt_conv2d_s8(const tt_conv_params *p, const tt_quant_params *q, const int32
                 for (int32_t g = 0; g < p->groups; ++g) {
                     const int32_t c0 = g * cg;
                     const int32_t co_end = (g + 1) * cog;
-                    int32_t co = g * cog;
-                    for (; co + TT_COB <= co_end; co += TT_COB) {
-                        int32_t acc[TT_COB];
-                        for (int32_t j = 0; j < TT_COB; ++j) {
-                            acc[j] = bias[co + j];
+                    int32_t co = g * cog, done = co, nb = 0;
+                    int32_t acc[16]; /* up to 16 outputs requantized per call */
+                    for (; co < co_end; co += (co + TT_COB <= co_end) ? TT_COB : 1) {
+                        const int32_t four = co + TT_COB <= co_end;
+                        int32_t *a = acc + nb;
+                        a[0] = bias[co];
+                        if (four) {
+                            a[1] = bias[co + 1];
+                            a[2] = bias[co + 2];
+                            a[3] = bias[co + 3];
                         }
                         for (int32_t kh = kh0; kh < kh1; ++kh) {
                             const int8_t *xr = in + nhwc(in_dims, n, h0 + kh * p->dil_h, 0, c0);
                             const int8_t *wr = w + (co * kh_n + kh) * kw_n * cg;
-                            for (int32_t kw = kw0; kw < kw1; ++kw) {
-                                dot4_s8(xr + (w0 + kw * p->dil_w) * in_dims->c, zp, wr + kw * cg, w_stride, cg, acc);
+                            /* contiguous taps (dilation 1, all channels): one dot product per kernel row */
+                            const int32_t step = merge ? kw1 - kw0 : 1;
+                            const int32_t len = step * cg;
+                            for (int32_t kw = kw0; kw < kw1; kw += step) {
+                                const int8_t *xs = xr + (w0 + kw * p->dil_w) * in_dims->c;
+                                if (four) {
+                                    dot4_s8(xs, zp, wr + kw * cg, w_stride, len, a);
+                                } else {
+                                    a[0] = dot1_s8(xs, zp, wr + kw * cg, len, a[0]);
+                                }
                             }
                         }
-                        requant_store(acc, TT_COB, mult + co, shift + co, q, out, mask, o + co);
-                    }
-                    for (; co < co_end; ++co) {
-                        int32_t acc = bias[co];
-                        for (int32_t kh = kh0; kh < kh1; ++kh) {
-                            const int8_t *xr = in + nhwc(in_dims, n, h0 + kh * p->dil_h, 0, c0);
-                            const int8_t *wr = w + (co * kh_n + kh) * kw_n * cg;
-                            for (int32_t kw = kw0; kw < kw1; ++kw) {
-                                acc = dot1_s8(xr + (w0 + kw * p->dil_w) * in_dims->c, zp, wr + kw * cg, cg, acc);
-                            }
+                        nb += four ? TT_COB : 1;
+                        if (nb > 16 - TT_COB || co + (four ? TT_COB : 1) >= co_end) {
+                            requant_store(acc, nb, mult + done, shift + done, q, out, mask, o + done);
+                            done += nb;
+                            nb = 0;
                         }
-                        const int32_t i = o + co;
-                        const int32_t v = tt_requantize_zp(acc, mult[co], shift[co], q->out_zp);
-                        out[i] = clamp_keep(v, q->act_min, q->act_max, mask, i);
                     }
                 }
             }
