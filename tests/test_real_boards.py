@@ -26,7 +26,7 @@ from tinytrain.data import load_dataset
 ROOT = Path(__file__).resolve().parent.parent
 D = ROOT / "models" / "data"
 MODEL = ROOT / "models" / "mcu_cnn_mnist.onnx"
-REAL = {"stm32f746g-disco": (0x08000000, 320 * 1024, "stm32f746xg"), "nrf52840-dk": (0x0, 256 * 1024, "nrf52840")}
+REAL = {"stm32f746g-disco": (0x08000000, 320 * 1024, "stm32f746nghx"), "nrf52840-dk": (0x0, 256 * 1024, "nrf52840")}
 QEMU = ["qemu-mps2-an386", "qemu-mps2-an500"]
 HAVE_GCC = shutil.which("arm-none-eabi-gcc") is not None
 needs_gcc = pytest.mark.skipif(not HAVE_GCC, reason="arm-none-eabi-gcc not installed (apt-get install "
@@ -208,8 +208,8 @@ def test_flash_reports_pyocd_failure_in_one_line(sparse, tmp_path, monkeypatch, 
     _fake_pyocd(tmp_path, monkeypatch, probes=[{"unique_id": "X"}], flash_rc=1)
     assert main(["flash", str(sparse), "--board", "stm32f746g-disco"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "pyocd flash -t stm32f746xg failed (exit 1)" in err[0] and "fault while programming" \
-        in err[0], err
+    assert len(err) == 1 and "pyocd flash -t stm32f746nghx failed (exit 1)" in err[0] and "fault while programming" \
+        in err[0] and "pyocd pack install stm32f746ng" in err[0], err
 
 
 # ---------------------------------------------------------------------------- the MPU guard under QEMU

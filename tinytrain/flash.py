@@ -123,8 +123,10 @@ def flash(build_dir, board_name, name=None, probe=None, rebuild=False, x=None, y
     target = board["flash_with"]["target"]
     res = _pyocd(cmd, ["flash", "-t", target, "-u", probe, "--format", "elf", str(elf)], "flash", timeout)
     if res.returncode != 0:
+        pack = board["flash_with"].get("pack")
+        hint = f" (the target {target} comes from a CMSIS pack: install it once with `{pack}`)" if pack else ""
         raise TinytrainError(f"pyocd flash -t {target} failed (exit {res.returncode}): "
-                             f"{_last_line(res.stdout + res.stderr)}", file=elf)
+                             f"{_last_line(res.stdout + res.stderr)}{hint}", file=elf)
     return fw, elf, probe
 
 
