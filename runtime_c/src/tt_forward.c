@@ -289,15 +289,15 @@ static void depthwise_s8(const tt_conv_params *p, const tt_quant_params *q, cons
                     }
                 }
                 for (; c < c_n; ++c) {
-                    int32_t acc = bias[c];
+                    int32_t a1 = bias[c];
                     for (int32_t kh = kh0; kh < kh1; ++kh) {
                         const int8_t *xs = in + (xpix + (kh * p->dil_h * in_dims->w + kw0 * p->dil_w) * in_dims->c + c);
                         const int8_t *ws = w + c * taps + kh * kw_n + kw0;
                         for (int32_t j = 0, xo = 0; j < kw1 - kw0; ++j, xo += xstep) {
-                            acc += ((int32_t)xs[xo] - zp) * (int32_t)ws[j];
+                            a1 += ((int32_t)xs[xo] - zp) * (int32_t)ws[j];
                         }
                     }
-                    requant_store(&acc, 1, mult + c, shift + c, q, out, mask, o + c);
+                    requant_store(&a1, 1, mult + c, shift + c, q, out, mask, o + c);
                 }
             }
         }
