@@ -392,7 +392,7 @@ def _graph_for_check(args, facts):
 
 
 def cmd_build(args):
-    fw = build(args.build_dir, args.board, args.name, stack=args.stack)
+    fw = build(args.build_dir, args.board, args.name, stack=args.stack, profile=args.profile)
     print(fw.summary())
     if fw.board.get("real_board"):
         print(f"firmware: {fw.elf} (map: {fw.elf.with_suffix('.map')}); put it on the board with "
@@ -451,6 +451,8 @@ def add_board_commands(sub):
     s.add_argument("--board", required=True, help="a folder of boards/, e.g. qemu-mps2-an386, qemu-mps2-an500")
     s.add_argument("--name", help="the model's --name (default: the only model in the folder)")
     s.add_argument("--stack", type=int, help="bytes reserved for the stack (default: the board's)")
+    s.add_argument("--profile", action="store_true",
+                   help="define the model's profiling hook: the program prints instructions per node")
     s.set_defaults(func=cmd_build)
 
     s = sub.add_parser("run", help="train on a board under QEMU: per-step loss, accuracy, instructions")
