@@ -381,13 +381,21 @@ def _graph_for_check(args, facts):
         from .compiler.pipeline import memory_plan
         tg = training_graph(g, args.update, qas=not args.no_qas, float_classifier=args.float_classifier,
                             weight_headroom=args.weight_headroom)
-        tg = memory_plan(tg, in_place=not args.no_in_place)[0]     # patches, in-place depthwise: as compiled
+        sram = None
+        if args.sram:
+            from .memreport import parse_size
+            try:
+                sram = parse_size(args.sram)
+            except ValueError as e:
+                raise TinytrainError(str(e), field="--sram") from None
+        # patches (steered by --sram) and in-place depthwise, as compiled
+        tg = memory_plan(tg, in_place=not args.no_in_place, sram=sram)[0]
     if signature(tg) != facts["signature"]:
         raise TinytrainError(f"the model, calibration and options given do not rebuild the graph compiled in "
                              f"{args.build_dir} (signature {signature(tg):08x}, {facts['name']}.h has "
-                             f"{facts['signature']:08x}): pass the --model, --calib, --update, --logit-range and "
-                             "--weight-headroom given to `tinytrain compile` (and --trainer mezo --eps for a MeZO "
-                             "library)", field="--check")
+                             f"{facts['signature']:08x}): pass the --model, --calib, --update, --logit-range, "
+                             "--weight-headroom, --sram and --no-in-place given to `tinytrain compile` (and --trainer "
+                             "mezo --eps for a MeZO library)", field="--check")
     return tg, mezo
 
 
@@ -481,6 +489,7 @@ def add_board_commands(sub):
     s.add_argument("--float-classifier", action="store_true")
     s.add_argument("--weight-headroom", type=float, default=2.0)
     s.add_argument("--no-in-place", action="store_true", help="with --check: the compile had --no-in-place")
+    s.add_argument("--sram", help="with --check: the compile's --sram (it steers the patching of the plan)")
     s.add_argument("--trainer", choices=["backprop", "mezo"], default="backprop",
                    help="with --check: the compile's --trainer (mezo: replay with the MeZO simulator)")
     s.add_argument("--eps", type=int, default=1, help="with --check --trainer mezo: the compile's --eps")
