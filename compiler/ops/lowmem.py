@@ -11,10 +11,10 @@ Both move int8 bytes only (output qparams = input qparams); they exist in the
 frozen, forward-only prefix of a training graph, which has no gradient.
 
     depthwise_conv2d_inplace  (x, w, b) -> (y, scratch): a frozen depthwise conv2d
-           whose output takes its input's bytes.  The C kernel computes one channel's
-           output plane into `scratch` (Ho x Wo bytes), then writes it over that
-           channel's slots, which no later channel reads (NHWC: every slot of channel c
-           is = c mod C, and y's slots are a prefix of x's).  Same integers as conv2d.
+           whose output takes its input's bytes.  The C kernel keeps the input rows one
+           output row reads in `scratch` (kernel-span rows of W x C bytes), computes that
+           row from them and writes it over rows no later output row still needs from x.
+           Same integers as conv2d.
 
     depthwise_conv2d_grad_input_inplace  (dpre, w) -> (dx, scratch): the float32 input
            gradient of a stride-1 depthwise conv (dx and dpre of one shape) written over
@@ -97,7 +97,8 @@ class DepthwiseConv2dInplace(Op):
 
     def infer(self, node, graph):
         y = get_op("conv2d").infer(node, graph)[0]
-        return [y, (1, y[1], y[2], 1)]
+        x, w = graph.t(node.inputs[0]).shape, graph.t(node.inputs[1]).shape
+        return [y, (1, (w[1] - 1) * node.attrs["dilation"][0] + 1, x[2], x[3])]
 
     def check(self, node, graph, fail):
         x, w = graph.t(node.inputs[0]), graph.t(node.inputs[1])

@@ -41,7 +41,10 @@ def inplace_depthwise(graph):
             continue
         if y.shape[1] > x.shape[1] or y.shape[2] > x.shape[2]:
             continue
-        scratch = g.add_tensor(f"{y.name}:scratch", (1, y.shape[1], y.shape[2], 1), "int8", q=y.q)
+        span = (w.shape[1] - 1) * n.attrs["dilation"][0] + 1       # the input rows one output row reads
+        if n.attrs["pads"][0] >= span:
+            continue
+        scratch = g.add_tensor(f"{y.name}:scratch", (1, span, x.shape[2], x.shape[3]), "int8", q=y.q)
         n.op = "depthwise_conv2d_inplace"
         n.outputs = (y.id, scratch.id)
     return g

@@ -29,9 +29,10 @@ void tt_paste_s8(const tt_dims *patch_dims, const int8_t *patch, int32_t y0, int
                  int8_t *full);
 
 /** In place: a depthwise conv2d (groups == channels == outputs, filter [C][kh][kw][1]) whose output
- *  [1][Ho][Wo][C] overwrites its input [1][H][W][C] (Ho <= H, Wo <= W).  Per channel c: the output
- *  plane goes to scratch (Ho * Wo bytes), then to the output's channel-c slots.  Results are those of
- *  tt_conv2d_s8 (same sums, tt_requantize_s8); no clamp mask (frozen, forward only). */
+ *  [1][Ho][Wo][C] overwrites its input [1][H][W][C] (Ho <= H, Wo <= W, pad_t < kernel span).  A
+ *  window of the input rows one output row reads lives in scratch ((kh - 1) * dil_h + 1 rows of
+ *  W * C bytes); each output row is tt_conv2d_s8 on that window, so results are tt_conv2d_s8's.
+ *  No clamp mask (frozen, forward only). */
 void tt_depthwise_conv2d_inplace_s8(const tt_conv_params *p, const tt_quant_params *q, const int32_t *mult,
                                     const int32_t *shift, const tt_dims *in_dims, int8_t *x_y,
                                     const tt_dims *filter_dims, const int8_t *w, const int32_t *bias,

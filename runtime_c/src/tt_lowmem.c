@@ -43,35 +43,43 @@ void tt_depthwise_conv2d_inplace_s8(const tt_conv_params *p, const tt_quant_para
                                     const tt_dims *filter_dims, const int8_t *w, const int32_t *bias,
                                     const tt_dims *out_dims, int8_t *scratch)
 {
-    const int32_t h = in_dims->h, wd = in_dims->w, c_n = in_dims->c;
-    const int32_t kh_n = filter_dims->h, kw_n = filter_dims->w;
-    const int32_t oh_n = out_dims->h, ow_n = out_dims->w;
-    int32_t c, oh, ow, kh, kw;
-    for (c = 0; c < c_n; ++c) {
-        const int8_t *wc = w + c * kh_n * kw_n;
-        for (oh = 0; oh < oh_n; ++oh) {
-            for (ow = 0; ow < ow_n; ++ow) {
-                int32_t acc = bias[c];
-                for (kh = 0; kh < kh_n; ++kh) {
-                    const int32_t ih = oh * p->stride_h - p->pad_t + kh * p->dil_h;
-                    if (ih < 0 || ih >= h) {
-                        continue;
-                    }
-                    for (kw = 0; kw < kw_n; ++kw) {
-                        const int32_t iw = ow * p->stride_w - p->pad_l + kw * p->dil_w;
-                        if (iw < 0 || iw >= wd) {
-                            continue;
-                        }
-                        acc += ((int32_t)x_y[((size_t)ih * (size_t)wd + (size_t)iw) * (size_t)c_n + (size_t)c]
-                                - q->in_zp) * (int32_t)wc[kh * kw_n + kw];
-                    }
-                }
-                scratch[oh * ow_n + ow] = tt_requantize_s8(acc, mult[c], shift[c], q->out_zp, q->act_min, q->act_max);
+    /* Output row oh reads input rows [oh * stride - pad_t, + span); they are copied into a window in
+     * scratch (rows kept from the previous output row move down, new rows are appended while they
+     * are still intact), then tt_conv2d_s8 computes the row from the window and writes it over
+     * x_y.  Output row oh overwrites bytes of input rows <= oh only, and every row a later output
+     * row needs is either already in the window or beyond those. */
+    const int32_t h = in_dims->h, c_n = in_dims->c;
+    const size_t row = (size_t)in_dims->w * (size_t)c_n;
+    const size_t out_row = (size_t)out_dims->w * (size_t)c_n;
+    const int32_t span = (filter_dims->h - 1) * p->dil_h + 1;
+    int32_t first = 0, count = 0; /* input rows [first, first + count) are in the window */
+    int32_t oh;
+    for (oh = 0; oh < out_dims->h; ++oh) {
+        const int32_t r0 = oh * p->stride_h - p->pad_t;
+        const int32_t a = r0 < 0 ? 0 : r0;
+        const int32_t b = r0 + span > h ? h : r0 + span;
+        tt_conv_params pr = *p;
+        tt_dims wd = *in_dims, od = *out_dims;
+        if (count > 0 && a > first) { /* drop the rows no longer needed */
+            const int32_t keep = first + count > a ? first + count - a : 0;
+            if (keep > 0) {
+                memmove(scratch, scratch + (size_t)(a - first) * row, (size_t)keep * row);
             }
+            count = keep;
+            first = a;
         }
-        for (oh = 0; oh < oh_n * ow_n; ++oh) {
-            x_y[(size_t)oh * (size_t)c_n + (size_t)c] = scratch[oh];
+        if (count == 0) {
+            first = a;
         }
+        while (first + count < b) { /* append the next rows, not yet overwritten */
+            memcpy(scratch + (size_t)count * row, x_y + (size_t)(first + count) * row, row);
+            ++count;
+        }
+        pr.stride_h = 1;
+        pr.pad_t = a - r0;
+        wd.h = b - a;
+        od.h = 1;
+        tt_conv2d_s8(&pr, q, mult, shift, &wd, scratch, filter_dims, w, bias, &od, x_y + (size_t)oh * out_row, NULL);
     }
 }
 
