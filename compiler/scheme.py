@@ -19,8 +19,8 @@ Presets:
               and the classifier
   tte         a TTE-sized scheme for a small SRAM budget: biases of the last third
               of the layers, the weights of the last two non-depthwise convs whose
-              int8 weights take at most 16 KB (each held whole in SRAM), and the
-              classifier
+              int8 weights take at most 16 KB (16 K parameters, each layer held whole
+              in SRAM; the same layers for a float and an int8 graph), and the classifier
 """
 import json
 from dataclasses import dataclass, field
@@ -130,7 +130,7 @@ def preset(graph, name):
     if name == "tte":
         third = list(range(len(layers) - max(1, len(layers) // 3), len(layers)))
         small = [i for i in range(len(layers) - 1) if not is_depthwise(graph, layers[i])
-                 and graph.t(layers[i].inputs[1]).nbytes <= TTE_WEIGHT_BYTES]
+                 and graph.t(layers[i].inputs[1]).size <= TTE_WEIGHT_BYTES]     # int8: 1 byte a weight
         return from_dict(graph, {"bias": third, "weights": {i: 1.0 for i in small[-2:]}, "classifier": True}, name)
     raise TinytrainError(f"unknown update scheme '{name}' (presets: {', '.join(PRESETS)}, or a .json file)",
                          field="update")

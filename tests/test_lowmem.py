@@ -144,3 +144,16 @@ def test_tte_preset_fits_far_below_the_sparse_preset(mbv2):
     assert state_bytes(tte)[0] < state_bytes(sparse)[0] / 2
     g, plan = memory_plan(tte)
     assert plan.arena_size + state_bytes(tte)[0] < 141 * 1024         # TTE's figure for this network
+
+
+def test_presets_pick_the_same_layers_for_the_float_and_the_int8_graph(gq):
+    """The fp32 baseline and the int8 run of a benchmark must train the same parameters."""
+    from tinytrain.compiler.scheme import preset, weighted_layers
+    gf = tt.load(ROOT / "models" / "mcu_cnn_mnist.onnx")
+    for name in ("full", "bias", "classifier", "sparse", "tte", "last-3"):
+        picked = []
+        for g in (gf, gq):
+            s, layers = preset(g, name), weighted_layers(g)
+            picked.append(([layers.index(n) for n in layers if n.id in s.weights],
+                           sorted(s.weights.values()), [layers.index(n) for n in layers if n.id in s.biases]))
+        assert picked[0] == picked[1], name
