@@ -236,7 +236,7 @@ def measure(art, shape, n):
         raise SystemExit(f"sanity check failed: trained changed {changed}, frozen kept {still}, "
                          f"loss {losses[0]:.4f} -> {losses[-1]:.4f}, CPU time / wall time {cpu:.2f}")
     print(json.dumps({"ms": med, "cpu_ms": cpu_ms, "cpu_per_wall": cpu, "floor": floor, "setup": setup, "peak": peak,
-                      "loss0": losses[0], "loss1": losses[-1], "steps": len(losses)}))
+                      "losses": losses[:3], "steps": len(losses)}))
 
 
 def infer(model, shape, n):
@@ -325,7 +325,7 @@ class Peers:
         import tinytrain as tt
         from tinytrain.compiler.pipeline import compile_graph
         from tinytrain.compiler.reference import to_ir_layout
-        from tinytrain.compiler.scheme import resolve
+        from tinytrain.compiler.scheme import Scheme, resolve
         from tinytrain.host import HostModel
         sys.path.insert(0, str(ROOT / "benchmarks"))
         from torch_baseline import IRModule
@@ -342,11 +342,22 @@ class Peers:
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
         xt, yt = torch.tensor(to_ir_layout(gf, x[:1])), torch.tensor([1])
 
-        def torch_step():
+        def torch_step(model=model, opt=opt):
             opt.zero_grad()
-            F.cross_entropy(model(xt), yt).backward()
+            loss = F.cross_entropy(model(xt), yt)
+            loss.backward()
             opt.step()
+            return loss
         self.torch_step = torch_step
+
+        def first_losses(k):
+            """The losses of the first k steps of a fresh model whose scheme trains whole tensors (input-channel
+            ratios set to 1, as ORT must): a check that ORT trains the same tensors."""
+            sc = resolve(gf, scheme)
+            m = IRModule(gf, Scheme(sc.name, {i: 1.0 for i in sc.weights}, set(sc.biases)))
+            o = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.01)
+            return [float(torch_step(m, o).detach()) for _ in range(k)]
+        self.first_losses = first_losses
 
 
 def main(py, repeat_small, repeat_large, rounds):
@@ -394,7 +405,15 @@ def main(py, repeat_small, repeat_large, rounds):
     add = lines.append
     fmt = (lambda a: "-" if a is None else f"{a:.2f}")
     add("# Peer: onnxruntime-training on the host speed benchmark's models\n")
-    add(f"Command: `python benchmarks/ort_training.py --ort-python {py} > benchmarks/peers_ort.md`  ")
+    args = " ".join(sys.argv[1:]) or f"--ort-python {py}"
+    add(f"Command: `python benchmarks/ort_training.py {args} > benchmarks/peers_ort.md`  ")
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip() or "?"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "compiler", "runtime_c", "tinytrain"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.splitlines()
+    dirty = [line[3:] for line in dirty]
+    add(f"Code: tinytrain at {head}" + (f", with uncommitted changes in {', '.join(dirty)}" if dirty else "")
+        + " (the C step measured here is that tree's).  ")
     add(f"Machine: {platform.machine()} ({os.cpu_count()} cores, 1 thread used). onnxruntime-training "
         f"{v['onnxruntime-training']}, onnx {v['onnx']}, numpy {v['numpy']}, protobuf {v['protobuf']} in its own "
         f"venv (torch {v['torch']} there for artifact generation only); the project's environment runs the C step "
@@ -410,13 +429,24 @@ def main(py, repeat_small, repeat_large, rounds):
     ort_best = {}
     for (label, vname, scheme, *_rest), rs in zip(configs, runs):
         ort_best[(label, vname, scheme)] = min(rs, key=lambda r: r["ms"])
-    for (label, scheme) in peers:
+    checks = []
+    for (label, scheme), (peer, _) in peers.items():
         c = min(r[0] for r in c_runs[(label, scheme)])
         t = min(r[0] for r in t_runs[(label, scheme)])
-        o = (ort_best.get((label, "BN folded", scheme)) or ort_best[(label, "as shipped", scheme)])["ms"]
+        best = ort_best.get((label, "BN folded", scheme)) or ort_best[(label, "as shipped", scheme)]
+        o = best["ms"]
         add(f"| {label} | {scheme} | {c:.2f} | {t:.2f} | {o:.2f} | {o / c:.2f} | {t / c:.2f} | {o / t:.2f} "
             f"| {fmt(c_rows.get((label, scheme), (None,))[0])} |")
+        ref = peer.first_losses(len(best["losses"]))
+        checks.append((label, scheme, ref, best["losses"]))
     add("")
+    add("Same tensors trained? The losses of the first three SGD steps on the sample (ORT / PyTorch eager, float32, "
+        "fresh models; for this check PyTorch trains the scheme's partial weights whole, as ORT does): " + "; ".join(
+            f"{label} {scheme}: " + ", ".join(f"{a:.5f}/{b:.5f}" for a, b in zip(ort_l, ref))
+            for label, scheme, ref, ort_l in checks)
+        + ".  ")
+    diff = max(abs(a - b) / max(abs(b), 1e-6) for _, _, ref, ort_l in checks for a, b in zip(ort_l, ref))
+    add(f"Largest relative difference: {diff:.1e}.\n")
     add("## onnxruntime-training rows\n")
     add("| model | ONNX graph | scheme | ORT trained params | tinytrain updates | ORT step ms | ORT step CPU ms "
         "| rounds' medians ms | ORT inference ms | peak RSS MiB | above floor MiB | steps' working set MiB |")
