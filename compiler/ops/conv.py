@@ -54,7 +54,20 @@ def _depthwise_conv2d_s8(x, w, b, out, mask, sh, sw, pt, pl, dh, dw, in_zp, out_
 
 
 @njit(cache=True)
+def _tap_range(start, dil, k_n, size):
+    """The kernel taps k in [k0, k1) with 0 <= start + k * dil < size."""
+    a, b = 0, k_n
+    while a < b and start + a * dil < 0:
+        a += 1
+    while b > a and start + (b - 1) * dil >= size:
+        b -= 1
+    return a, b
+
+
+@njit(cache=True)
 def _conv2d_s8(x, w, b, out, mask, sh, sw, pt, pl, dh, dw, groups, in_zp, out_zp, mult, shift, act_min, act_max):
+    """Integer sums are exact, so the loop nest is free: per output pixel the valid taps only
+    (no per-tap test), four output channels sharing each input value."""
     n_b, h, wd, c_in = x.shape
     co_n, kh_n, kw_n, cg = w.shape
     oh_n, ow_n = out.shape[1], out.shape[2]
@@ -62,27 +75,53 @@ def _conv2d_s8(x, w, b, out, mask, sh, sw, pt, pl, dh, dw, groups, in_zp, out_zp
     # x - x_zp and w widened once, so the inner loop is a plain int32 dot product
     xs = np.empty((h, wd, c_in), np.int32)
     w32 = w.astype(np.int32)
+    acc = np.empty(co_n, np.int32)
     for n in range(n_b):
         for i in range(h):
             for j in range(wd):
                 for c in range(c_in):
                     xs[i, j, c] = np.int32(x[n, i, j, c]) - np.int32(in_zp)
         for oh in range(oh_n):
+            h0 = oh * sh - pt
+            kh0, kh1 = _tap_range(h0, dh, kh_n, h)
             for ow in range(ow_n):
+                w0 = ow * sw - pl
+                kw0, kw1 = _tap_range(w0, dw, kw_n, wd)
                 for co in range(co_n):
-                    c0 = (co // cog) * cg
-                    acc = np.int32(b[co])
-                    for kh in range(kh_n):
-                        ih = oh * sh - pt + kh * dh
-                        if ih < 0 or ih >= h:
-                            continue
-                        for kw in range(kw_n):
-                            iw = ow * sw - pl + kw * dw
-                            if iw < 0 or iw >= wd:
-                                continue
-                            for ci in range(cg):
-                                acc += xs[ih, iw, c0 + ci] * w32[co, kh, kw, ci]
-                    v = requantize_zp(acc, mult[co], shift[co], out_zp)
+                    acc[co] = b[co]
+                for g in range(groups):
+                    c0 = g * cg
+                    co = g * cog
+                    while co < (g + 1) * cog:
+                        four = co + 4 <= (g + 1) * cog
+                        a0 = acc[co]
+                        a1 = acc[co + 1] if four else np.int32(0)
+                        a2 = acc[co + 2] if four else np.int32(0)
+                        a3 = acc[co + 3] if four else np.int32(0)
+                        for kh in range(kh0, kh1):
+                            ih = h0 + kh * dh
+                            for kw in range(kw0, kw1):
+                                iw = w0 + kw * dw
+                                if four:
+                                    for ci in range(cg):
+                                        xv = xs[ih, iw, c0 + ci]
+                                        a0 += xv * w32[co, kh, kw, ci]
+                                        a1 += xv * w32[co + 1, kh, kw, ci]
+                                        a2 += xv * w32[co + 2, kh, kw, ci]
+                                        a3 += xv * w32[co + 3, kh, kw, ci]
+                                else:
+                                    for ci in range(cg):
+                                        a0 += xs[ih, iw, c0 + ci] * w32[co, kh, kw, ci]
+                        acc[co] = a0
+                        if four:
+                            acc[co + 1] = a1
+                            acc[co + 2] = a2
+                            acc[co + 3] = a3
+                            co += 4
+                        else:
+                            co += 1
+                for co in range(co_n):
+                    v = requantize_zp(acc[co], mult[co], shift[co], out_zp)
                     mask[n, oh, ow, co] = np.uint8(act_min <= v <= act_max)
                     out[n, oh, ow, co] = np.int8(clamp_s32(v, act_min, act_max))
 
@@ -222,27 +261,40 @@ def quantize_weighted(node, graph, k):
 @njit(cache=True)
 def _conv2d_grad_input_f32(dpre, w, w_scale, dx, sh, sw, pt, pl, dh, dw, groups):
     """dx[n, ih, iw, ci] += (dpre[n, oh, ow, co] * s_w[co]) * w[co, kh, kw, ci],
-    scattered in the order n, oh, ow, co, kh, kw, ci."""
+    scattered in the order n, oh, ow, co, kh, kw, ci.
+
+    That order is what each dx element sees: for one output pixel (oh, ow) an element is
+    reached by at most one tap, so it receives its terms in the order (oh, ow), then co
+    ascending.  The loops keep exactly that while running, per output pixel, the valid taps
+    outside and the output channels inside (runtime_c/src/tt_backward.c has the same nest)."""
     n_b, h, wd, _ = dx.shape
     co_n, kh_n, kw_n, cg = w.shape
     cog = co_n // groups
     dx[:] = np.float32(0.0)
+    wf = w.astype(np.float32)
+    d = np.empty(co_n, np.float32)
     for n in range(n_b):
         for oh in range(dpre.shape[1]):
+            h0 = oh * sh - pt
+            kh0, kh1 = _tap_range(h0, dh, kh_n, h)
             for ow in range(dpre.shape[2]):
+                w0 = ow * sw - pl
+                kw0, kw1 = _tap_range(w0, dw, kw_n, wd)
                 for co in range(co_n):
-                    d = dpre[n, oh, ow, co] * w_scale[co]
-                    c0 = (co // cog) * cg
-                    for kh in range(kh_n):
-                        ih = oh * sh - pt + kh * dh
-                        if ih < 0 or ih >= h:
+                    d[co] = dpre[n, oh, ow, co] * w_scale[co]
+                for kh in range(kh0, kh1):
+                    ih = h0 + kh * dh
+                    for kw in range(kw0, kw1):
+                        iw = w0 + kw * dw
+                        if cg == 1 and cog == 1:            # depthwise: channel co is input channel co
+                            for co in range(co_n):
+                                dx[n, ih, iw, co] += d[co] * wf[co, kh, kw, 0]
                             continue
-                        for kw in range(kw_n):
-                            iw = ow * sw - pl + kw * dw
-                            if iw < 0 or iw >= wd:
-                                continue
+                        for co in range(co_n):
+                            c0 = (co // cog) * cg
+                            dco = d[co]
                             for ci in range(cg):
-                                dx[n, ih, iw, c0 + ci] += d * np.float32(w[co, kh, kw, ci])
+                                dx[n, ih, iw, c0 + ci] += dco * wf[co, kh, kw, ci]
 
 
 @njit(cache=True)

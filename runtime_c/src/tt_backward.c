@@ -152,6 +152,70 @@ static void grad_input_depthwise(const tt_conv_params *p, const tt_dims *dpre_di
     }
 }
 
+/* 1x1, one group: an output pixel reaches one input pixel, and an input pixel is reached by at
+ * most one output pixel, so the only order that matters per dx element is the output channels'
+ * (ascending).  Here the output channels run outside, four at a time, with their int8 weights
+ * converted to float once per block of 16 input channels (not once per pixel), the pixels
+ * inside: t = t + d0 w0; t = t + d1 w1; ... in co order, as above. */
+static void grad_input_pointwise(const tt_conv_params *p, const tt_dims *dpre_dims, const float *dpre,
+                                 const tt_dims *filter_dims, const int8_t *w, const float *w_scale,
+                                 const tt_dims *dx_dims, float *dx)
+{
+    const int32_t h = dx_dims->h, wd = dx_dims->w, cg = dx_dims->c;
+    const int32_t co_n = filter_dims->n;
+    const int32_t oh_n = dpre_dims->h, ow_n = dpre_dims->w, dc = dpre_dims->c;
+    float wf[4][16];
+    int32_t co, c0, j, i, n, oh, ow;
+    for (co = 0; co < co_n; co += 4) {
+        const int32_t cnt = co_n - co < 4 ? co_n - co : 4;
+        for (c0 = 0; c0 < cg; c0 += 16) {
+            const int32_t len = cg - c0 < 16 ? cg - c0 : 16;
+            for (j = 0; j < cnt; ++j) {
+                for (i = 0; i < len; ++i) {
+                    wf[j][i] = (float)w[(co + j) * cg + c0 + i];
+                }
+            }
+            for (n = 0; n < dx_dims->n; ++n) {
+                for (oh = 0; oh < oh_n; ++oh) {
+                    const int32_t ih = oh * p->stride_h - p->pad_t;
+                    if (ih < 0 || ih >= h) {
+                        continue;
+                    }
+                    for (ow = 0; ow < ow_n; ++ow) {
+                        const int32_t iw = ow * p->stride_w - p->pad_l;
+                        const float *dp = dpre + ((n * oh_n + oh) * ow_n + ow) * dc + co;
+                        float *TT_RESTRICT xp = dx + ((n * h + ih) * wd + iw) * cg + c0;
+                        if (iw < 0 || iw >= wd) {
+                            continue;
+                        }
+                        if (cnt == 4 && len == 16) { /* constant trip count: vectorized at -O2 */
+                            const float d0 = dp[0] * w_scale[co];
+                            const float d1 = dp[1] * w_scale[co + 1];
+                            const float d2 = dp[2] * w_scale[co + 2];
+                            const float d3 = dp[3] * w_scale[co + 3];
+                            for (i = 0; i < 16; ++i) {
+                                float t = xp[i];
+                                t = t + d0 * wf[0][i];
+                                t = t + d1 * wf[1][i];
+                                t = t + d2 * wf[2][i];
+                                t = t + d3 * wf[3][i];
+                                xp[i] = t;
+                            }
+                        } else {
+                            for (j = 0; j < cnt; ++j) {
+                                const float d = dp[j] * w_scale[co + j];
+                                for (i = 0; i < len; ++i) {
+                                    xp[i] = xp[i] + d * wf[j][i];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 void tt_conv2d_grad_input_f32(const tt_conv_params *p, const tt_dims *dpre_dims, const float *dpre,
                               const tt_dims *filter_dims, const int8_t *w, const float *w_scale,
                               const tt_dims *dx_dims, float *dx)
@@ -165,6 +229,10 @@ void tt_conv2d_grad_input_f32(const tt_conv_params *p, const tt_dims *dpre_dims,
     zero_f32(dx, dims_size(dx_dims));
     if (cg == 1 && cog == 1) {
         grad_input_depthwise(p, dpre_dims, dpre, filter_dims, w, w_scale, dx_dims, dx);
+        return;
+    }
+    if (kh_n == 1 && kw_n == 1 && p->groups == 1) {
+        grad_input_pointwise(p, dpre_dims, dpre, filter_dims, w, w_scale, dx_dims, dx);
         return;
     }
     for (n = 0; n < n_b; ++n) {
