@@ -2,6 +2,7 @@
 transfer tasks, same scheme, same samples, same order, several seeds.
 
     python benchmarks/learning.py > benchmarks/learning.md      (needs torch: pip install torch==2.13.0)
+    python benchmarks/learning.py --only tte                    (just the rows whose name contains "tte")
 
 Task A: the MNIST-pretrained MCU CNN (models/mcu_cnn_mnist.onnx) fine-tuned on
         Fashion-MNIST (models/data/fmnist_train.npz, 1400 images; test 1000).
@@ -84,6 +85,9 @@ def main():
             "int8 + QAS, sparse, no weight headroom": lambda s: int8_run(gq, "sparse", data, cfg, s, headroom=1.0),
             "int8 + QAS, sparse, float32 classifier": lambda s: int8_run(gq, "sparse", data, cfg, s,
                                                                          float_classifier=True),
+            "fp32 fine-tune (torch), tte": lambda s: finetune(gf, resolve(gf, "tte"), x, y, tx, ty, cfg["lr"],
+                                                              cfg["epochs"], s),
+            "int8 + QAS, tte": lambda s: int8_run(gq, "tte", data, cfg, s),
             "int8 + QAS, bias-only": lambda s: int8_run(gq, "bias", data, cfg, s),
             f"int8 + QAS, last-{cfg['k']}": lambda s: int8_run(gq, f"last-{cfg['k']}", data, cfg, s),
             "int8 + QAS, classifier only": lambda s: int8_run(gq, "classifier", data, cfg, s),
@@ -96,7 +100,10 @@ def main():
               f"{100 * res['before']:.1f}%\n")
         print("| configuration | test accuracy % | seconds per run |")
         print("|---|---|---|")
+        only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None
         for col, fn in cols.items():
+            if only is not None and only not in col:
+                continue
             t0 = time.perf_counter()
             accs = [fn(s) for s in SEEDS]
             sec = (time.perf_counter() - t0) / len(SEEDS)
@@ -105,7 +112,8 @@ def main():
             sys.stdout.flush()
         print()
         results[name] = res
-    (Path(__file__).resolve().parent / "learning.json").write_text(json.dumps(results, indent=1))
+    if "--only" not in sys.argv:
+        (Path(__file__).resolve().parent / "learning.json").write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
