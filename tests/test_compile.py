@@ -125,8 +125,15 @@ int main(void) {
 """
 
 
-def test_sanitizers_and_warnings(gq, tmp_path):
-    compile_graph(gq, tmp_path, name="m", update="sparse")
+@pytest.mark.parametrize("update", ["sparse", "classifier", "bias"])
+def test_sanitizers_and_warnings(update, gq, tmp_path):
+    # classifier: a patched prefix (tile crops from the caller's input, pastes, in-place depthwise);
+    # bias: in-place depthwise input gradients
+    tg, _, _ = compile_graph(gq, tmp_path, name="m", update=update)
+    if update == "classifier":
+        assert tg.meta.get("input_external")
+    if update == "bias":
+        assert any(n.op == "depthwise_conv2d_grad_input_inplace" for n in tg.nodes)
     (tmp_path / "main.c").write_text(HARNESS)
     srcs = [str(tmp_path / "m.c"), str(tmp_path / "main.c")] + [str(p) for p in (tmp_path / "runtime" / "src").glob("*.c")]
     exe = tmp_path / "harness"
