@@ -40,8 +40,15 @@ static void zero_f32(float *x, int32_t n)
 /* train.py _mask_grad_f32 */
 void tt_mask_grad_f32(int32_t n, const float *dy, const uint8_t *mask, float *out)
 {
-    int32_t i;
-    for (i = 0; i < n; ++i) {
+    /* a mask byte at a time (eight elements; out may be dy itself: element i is read before it is written) */
+    int32_t i = 0, j;
+    for (; i + 8 <= n; i += 8) {
+        const uint32_t m = mask[i >> 3];
+        for (j = 0; j < 8; ++j) {
+            out[i + j] = ((m >> j) & 1u) != 0u ? dy[i + j] : 0.0f;
+        }
+    }
+    for (; i < n; ++i) {
         out[i] = tt_mask_get(mask, i) != 0 ? dy[i] : 0.0f;
     }
 }
@@ -194,6 +201,19 @@ static void grad_input_pointwise(const tt_conv_params *p, const tt_dims *dpre_di
                             const float d2 = dp[2] * w_scale[co + 2];
                             const float d3 = dp[3] * w_scale[co + 3];
                             for (i = 0; i < 16; ++i) {
+                                float t = xp[i];
+                                t = t + d0 * wf[0][i];
+                                t = t + d1 * wf[1][i];
+                                t = t + d2 * wf[2][i];
+                                t = t + d3 * wf[3][i];
+                                xp[i] = t;
+                            }
+                        } else if (cnt == 4) {
+                            const float d0 = dp[0] * w_scale[co];
+                            const float d1 = dp[1] * w_scale[co + 1];
+                            const float d2 = dp[2] * w_scale[co + 2];
+                            const float d3 = dp[3] * w_scale[co + 3];
+                            for (i = 0; i < len; ++i) {
                                 float t = xp[i];
                                 t = t + d0 * wf[0][i];
                                 t = t + d1 * wf[1][i];

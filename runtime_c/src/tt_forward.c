@@ -88,36 +88,44 @@ static inline int32_t requant_small(int32_t acc, int32_t mult, int32_t shift)
  *  floor((acc * mult + 2^(n-1)) / 2^n) is hi + (bit 31 of the product) for k = 0, else
  *  floor((hi + 2^(k-1)) / 2^k) (2^(n-1) is a multiple of 2^32, so the inner floor changes
  *  nothing); |hi| < 2^30, so no saturation can matter there.  Other shifts: requant_small. */
-TT_NOINLINE static void requant_store(const int32_t *acc, int32_t cnt, const int32_t *mult, const int32_t *shift,
+TT_NOINLINE static void requant_store(int32_t *acc, int32_t cnt, const int32_t *mult, const int32_t *shift,
                                       const tt_quant_params *q, int8_t *out, uint8_t *mask, int32_t i)
 {
-    const int32_t lo = q->act_min, hi = q->act_max, zp = q->out_zp;
-    const uint32_t span = (uint32_t)(hi - lo);
-    for (int32_t j0 = 0; j0 < cnt; j0 += 16) {
-        const int32_t c = (cnt - j0 < 16) ? cnt - j0 : 16;
-        uint32_t bits = 0u;
-        for (int32_t j = j0; j < j0 + c; ++j) {
-            const int32_t sh = shift[j];
-            int32_t v;
-            if (sh < 0) {
-                const int32_t k = -1 - sh; /* n - 32 */
-                const uint64_t u = (uint64_t)((int64_t)acc[j] * (int64_t)mult[j]) + ((uint64_t)1 << 63);
-                const int32_t h = (int32_t)((int64_t)(uint32_t)(u >> 32) - ((int64_t)1 << 31));
-                if (k == 0) {
-                    v = h + (int32_t)(((uint32_t)u) >> 31);
-                } else {
-                    const uint32_t t = (uint32_t)(h + (int32_t)(1u << (k - 1))) + 0x80000000u; /* + 2^31: >= 0 */
-                    v = (int32_t)(t >> k) - (int32_t)(1u << (31 - k));
-                }
+    /* two short loops (few live values: no register spills on a 32-bit core): acc[] is
+     * overwritten with the requantized values plus the zero point, then clamped and stored */
+    const int32_t zp = q->out_zp;
+    for (int32_t j = 0; j < cnt; ++j) {
+        const int32_t sh = shift[j];
+        int32_t v;
+        if (sh < 0) {
+            const int32_t k = -1 - sh; /* n - 32 */
+            const uint64_t u = (uint64_t)((int64_t)acc[j] * (int64_t)mult[j]) + ((uint64_t)1 << 63);
+            const int32_t h = (int32_t)((int64_t)(uint32_t)(u >> 32) - ((int64_t)1 << 31));
+            if (k == 0) {
+                v = h + (int32_t)(((uint32_t)u) >> 31);
             } else {
-                v = requant_small(acc[j], mult[j], sh);
+                const uint32_t t = (uint32_t)(h + (int32_t)(1u << (k - 1))) + 0x80000000u; /* + 2^31: >= 0 */
+                v = (int32_t)(t >> k) - (int32_t)(1u << (31 - k));
             }
-            v += zp;
-            bits |= (uint32_t)((uint32_t)(v - lo) <= span) << (j - j0);
-            out[i + j] = (int8_t)(v < lo ? lo : (v > hi ? hi : v));
+        } else {
+            v = requant_small(acc[j], mult[j], sh);
         }
-        if (mask != NULL) {
-            mask_put_bits(mask, i + j0, bits, c);
+        acc[j] = v + zp;
+    }
+    {
+        const int32_t lo = q->act_min, hi = q->act_max;
+        const uint32_t span = (uint32_t)(hi - lo);
+        for (int32_t j0 = 0; j0 < cnt; j0 += 16) {
+            const int32_t c = (cnt - j0 < 16) ? cnt - j0 : 16;
+            uint32_t bits = 0u;
+            for (int32_t j = 0; j < c; ++j) {
+                const int32_t v = acc[j0 + j];
+                bits |= (uint32_t)((uint32_t)(v - lo) <= span) << j;
+                out[i + j0 + j] = (int8_t)(v < lo ? lo : (v > hi ? hi : v));
+            }
+            if (mask != NULL) {
+                mask_put_bits(mask, i + j0, bits, c);
+            }
         }
     }
 }
