@@ -16,6 +16,7 @@
 #include "tt_arm_dsp.h" /* TT_RESTRICT */
 
 #include <float.h>
+#include <string.h>
 
 #if defined(FLT_EVAL_METHOD) && (FLT_EVAL_METHOD != 0)
 #error "tt_backward.c needs float arithmetic evaluated in float (FLT_EVAL_METHOD == 0)"
@@ -44,9 +45,12 @@ void tt_mask_grad_f32(int32_t n, const float *dy, const uint8_t *mask, float *ou
     int32_t i = 0, j;
     for (; i + 8 <= n; i += 8) {
         const uint32_t m = mask[i >> 3];
+        uint32_t v[8];
+        memcpy(v, dy + i, sizeof v); /* the bits of dy, kept (bit set) or cleared to +0.0f */
         for (j = 0; j < 8; ++j) {
-            out[i + j] = ((m >> j) & 1u) != 0u ? dy[i + j] : 0.0f;
+            v[j] &= 0u - ((m >> j) & 1u);
         }
+        memcpy(out + i, v, sizeof v);
     }
     for (; i < n; ++i) {
         out[i] = tt_mask_get(mask, i) != 0 ? dy[i] : 0.0f;

@@ -257,6 +257,61 @@ TT_NOINLINE static void dw_taps4(const int8_t *TT_RESTRICT xs, int32_t xrow, int
     acc[3] = a3;
 }
 
+#if (defined(__SSE2__) || defined(__ARM_NEON)) && !TT_USE_DSP
+/* Hosts with SIMD: depthwise with the channels as the vector: the weights transposed once per
+ * call into wt[tap][c] (int16), per pixel acc[c] += (x[c] - zp) * wt[tap][c] over the valid taps,
+ * 16 channels at a time.  Exact integer sums: the same results. */
+#define DWS_MAX_W 4096
+#define DWS_MAX_C 256
+static int depthwise_simd_s8(const tt_conv_params *p, const tt_quant_params *q, const int32_t *mult,
+                             const int32_t *shift, const tt_dims *in_dims, const int8_t *in,
+                             const tt_dims *filter_dims, const int8_t *w, const int32_t *bias, const tt_dims *out_dims,
+                             int8_t *out, uint8_t *mask)
+{
+    const int32_t kh_n = filter_dims->h, kw_n = filter_dims->w, c_n = out_dims->c, taps = kh_n * kw_n;
+    int16_t wt[DWS_MAX_W];
+    int32_t acc[DWS_MAX_C];
+    if (c_n % 16 != 0 || c_n > DWS_MAX_C || taps * c_n > DWS_MAX_W) {
+        return 0;
+    }
+    for (int32_t c = 0; c < c_n; ++c) {
+        for (int32_t t = 0; t < taps; ++t) {
+            wt[t * c_n + c] = (int16_t)w[c * taps + t];
+        }
+    }
+    for (int32_t n = 0; n < out_dims->n; ++n) {
+        for (int32_t oh = 0; oh < out_dims->h; ++oh) {
+            const int32_t h0 = oh * p->stride_h - p->pad_t;
+            int32_t kh0, kh1;
+            tap_range(h0, p->dil_h, kh_n, in_dims->h, &kh0, &kh1);
+            for (int32_t ow = 0; ow < out_dims->w; ++ow) {
+                const int32_t w0 = ow * p->stride_w - p->pad_l;
+                int32_t kw0, kw1;
+                tap_range(w0, p->dil_w, kw_n, in_dims->w, &kw0, &kw1);
+                for (int32_t c = 0; c < c_n; ++c) {
+                    acc[c] = bias[c];
+                }
+                for (int32_t kh = kh0; kh < kh1; ++kh) {
+                    for (int32_t kw = kw0; kw < kw1; ++kw) {
+                        const int8_t *TT_RESTRICT xs = in + nhwc(in_dims, n, h0 + kh * p->dil_h, w0 + kw * p->dil_w, 0);
+                        const int16_t *TT_RESTRICT wk = wt + (kh * kw_n + kw) * c_n;
+                        const int16_t z = (int16_t)q->in_zp;
+                        for (int32_t c0 = 0; c0 < c_n; c0 += 16) {
+                            int32_t *TT_RESTRICT a = acc + c0;
+                            for (int32_t j = 0; j < 16; ++j) {
+                                a[j] += (int32_t)(int16_t)((int16_t)xs[c0 + j] - z) * (int32_t)wk[c0 + j];
+                            }
+                        }
+                    }
+                }
+                requant_store(acc, c_n, mult, shift, q, out, mask, nhwc(out_dims, n, oh, ow, 0));
+            }
+        }
+    }
+    return 1;
+}
+#endif
+
 /* Depthwise (one input and one output channel per group): per output pixel, four channels at a
  * time keep their accumulators in registers over the valid taps (the four inputs of a tap are
  * adjacent bytes), then one channel at a time for the rest. */
@@ -267,6 +322,11 @@ static void depthwise_s8(const tt_conv_params *p, const tt_quant_params *q, cons
     const int32_t kh_n = filter_dims->h, kw_n = filter_dims->w, c_n = out_dims->c, taps = kh_n * kw_n;
     const int32_t zp = q->in_zp;
     const int32_t xstep = p->dil_w * in_dims->c;
+#if (defined(__SSE2__) || defined(__ARM_NEON)) && !TT_USE_DSP
+    if (depthwise_simd_s8(p, q, mult, shift, in_dims, in, filter_dims, w, bias, out_dims, out, mask)) {
+        return;
+    }
+#endif
     for (int32_t n = 0; n < out_dims->n; ++n) {
         for (int32_t oh = 0; oh < out_dims->h; ++oh) {
             const int32_t h0 = oh * p->stride_h - p->pad_t;
@@ -312,6 +372,65 @@ static void depthwise_s8(const tt_conv_params *p, const tt_quant_params *q, cons
     }
 }
 
+#if (defined(__SSE2__) || defined(__ARM_NEON)) && !TT_USE_DSP
+/* Hosts with SIMD: a convolution with few inputs per output (K = KH*KW*Cin < 16, e.g. an RGB stem
+ * or a pointwise expansion of 8 channels) leaves the dot products too short to vectorize, so here
+ * the output channels are the vector: the weights transposed once per call into wt[k][co]
+ * (int16), and per pixel acc[co] += (x[k] - zp) * wt[k][co] over the valid taps, 16 channels at a
+ * time (constant trip count).  Exact integer sums: the same results. */
+#define SK_MAX_W 1024
+#define SK_MAX_CO 64
+static int small_k_s8(const tt_conv_params *p, const tt_quant_params *q, const int32_t *mult, const int32_t *shift,
+                      const tt_dims *in_dims, const int8_t *in, const tt_dims *filter_dims, const int8_t *w,
+                      const int32_t *bias, const tt_dims *out_dims, int8_t *out, uint8_t *mask)
+{
+    const int32_t kh_n = filter_dims->h, kw_n = filter_dims->w, cg = filter_dims->c, co_n = filter_dims->n;
+    const int32_t k_n = kh_n * kw_n * cg;
+    int16_t wt[SK_MAX_W];
+    int32_t acc[SK_MAX_CO];
+    if (p->groups != 1 || cg >= 16 || co_n % 16 != 0 || co_n > SK_MAX_CO || k_n * co_n > SK_MAX_W) {
+        return 0;
+    }
+    for (int32_t co = 0; co < co_n; ++co) {
+        for (int32_t k = 0; k < k_n; ++k) {
+            wt[k * co_n + co] = (int16_t)w[co * k_n + k];
+        }
+    }
+    for (int32_t n = 0; n < out_dims->n; ++n) {
+        for (int32_t oh = 0; oh < out_dims->h; ++oh) {
+            const int32_t h0 = oh * p->stride_h - p->pad_t;
+            int32_t kh0, kh1;
+            tap_range(h0, p->dil_h, kh_n, in_dims->h, &kh0, &kh1);
+            for (int32_t ow = 0; ow < out_dims->w; ++ow) {
+                const int32_t w0 = ow * p->stride_w - p->pad_l;
+                int32_t kw0, kw1;
+                tap_range(w0, p->dil_w, kw_n, in_dims->w, &kw0, &kw1);
+                for (int32_t co = 0; co < co_n; ++co) {
+                    acc[co] = bias[co];
+                }
+                for (int32_t kh = kh0; kh < kh1; ++kh) {
+                    for (int32_t kw = kw0; kw < kw1; ++kw) {
+                        const int8_t *xs = in + nhwc(in_dims, n, h0 + kh * p->dil_h, w0 + kw * p->dil_w, 0);
+                        for (int32_t ci = 0; ci < cg; ++ci) {
+                            const int16_t xv = (int16_t)((int16_t)xs[ci] - (int16_t)q->in_zp);
+                            const int16_t *TT_RESTRICT wk = wt + ((kh * kw_n + kw) * cg + ci) * co_n;
+                            for (int32_t c0 = 0; c0 < co_n; c0 += 16) {
+                                int32_t *TT_RESTRICT a = acc + c0;
+                                for (int32_t j = 0; j < 16; ++j) {
+                                    a[j] += (int32_t)xv * (int32_t)wk[c0 + j];
+                                }
+                            }
+                        }
+                    }
+                }
+                requant_store(acc, co_n, mult, shift, q, out, mask, nhwc(out_dims, n, oh, ow, 0));
+            }
+        }
+    }
+    return 1;
+}
+#endif
+
 /* Any other convolution (pointwise, full, grouped): per output pixel and group, TT_COB output
  * channels at a time share every input load (dot4_s8 over the cg contiguous input channels of each
  * valid tap), then one channel at a time for the rest. */
@@ -328,6 +447,11 @@ void tt_conv2d_s8(const tt_conv_params *p, const tt_quant_params *q, const int32
         depthwise_s8(p, q, mult, shift, in_dims, in, filter_dims, w, bias, out_dims, out, mask);
         return;
     }
+#if (defined(__SSE2__) || defined(__ARM_NEON)) && !TT_USE_DSP
+    if (small_k_s8(p, q, mult, shift, in_dims, in, filter_dims, w, bias, out_dims, out, mask)) {
+        return;
+    }
+#endif
     for (int32_t n = 0; n < out_dims->n; ++n) {
         for (int32_t oh = 0; oh < out_dims->h; ++oh) {
             const int32_t h0 = oh * p->stride_h - p->pad_t;
