@@ -138,6 +138,20 @@ static void grad_input_depthwise(const tt_conv_params *p, const tt_dims *dpre_di
     const int32_t kh_n = filter_dims->h, kw_n = filter_dims->w, taps = kh_n * kw_n;
     const int32_t oh_n = dpre_dims->h, ow_n = dpre_dims->w, dc = dpre_dims->c;
     int32_t n, oh, ow, kh, kw, c;
+#if defined(__SSE2__) || defined(__ARM_NEON)
+    /* SIMD hosts: the weights as float in [tap][channel] order (the same exact values as
+     * (float)w), so that the channel loop is contiguous and vectorizes; the same operations */
+    float wt[4096];
+    const int32_t transposed = taps * c_n <= 4096 && c_n % 16 == 0;
+    if (transposed) {
+        for (c = 0; c < c_n; ++c) {
+            int32_t t;
+            for (t = 0; t < taps; ++t) {
+                wt[t * c_n + c] = (float)w[c * taps + t];
+            }
+        }
+    }
+#endif
     for (n = 0; n < dx_dims->n; ++n) {
         for (oh = 0; oh < oh_n; ++oh) {
             const int32_t h0 = oh * p->stride_h - p->pad_t;
@@ -152,6 +166,22 @@ static void grad_input_depthwise(const tt_conv_params *p, const tt_dims *dpre_di
                     for (kw = kw0; kw < kw1; ++kw) {
                         float *TT_RESTRICT xp = dx + ((n * h + h0 + kh * p->dil_h) * wd + w0 + kw * p->dil_w) * c_n;
                         const int8_t *TT_RESTRICT wp = w + kh * kw_n + kw;
+#if defined(__SSE2__) || defined(__ARM_NEON)
+                        if (transposed) {
+                            const float *TT_RESTRICT wk = wt + (kh * kw_n + kw) * c_n;
+                            const float *TT_RESTRICT dr = dp;
+                            const float *TT_RESTRICT sr = w_scale;
+                            int32_t c0, j;
+                            for (c0 = 0; c0 < c_n; c0 += 16) {
+                                float *TT_RESTRICT xb = xp + c0;
+                                for (j = 0; j < 16; ++j) {
+                                    const float d = dr[c0 + j] * sr[c0 + j];
+                                    xb[j] = xb[j] + d * wk[c0 + j];
+                                }
+                            }
+                            continue;
+                        }
+#endif
                         for (c = 0; c < c_n; ++c) {
                             const float d = dp[c] * w_scale[c];
                             xp[c] = xp[c] + d * (float)wp[c * taps];
@@ -287,14 +317,15 @@ void tt_conv2d_grad_input_f32(const tt_conv_params *p, const tt_dims *dpre_dims,
                                 const int8_t *TT_RESTRICT w3p = w0p + 3 * w_stride;
                                 ci = 0;
                                 for (; ci + 16 <= cg; ci += 16) { /* constant trip count: vectorized at -O2 */
+                                    float *TT_RESTRICT xb = xp + ci;
                                     int32_t j;
-                                    for (j = ci; j < ci + 16; ++j) {
-                                        float t = xp[j];
-                                        t = t + d0 * (float)w0p[j];
-                                        t = t + d1 * (float)w1p[j];
-                                        t = t + d2 * (float)w2p[j];
-                                        t = t + d3 * (float)w3p[j];
-                                        xp[j] = t;
+                                    for (j = 0; j < 16; ++j) {
+                                        float t = xb[j];
+                                        t = t + d0 * (float)w0p[ci + j];
+                                        t = t + d1 * (float)w1p[ci + j];
+                                        t = t + d2 * (float)w2p[ci + j];
+                                        t = t + d3 * (float)w3p[ci + j];
+                                        xb[j] = t;
                                     }
                                 }
                                 for (; ci < cg; ++ci) {
