@@ -300,28 +300,57 @@ def _conv2d_grad_input_f32(dpre, w, w_scale, dx, sh, sw, pt, pl, dh, dw, groups)
 @njit(cache=True)
 def _conv2d_grad_weight_f32(dpre, x, x_zp, x_scale, dwt, sh, sw, pt, pl, dh, dw, groups, co_n):
     """dwt[co, kh, kw, ci] = s_x * sum_{n, oh, ow} dpre[n, oh, ow, co] * (x - x_zp),
-    for the first co_n output and dwt.shape[3] input channels (sparse update)."""
+    for the first co_n output and dwt.shape[3] input channels (sparse update).
+
+    Each element: 0, then += over the valid (n, oh, ow) in that order, then * s_x.  The loops
+    run the positions outside and the channels inside (independent accumulators, the same
+    sequence per element; runtime_c/src/tt_backward.c has the same nests)."""
     n_b, h, wd, _ = x.shape
     _, kh_n, kw_n, ci_n = dwt.shape
     cog = dpre.shape[3] // groups
     cg = x.shape[3] // groups
+    oh_n, ow_n = dpre.shape[1], dpre.shape[2]
+    xs = np.float32(0.0)
+    if cg == 1 and cog == 1 and ci_n == 1:          # depthwise: channel co of x, channels innermost
+        acc = np.empty(co_n, np.float32)
+        for kh in range(kh_n):
+            for kw in range(kw_n):
+                acc[:] = np.float32(0.0)
+                for n in range(n_b):
+                    for oh in range(oh_n):
+                        ih = oh * sh - pt + kh * dh
+                        if ih < 0 or ih >= h:
+                            continue
+                        for ow in range(ow_n):
+                            iw = ow * sw - pl + kw * dw
+                            if iw < 0 or iw >= wd:
+                                continue
+                            for co in range(co_n):
+                                xs = np.float32(np.int32(x[n, ih, iw, co]) - np.int32(x_zp))
+                                acc[co] += dpre[n, oh, ow, co] * xs
+                for co in range(co_n):
+                    dwt[co, kh, kw, 0] = acc[co] * x_scale
+        return
+    acc = np.empty(ci_n, np.float32)
     for co in range(co_n):
         c0 = (co // cog) * cg
         for kh in range(kh_n):
             for kw in range(kw_n):
-                for ci in range(ci_n):
-                    acc = np.float32(0.0)
-                    for n in range(n_b):
-                        for oh in range(dpre.shape[1]):
-                            ih = oh * sh - pt + kh * dh
-                            if ih < 0 or ih >= h:
+                acc[:] = np.float32(0.0)
+                for n in range(n_b):
+                    for oh in range(oh_n):
+                        ih = oh * sh - pt + kh * dh
+                        if ih < 0 or ih >= h:
+                            continue
+                        for ow in range(ow_n):
+                            iw = ow * sw - pl + kw * dw
+                            if iw < 0 or iw >= wd:
                                 continue
-                            for ow in range(dpre.shape[2]):
-                                iw = ow * sw - pl + kw * dw
-                                if iw < 0 or iw >= wd:
-                                    continue
-                                acc += dpre[n, oh, ow, co] * np.float32(np.int32(x[n, ih, iw, c0 + ci]) - np.int32(x_zp))
-                    dwt[co, kh, kw, ci] = acc * x_scale
+                            d = dpre[n, oh, ow, co]
+                            for ci in range(ci_n):
+                                acc[ci] += d * np.float32(np.int32(x[n, ih, iw, c0 + ci]) - np.int32(x_zp))
+                for ci in range(ci_n):
+                    dwt[co, kh, kw, ci] = acc[ci] * x_scale
 
 
 @njit(cache=True)
