@@ -114,7 +114,8 @@ def boards_main():
     from tinytrain.qemu import compare_with_simulator
     print("## Kernel speed on the boards (instructions per training step)\n")
     print("Command: `python benchmarks/speed.py --boards` (QEMU 7.2 `-icount shift=0`, arm-none-eabi-gcc 12.2 -O2; "
-          "median of steps 2..4 of 4, Fashion-MNIST samples; \"before\" is the runtime of commit "
+          "median of steps 2..4 of 4; Fashion-MNIST samples for the MCU CNN, one random image for MobileNetV2; "
+          "\"before\" is the runtime of commit "
           f"{BEFORE}, built from the same compiled model).\n")
     print("| model | update | board | before | now, -DTT_NO_DSP | now, DSP (SXTB16/SMLAD) | forward MACs | "
           "DSP instr / MAC (whole step) | bit-exact (DSP vs no DSP vs simulator) |")
