@@ -3,10 +3,13 @@
  * @brief tinytrain's portable C99 kernels: the int8 forward, the float32
  *        backward, the in-place SGD updates.
  *
- * Every kernel mirrors a numba kernel of the simulator (compiler/ops, one .py per op family,
- * named in each comment) loop nest by loop nest, so that integer results are
- * identical and float results are identical bit for bit (same operations in
- * the same order; build with -ffp-contract=off, never -ffast-math).
+ * Every kernel computes what a numba kernel of the simulator computes (compiler/ops, one .py
+ * per op family, named in each comment): integer results are identical (integer sums are
+ * exact, so their order is free and the C loop nests are chosen for speed), float results
+ * are identical bit for bit: every float element sees the same operations in the same order
+ * (loops over independent elements may be reordered, a sum never is; build with
+ * -ffp-contract=off, never -ffast-math).  tt_arm_dsp.h holds the Cortex-M DSP forms of the
+ * int8 dot products (-DTT_NO_DSP turns them off; same results).
  *
  * Conventions
  * - Layout NHWC for activations; conv weights [Cout][KH][KW][Cin/groups];

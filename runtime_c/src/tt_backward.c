@@ -2,10 +2,12 @@
  * @file tt_backward.c
  * @brief The float32 backward kernels of tt_kernels.h.
  *
- * Each function mirrors the numba kernel named in its comment loop nest by
- * loop nest: the same float32 operations in the same order, one rounding per
+ * Each function gives every output element the same float32 operations in the
+ * same order as the numba kernel named in its comment, one rounding per
  * operation (build with -ffp-contract=off, never -ffast-math), so the results
- * are identical bit for bit.  `a += b * c` in numba is written
+ * are identical bit for bit.  Loops over independent elements may run in another
+ * order than numba's (for speed: channels innermost, several terms per pass);
+ * each kernel's comment says why its per-element order is unchanged.  `a += b * c` in numba is written
  * `a = a + b * c` here: a separate multiply and add.  Integer operands are
  * converted to float exactly (|x - zp| <= 255, |w| <= 127).
  *

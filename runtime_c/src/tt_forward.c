@@ -3,12 +3,13 @@
  * @brief The int8 forward kernels of tt_kernels.h (plus the float classifier and
  *        the host input quantization).
  *
- * Each kernel mirrors the numba kernel named in its comment (compiler/ops/...):
- * same loops, same integer operations, same rounding (tt_fixedpoint.h), so the
- * outputs are identical; tests/test_c_forward.py checks outputs and masks.
- * Integer sums are exact (see the bounds), so the order of the taps does not
- * matter; float code keeps the numba order, one operation per statement
- * (build with -ffp-contract=off).
+ * Each kernel computes what the numba kernel named in its comment computes
+ * (compiler/ops/...): the same integer values, the same rounding (tt_fixedpoint.h),
+ * so the outputs are identical; tests/test_c_forward.py checks outputs and masks.
+ * Integer sums are exact (see the bounds), so the order of the taps and channels is
+ * free: the loop nests here are blocked for speed (four output channels per input
+ * load, valid tap ranges, SIMD-friendly blocks; tt_arm_dsp.h on Cortex-M).  Float
+ * code keeps the numba order, one operation per statement (-ffp-contract=off).
  *
  * Indexing: element (n, h, w, c) of an NHWC tensor with dims d is at
  * ((n * d.h + h) * d.w + w) * d.c + c; a clamp mask has one bit per output
