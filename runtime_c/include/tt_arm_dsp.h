@@ -107,30 +107,34 @@ static inline int32_t tt_dsp_smlatb(uint32_t a, uint32_t b, int32_t acc)
 TT_NOINLINE static void tt_dsp_dot4_s8(const int8_t *TT_RESTRICT x, int32_t zp, const int8_t *TT_RESTRICT w,
                                   int32_t w_stride, int32_t n, int32_t *TT_RESTRICT acc)
 {
-    const int8_t *w0 = w;
-    const int8_t *w1 = w + w_stride;
-    const int8_t *w2 = w + 2 * w_stride;
-    const int8_t *w3 = w + 3 * w_stride;
     const uint32_t nzp = ((uint32_t)(-zp) & 0xFFFFu) * 0x00010001u; /* -zp in both halfwords */
+    const int32_t s2 = 2 * w_stride;
     int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
     int32_t i = 0;
+    /* one moving weight pointer, the other rows at +stride, +2 stride, +3 stride: fewer live
+     * registers than four pointers (no spills in the loop) */
     for (; i + 4 <= n; i += 4) {
+        const int8_t *wi = w + i;
         const uint32_t xw = tt_dsp_load4(x + i);
         const uint32_t xe = tt_dsp_sadd16(tt_dsp_sxtb16(xw), nzp);      /* x0 - zp, x2 - zp */
         const uint32_t xo = tt_dsp_sadd16(tt_dsp_sxtb16_ror8(xw), nzp); /* x1 - zp, x3 - zp */
-        uint32_t ww = tt_dsp_load4(w0 + i);
+        uint32_t ww = tt_dsp_load4(wi);
         a0 = tt_dsp_smlad(xe, tt_dsp_sxtb16(ww), a0);
         a0 = tt_dsp_smlad(xo, tt_dsp_sxtb16_ror8(ww), a0);
-        ww = tt_dsp_load4(w1 + i);
+        ww = tt_dsp_load4(wi + w_stride);
         a1 = tt_dsp_smlad(xe, tt_dsp_sxtb16(ww), a1);
         a1 = tt_dsp_smlad(xo, tt_dsp_sxtb16_ror8(ww), a1);
-        ww = tt_dsp_load4(w2 + i);
+        ww = tt_dsp_load4(wi + s2);
         a2 = tt_dsp_smlad(xe, tt_dsp_sxtb16(ww), a2);
         a2 = tt_dsp_smlad(xo, tt_dsp_sxtb16_ror8(ww), a2);
-        ww = tt_dsp_load4(w3 + i);
+        ww = tt_dsp_load4(wi + s2 + w_stride);
         a3 = tt_dsp_smlad(xe, tt_dsp_sxtb16(ww), a3);
         a3 = tt_dsp_smlad(xo, tt_dsp_sxtb16_ror8(ww), a3);
     }
+    const int8_t *w0 = w;
+    const int8_t *w1 = w + w_stride;
+    const int8_t *w2 = w + s2;
+    const int8_t *w3 = w + s2 + w_stride;
     for (; i < n; ++i) {
         const int32_t xv = (int32_t)x[i] - zp;
         a0 += xv * (int32_t)w0[i];
