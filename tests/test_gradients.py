@@ -29,6 +29,10 @@ from tinytrain.compiler.passes.prune import saved_tensors  # noqa: E402
 # weight_headroom=1.0 everywhere: these tests compare the gradients of graphs with different trained
 # layers, which must share one forward (the headroom rescales exactly the trained layers)
 from tinytrain.compiler.pipeline import load, quantize_graph, training_graph  # noqa: E402
+
+# the autodiff + prune graph as it is: one gradient per parameter (chunk_grads, which splits big
+# weight gradients into row slices with identical results, is tested in test_compile/test_lowmem)
+WHOLE = 1 << 30
 from tinytrain.compiler.scheme import is_depthwise, resolve, weighted_layers  # noqa: E402
 from tinytrain.data import load_dataset  # noqa: E402
 from tinytrain.sim.simulator import Simulator  # noqa: E402
@@ -197,13 +201,13 @@ def test_op_case_gradients_match_torch(case, built_cases):
         passthrough = all(n.op in ("clamp", "add") for n in gq.consumers(gq.inputs[0]))
         assert passthrough, "the graph input has an input-gradient op but no d_<input> tensor"
     if layers:
-        tg = training_graph(gq, "full", weight_headroom=1.0)
+        tg = training_graph(gq, "full", weight_headroom=1.0, chunk_bytes=WHOLE)
         trained = {n.inputs[0] for n in tg.nodes if n.op == "sgd_update"}
         assert trained == {i for n in layers for i in n.inputs[1:]}
     else:
         tg = None
         with pytest.raises(TinytrainError, match="no conv or linear layer"):
-            training_graph(gq, "full", weight_headroom=1.0)
+            training_graph(gq, "full", weight_headroom=1.0, chunk_bytes=WHOLE)
     full_trainer = BackpropTrainer(ag)
     trainer = BackpropTrainer(tg) if tg is not None else None
     for s, (x, label) in enumerate(samples_for(gq, test)):
@@ -233,10 +237,10 @@ def test_sparse_weight_gradient_is_first_channels_of_full(case, built_cases):
         spec["classifier"] = True          # (with one layer it would override the 0.5)
     if not layers:
         with pytest.raises(TinytrainError):
-            training_graph(gq, spec, weight_headroom=1.0)
+            training_graph(gq, spec, weight_headroom=1.0, chunk_bytes=WHOLE)
         return
-    tg = training_graph(gq, spec, weight_headroom=1.0)
-    full = training_graph(gq, "full", weight_headroom=1.0)
+    tg = training_graph(gq, spec, weight_headroom=1.0, chunk_bytes=WHOLE)
+    full = training_graph(gq, "full", weight_headroom=1.0, chunk_bytes=WHOLE)
     ups = [n for n in tg.nodes if n.op == "sgd_update"]
     assert len(ups) == (3 if len(layers) > 1 else 1)
     (w_up,) = [n for n in ups if n.attrs["param_of"] == layers[0].id and n.attrs["role"] == "weight"]
@@ -296,7 +300,7 @@ def mnist_gq():
 
 def test_mcu_cnn_full_gradients_match_torch(mnist_gq):
     gq, x, y = mnist_gq
-    tg = training_graph(gq, "full", weight_headroom=1.0)
+    tg = training_graph(gq, "full", weight_headroom=1.0, chunk_bytes=WHOLE)
     layers = weighted_layers(gq)
     trainer = BackpropTrainer(tg)
     # the true label (small loss, small gradients) and a wrong one (large gradients)
@@ -309,7 +313,7 @@ def test_mcu_cnn_full_gradients_match_torch(mnist_gq):
 
 def test_mcu_cnn_sparse_preset_gradients_are_slices_of_full(mnist_gq):
     gq, x, y = mnist_gq
-    full, sparse = training_graph(gq, "full", weight_headroom=1.0), training_graph(gq, "sparse", weight_headroom=1.0)
+    full, sparse = training_graph(gq, "full", weight_headroom=1.0, chunk_bytes=WHOLE), training_graph(gq, "sparse", weight_headroom=1.0, chunk_bytes=WHOLE)
     scheme = resolve(gq, "sparse")
     by_id = {n.id: n for n in gq.nodes}
     narrowed = 0
@@ -361,7 +365,7 @@ def test_softmax_xent_matches_finite_differences(tiny_fc):
     """dlogits and the loss of softmax_xent against float64 cross-entropy of the
     dequantized logits, differentiated by central differences."""
     gq, test = tiny_fc
-    tg = training_graph(gq, "full", weight_headroom=1.0)
+    tg = training_graph(gq, "full", weight_headroom=1.0, chunk_bytes=WHOLE)
     (sx,) = [n for n in tg.nodes if n.op == "softmax_xent"]
     trainer = BackpropTrainer(tg)
     for s in range(6):
@@ -384,7 +388,7 @@ def test_fc_parameter_gradients_match_finite_differences(tiny_fc):
     checks the mask gate, fully_connected_grad_input and both weight/bias rules
     without torch."""
     gq, test = tiny_fc
-    tg = training_graph(gq, "full", weight_headroom=1.0)
+    tg = training_graph(gq, "full", weight_headroom=1.0, chunk_bytes=WHOLE)
     fc1, fc2 = weighted_layers(tg)
     t = tg.t
     p0 = {i: dequant(t(i), t(i).data) for n in (fc1, fc2) for i in n.inputs[1:]}
@@ -431,7 +435,7 @@ def mnist_schemes(mnist_gq, tmp_path_factory):
     out = {}
     for name in PRESETS:
         update = str(path) if name == "json" else name
-        out[name] = (resolve(gq, update), training_graph(gq, update, weight_headroom=1.0))
+        out[name] = (resolve(gq, update), training_graph(gq, update, weight_headroom=1.0, chunk_bytes=WHOLE))
     return out
 
 
@@ -487,8 +491,9 @@ def test_mcu_cnn_pruned_graph_structure(name, mnist_gq, mnist_schemes):
     assert all(layers.index(by_id[i]) > lowest for i in gi)
     if name == "classifier":
         assert not any(n.op.startswith("conv2d") for n in backward)
-        assert [n.op for n in backward if n.op != "softmax_xent"] == [          # (the logits are not gated)
-            "fully_connected_grad_weight", "sgd_update", "bias_grad", "sgd_update"]
+        # (the logits are not gated; the bias gradient comes first, its update after the weight's)
+        assert [n.op for n in backward if n.op != "softmax_xent"] == [
+            "bias_grad", "fully_connected_grad_weight", "sgd_update", "sgd_update"]
 
     # the other backward ops: one per needed input gradient of a downstream node, and a
     # grad_add for every extra reader of a tensor whose gradient is needed
