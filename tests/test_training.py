@@ -125,12 +125,16 @@ def test_float_classifier_trains_float_weights(gq, fmnist):
     assert w.dtype == "float32" and not np.array_equal(before, w.data)
 
 
-def test_cli_train_saves_a_model_that_reloads(tmp_path, capsys, fmnist):
+@pytest.mark.parametrize("update,backend", [("last-2", "sim"), ("sparse", "c"), ("classifier", "c")])
+def test_cli_train_saves_a_model_that_reloads(update, backend, tmp_path, capsys, fmnist):
+    """Also through the C build, whose graph is patched (classifier) or has in-place kernels
+    (sparse): the saved model is the plain graph with the trained weights."""
     rc = main(["train", str(MODEL), "--data", str(D / "fmnist_train.npz"), "--test", str(D / "fmnist_test.npz"),
-               "--update", "last-2", "--epochs", "1", "--max-samples", "100", "--quiet", "-o", str(tmp_path)])
+               "--update", update, "--epochs", "1", "--max-samples", "100", "--quiet", "--backend", backend,
+               "-o", str(tmp_path)])
     assert rc == 0
     rep = json.loads((tmp_path / "train_report.json").read_text())
-    assert rep["scheme"] == "last-2" and len(rep["history"]) == 1
+    assert rep["scheme"] == update and len(rep["history"]) == 1
     g = tt.load(rep["trained_model"])
     acc = float(np.mean(tt.Simulator(g).predict(fmnist[2]) == fmnist[3]))
     assert acc == pytest.approx(rep["history"][-1]["test_accuracy"])

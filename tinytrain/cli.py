@@ -159,6 +159,15 @@ def cmd_train(args):
     out.mkdir(parents=True, exist_ok=True)
     if args.backend == "c":
         trainer.sync_to_graph()               # the C state blob -> the graph's weights
+        if args.trainer == "backprop":
+            # the compiled graph carries memory rewrites (tiles, in-place kernels): save the plain
+            # graph, with the trained parameters carried over by name
+            plain = training_graph(g, scheme, qas=not args.no_qas, float_classifier=args.float_classifier,
+                                   weight_headroom=args.weight_headroom)
+            trained = {tg.t(t).name: tg.t(t) for t in tg.meta["training"]["trainable"]}
+            for t in plain.meta["training"]["trainable"]:
+                plain.t(t).data[...] = trained[plain.t(t).name].data
+            tg = plain
     path = save(strip_training(tg), out / (Path(args.model).name.split(".")[0] + ".trained.tt.npz"))
     report["trained_model"] = str(path)
     (out / "train_report.json").write_text(json.dumps(report, indent=1))
