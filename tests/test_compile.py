@@ -236,6 +236,32 @@ def test_compile_cli_budget(tmp_path, capsys):
     assert main(["compile", model, "--calib", calib, "--sram", "lots", "-o", str(tmp_path / "x")]) == 2
 
 
+def test_compile_chooses_the_scheme_under_the_budget(tmp_path, capsys):
+    """--update auto: the preset with the most trainable parameters whose plan fits --sram."""
+    import json
+    model = str(ROOT / "models" / "mcu_cnn_mnist.onnx")
+    calib = str(D / "mnist_calib.npz")
+    chosen = {}
+    for budget in ("256k", "48k"):
+        out = tmp_path / budget
+        assert main(["compile", model, "--calib", calib, "--update", "auto", "--sram", budget, "--package", "none",
+                     "-o", str(out)]) == 0
+        rep = json.loads((out / "report.json").read_text())
+        limit = int(budget[:-1]) * 1024
+        assert rep["summary"]["sram_total_bytes"] <= limit
+        line = next(li for li in capsys.readouterr().out.splitlines() if li.startswith("update: "))
+        chosen[budget] = line.split()[1]
+    assert chosen["256k"] != chosen["48k"]
+    # the smaller budget's choice trains fewer parameters, and 256k's choice would not fit in 48k
+    assert main(["compile", model, "--calib", calib, "--update", chosen["256k"], "--sram", "48k", "--package", "none",
+                 "-o", str(tmp_path / "no")]) == 2
+    capsys.readouterr()
+    assert main(["compile", model, "--calib", calib, "--update", "auto", "--sram", "8k", "-o", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no update scheme fits" in err[0]
+    assert main(["compile", model, "--calib", calib, "--update", "auto", "-o", str(tmp_path / "u")]) == 2
+
+
 def test_learned_state_saves_and_restores_through_flash(gq, fmnist, tmp_path):
     """<name>_save / <name>_load: the trained state goes to (simulated) flash and comes back,
     after a factory reset, bit for bit; a save cut short keeps the previous state."""

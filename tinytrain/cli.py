@@ -177,6 +177,37 @@ def cmd_train(args):
     return 0
 
 
+AUTO_SCHEMES = ("full", "last-8", "sparse", "last-4", "tte", "last-2", "bias", "classifier")
+
+
+def _choose_scheme(g, args, sram, kw):
+    """--update auto: of the presets, the one with the most trainable parameters whose plan
+    fits --sram (arena + trainable state + context + a 2 KB stack margin)."""
+    from .compiler.passes.plan_memory import state_bytes
+    from .compiler.pipeline import memory_plan, training_graph
+    if sram is None:
+        raise TinytrainError("--update auto chooses the scheme that fits the SRAM budget: give --sram", field="--update")
+    fits, smallest = [], None
+    for name in AUTO_SCHEMES:
+        try:
+            tg = training_graph(g, name, **kw)
+        except TinytrainError:
+            continue
+        need = memory_plan(tg, in_place=not args.no_in_place, sram=sram)[1].arena_size + state_bytes(tg)[0] + 32 + 2048
+        params = sum(tg.t(t).size for t in tg.meta["training"]["trainable"])
+        if smallest is None or need < smallest[1]:
+            smallest = (name, need)
+        if need <= sram:
+            fits.append((params, name, need))
+    if not fits:
+        raise TinytrainError(f"no update scheme fits {sram / 1024:.0f} KB of SRAM (the smallest, {smallest[0]}, "
+                             f"needs ~{smallest[1] / 1024:.0f} KB); try --trainer mezo", field="--sram")
+    params, name, need = max(fits)
+    others = ", ".join(n for _, n, _ in sorted(fits, reverse=True)[1:])
+    return name, (f"the most trainable parameters that fit: {params}, ~{need / 1024:.0f} KB of {sram / 1024:.0f} KB"
+                  + (f"; also fit: {others}" if others else ""))
+
+
 def _choose_trainer(g, args, sram, kw):
     """--trainer auto: backprop when its plan fits the budget, MeZO otherwise."""
     from .compiler.passes.plan_memory import state_bytes
@@ -214,6 +245,9 @@ def cmd_compile(args):
         g = quantize(g, cx[:500], output_range=(-args.logit_range, args.logit_range))
     out = Path(args.output)
     kw = dict(qas=not args.no_qas, float_classifier=args.float_classifier, weight_headroom=args.weight_headroom)
+    if args.update == "auto":
+        args.update, why = _choose_scheme(g, args, sram, kw)
+        print(f"update: {args.update} ({why})")
     trainer = args.trainer
     if trainer == "auto":
         trainer, why = _choose_trainer(g, args, sram, kw)
@@ -261,7 +295,8 @@ def cmd_compile(args):
 def _training_options(s):
     """Options shared by train and compile."""
     s.add_argument("--update", default="sparse",
-                   help="full, bias, classifier, sparse, tte, last-<k>, or a scheme.json (default sparse)")
+                   help="full, bias, classifier, sparse, tte, last-<k>, or a scheme.json (default sparse); "
+                        "compile also takes auto: the preset with the most trainable parameters that fits --sram")
     s.add_argument("--rounding", choices=["stochastic", "shadow"], default="stochastic",
                    help="how int8 updates below one step survive (default stochastic)")
     s.add_argument("--no-qas", action="store_true", help="turn quantization-aware scaling off (for comparison)")
