@@ -4,8 +4,6 @@ or frozen, gradient bytes)."""
 import json
 from pathlib import Path
 
-import numpy as np
-
 from .compiler.ops import get_op
 from .compiler.passes.plan_memory import live_at, nbytes, state_bytes
 from .report import format_table

@@ -24,8 +24,6 @@ backward reads (it is frozen and forward-only by construction).
 """
 from dataclasses import dataclass
 
-import numpy as np
-
 from ..ir import Node
 from ..ops import get_op
 
@@ -80,7 +78,6 @@ def cuts(graph):
             readers.setdefault(i, []).append(pos)
     out = []
     produced = {x}
-    last_read = max(readers.get(x, [0]))
     for pos, n in enumerate(graph.nodes):
         if n.id not in forward or n.attrs.get("keep_mask") or len(n.outputs) != 1:
             break
@@ -92,7 +89,6 @@ def cuts(graph):
         if len(y.shape) != 4 or y.dtype != "int8":
             break
         produced.add(y.id)
-        last_read = max(last_read, *[max(readers.get(t, [pos])) for t in n.outputs])
         # a cut: every tensor made so far, except y, is read only inside the prefix
         escaping = [t for t in produced if t != y.id and (max(readers.get(t, [0])) > pos or t in graph.outputs)]
         if not escaping and y.id not in graph.outputs:
@@ -215,7 +211,6 @@ def best_patching(graph, plan_fn, budget=None, grids=(2, 3, 4), max_extra=0.25):
     found = []
     strided = False
     for pos, _ in cuts(graph):
-        n = graph.nodes[pos]
         strided = strided or any(m.op in WINDOW_OPS and tuple(m.attrs.get("stride", (1, 1))) != (1, 1)
                                  for m in graph.nodes[:pos + 1])
         if not strided:
