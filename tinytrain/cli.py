@@ -180,21 +180,31 @@ def cmd_train(args):
 AUTO_SCHEMES = ("full", "last-8", "sparse", "last-4", "tte", "last-2", "bias", "classifier")
 
 
-def _choose_scheme(g, args, sram, kw):
-    """--update auto: of the presets, the one with the most trainable parameters whose plan
-    fits --sram (arena + trainable state + context + a 2 KB stack margin)."""
+def _scheme_need(g, update, args, sram, kw, stack=2048):
+    """SRAM a backprop build of this scheme needs, as `compile` would plan it (arena + trainable
+    state + context + stack), and its trainable parameter count; None if the scheme cannot be
+    trained by backprop."""
     from .compiler.passes.plan_memory import state_bytes
     from .compiler.pipeline import memory_plan, training_graph
+    try:
+        tg = training_graph(g, update, **kw)
+    except TinytrainError:
+        return None
+    arena = memory_plan(tg, in_place=not args.no_in_place, sram=sram)[1].arena_size
+    return arena + state_bytes(tg)[0] + 32 + stack, sum(tg.t(t).size for t in tg.meta["training"]["trainable"])
+
+
+def _choose_scheme(g, args, sram, kw):
+    """--update auto: of the presets, the one with the most trainable parameters whose plan
+    fits --sram (with a 2 KB stack margin)."""
     if sram is None:
         raise TinytrainError("--update auto chooses the scheme that fits the SRAM budget: give --sram", field="--update")
     fits, smallest = [], None
     for name in AUTO_SCHEMES:
-        try:
-            tg = training_graph(g, name, **kw)
-        except TinytrainError:
+        r = _scheme_need(g, name, args, sram, kw)
+        if r is None:
             continue
-        need = memory_plan(tg, in_place=not args.no_in_place, sram=sram)[1].arena_size + state_bytes(tg)[0] + 32 + 2048
-        params = sum(tg.t(t).size for t in tg.meta["training"]["trainable"])
+        need, params = r
         if smallest is None or need < smallest[1]:
             smallest = (name, need)
         if need <= sram:
@@ -210,14 +220,12 @@ def _choose_scheme(g, args, sram, kw):
 
 def _choose_trainer(g, args, sram, kw):
     """--trainer auto: backprop when its plan fits the budget, MeZO otherwise."""
-    from .compiler.passes.plan_memory import state_bytes
-    from .compiler.pipeline import memory_plan, training_graph
+    from .compiler.pipeline import training_graph
     try:
-        tg = training_graph(g, args.update, **kw)
+        training_graph(g, args.update, **kw)
     except TinytrainError as e:
         return "mezo", f"backprop cannot train this scheme: {e.problem}"
-    plan = memory_plan(tg, in_place=not args.no_in_place, sram=sram)[1]
-    need = plan.arena_size + state_bytes(tg)[0] + 2048
+    need = _scheme_need(g, args.update, args, sram, kw)[0]
     if sram is not None and need > sram:
         return "mezo", f"backprop needs ~{need / 1024:.0f} KB, more than the {sram / 1024:.0f} KB budget"
     return "backprop", f"it fits: ~{need / 1024:.0f} KB" + ("" if sram is None else f" of {sram / 1024:.0f} KB")
@@ -225,8 +233,7 @@ def _choose_trainer(g, args, sram, kw):
 
 def cmd_compile(args):
     from .api import load, quantize
-    from .compiler.passes.plan_memory import state_bytes
-    from .compiler.pipeline import compile_graph, memory_plan, training_graph
+    from .compiler.pipeline import compile_graph
     from .data import load_dataset
     from .host import stack_estimate
     from .memreport import memory_summary, parse_size, write_reports
@@ -274,12 +281,10 @@ def cmd_compile(args):
         for alt in ("sparse", "tte", "last-4", "last-2", "bias", "classifier"):
             if alt == args.update:
                 continue
-            try:
-                t2 = training_graph(g, alt, **kw)
-            except TinytrainError:
+            r = _scheme_need(g, alt, args, sram, kw, stack)
+            if r is None:
                 continue
-            p2 = memory_plan(t2)[1]
-            need = p2.arena_size + state_bytes(t2)[0] + 32 + stack
+            need = r[0]
             if sram is None or need <= sram:
                 fits.append(f"{alt} fits in {need / 1024:.0f} KB")
         biggest = ", ".join(f"{r['tensor']} {r['bytes'] / 1024:.1f} KB" for r in summary["live_at_peak"][:3])

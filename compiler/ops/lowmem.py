@@ -24,6 +24,7 @@ frozen, forward-only prefix of a training graph, which has no gradient.
 import numpy as np
 
 from . import Op, get_op, register
+from .conv import _conv_params
 
 
 @register
@@ -122,8 +123,7 @@ class DepthwiseConv2dInplace(Op):
         y, scratch = node.outputs
         assert e.plan.offsets[x] == e.plan.offsets[y], "the memory plan must give y the bytes of x"
         q = e.struct("tt_quant_params", (a["in_zp"], a["out_zp"], a["act_min"], a["act_max"]))
-        p = e.struct("tt_conv_params", (a["stride"][0], a["stride"][1], a["pads"][0], a["pads"][1],
-                                        a["dilation"][0], a["dilation"][1], a["groups"]))
+        p = _conv_params(e, a)
         e.line(f"tt_depthwise_conv2d_inplace_s8({p}, {q}, {e.array('mult', a['mult'], 'int32_t')}, "
                f"{e.array('shift', a['shift'], 'int32_t')}, {e.dims(g.t(x).shape)}, {e.ptr(x)}, "
                f"{e.dims(g.t(w).shape)}, {e.ptr(w)}, {e.ptr(b)}, {e.dims(g.t(y).shape)}, {e.ptr(scratch)});")
@@ -154,7 +154,6 @@ class DepthwiseConv2dGradInputInplace(Op):
         d, w = node.inputs
         dx, scratch = node.outputs
         assert e.plan.offsets[d] == e.plan.offsets[dx], "the memory plan must give dx the bytes of dpre"
-        p = e.struct("tt_conv_params", (a["stride"][0], a["stride"][1], a["pads"][0], a["pads"][1],
-                                        a["dilation"][0], a["dilation"][1], a["groups"]))
+        p = _conv_params(e, a)
         e.line(f"tt_depthwise_conv2d_grad_input_inplace_f32({p}, {e.dims(g.t(d).shape)}, {e.ptr(d)}, "
                f"{e.dims(g.t(w).shape)}, {e.ptr(w)}, {e.array('ws', a['w_scale'], 'float')}, {e.ptr(scratch)});")
