@@ -9,7 +9,6 @@
 import numpy as np
 
 from .frontend.onnx_import import import_onnx
-from .ir import verify
 from .passes.absorb_transpose import absorb_transpose
 from .passes.autodiff import autodiff
 from .passes.prune import prune
@@ -22,6 +21,7 @@ from .passes.quantize import quantize
 from .passes.simplify_reshapes import simplify_reshapes
 from .passes.weight_headroom import weight_headroom as _weight_headroom
 from .scheme import resolve as resolve_scheme
+from .verify import verify
 
 FLOAT_PASSES = (
     ("simplify_reshapes", simplify_reshapes),

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import TinytrainError
-from .ir import Graph, Node, QParams, Tensor, verify
+from .ir import Graph, Node, QParams, Tensor
+from .verify import verify
 
 FORMAT = "tinytrain-ir/1"
 

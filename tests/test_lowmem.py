@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tinytrain as tt
-from tinytrain.compiler.ir import verify
+from tinytrain.compiler.verify import verify
 from tinytrain.compiler.passes.inplace_depthwise import inplace_depthwise
 from tinytrain.compiler.passes.patch_prefix import best_patching, cuts, patch_prefix
 from tinytrain.compiler.passes.plan_memory import plan_memory

@@ -18,26 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cfmt import CTYPE, c_float, c_int
 from ..errors import TinytrainError
+from ..layout import ALIGN, state_layout
 from ..ops import get_op
-from ..passes.plan_memory import ALIGN, nbytes
+from ..passes.plan_memory import nbytes
 
-CTYPE = {"int8": "int8_t", "int32": "int32_t", "float32": "float", "uint8": "uint8_t", "int16": "int16_t"}
 RUNTIME_VERSION = 1
-
-
-def c_float(v):
-    v = float(np.float32(v))
-    if np.isnan(v):
-        return "(0.0f / 0.0f)"
-    if np.isinf(v):
-        return "(1.0f / 0.0f)" if v > 0 else "(-1.0f / 0.0f)"
-    return f"{v.hex()}f" if v != 0 else ("-0.0f" if np.signbit(v) else "0.0f")
-
-
-def c_int(v):
-    v = int(v)
-    return "(-2147483647 - 1)" if v == -2147483648 else str(v)
 
 
 def signature(graph):
@@ -62,16 +49,7 @@ class Emitter:
         self._n = 0
         tr = graph.meta.get("training", {})
         self.trainable = list(tr.get("trainable", []))
-        self.state_off, off = {}, 16                      # header: magic, signature, size, steps
-        for tid in self.trainable:
-            self.state_off[tid] = off
-            off += (graph.t(tid).nbytes + ALIGN - 1) // ALIGN * ALIGN
-        self.shadow_off = {}
-        for tid in self.trainable if rounding == "shadow" else []:
-            if graph.t(tid).dtype == "int8":
-                self.shadow_off[tid] = off
-                off += (graph.t(tid).size * 2 + ALIGN - 1) // ALIGN * ALIGN
-        self.state_size = off
+        self.state_off, self.shadow_off, self.state_size = state_layout(graph, rounding)   # compiler/layout.py
         self.train = "train"                               # the C variable that turns masks on
 
     def sym(self, hint):

@@ -4,7 +4,8 @@ backward.  Same API, prefix and buffers as emit_c; bit-exact with
 tinytrain.train.mezo.MezoTrainer."""
 import numpy as np
 
-from .emit_c import Emitter, _emit_node, _header, _source, c_float, runtime_dir, signature  # noqa: F401
+from ..cfmt import c_float
+from .emit_c import Emitter, _emit_node, _header, _source, runtime_dir, signature  # noqa: F401
 
 
 def _items_code(e, items, phase, sign=0):

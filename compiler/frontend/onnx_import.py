@@ -21,6 +21,7 @@ from onnx import helper
 
 from ..errors import TinytrainError
 from ..ir import Graph, QParams
+from .onnx_layout import channels_last
 from .onnx_load import MAX_ELEMENTS, read_model, tensor_to_array, topo_sort
 
 # ops that are evaluated when all their inputs are constants
@@ -41,11 +42,6 @@ ATTR_TYPES = {
     "max": _A.FLOAT,
 }
 BROADCASTING = {"Add", "Sub", "Mul", "Div", "Pow", "Equal", "Where", "Min", "Max", "Less", "Greater"}
-
-
-def channels_last(rank):
-    """The IR order for an ONNX tensor of this rank (channels innermost)."""
-    return {4: (0, 2, 3, 1), 3: (0, 2, 1)}.get(rank, tuple(range(rank)))
 
 
 class Importer:

@@ -3,7 +3,7 @@ the layout rules).  Each takes the Importer and the ONNX node."""
 import numpy as np
 
 from ..ir import QParams
-from .onnx_import import channels_last
+from .onnx_layout import channels_last
 
 CONVERTERS = {}
 

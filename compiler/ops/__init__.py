@@ -9,61 +9,7 @@ Every op class gathers everything tinytrain knows about the op:
   macs(node, graph)         -> multiply-accumulates per sample
 Later issues add the gradient rule and the C emitter in the same class.
 """
-
-_REGISTRY = {}
-
-
-def register(cls):
-    _REGISTRY[cls.name] = cls()
-    return cls
-
-
-def get_op(name):
-    return _REGISTRY.get(name)
-
-
-class Op:
-    name = "?"
-    # the output has the input's quantization parameters (pure int8 data movement)
-    same_qparams = False
-    # float-only op: must be gone (folded) before quantization
-    float_only = False
-    # training: does the backward gate the output gradient by the 1-bit clamp mask,
-    # and which grad op (with which operands: dy, dpre, in0, in1, ...) produces the
-    # gradient of each input ({input index or "*": (grad op, operands)}) and parameter
-    uses_mask = False
-    input_grads = {}
-    param_grads = {}
-    # an op with no outputs that changes a parameter in place (SGD)
-    side_effect = False
-
-    @staticmethod
-    def grad_attrs(node, graph, grad_op, k):
-        return {}
-
-    def infer(self, node, graph):
-        raise NotImplementedError
-
-    def check(self, node, graph, fail):
-        pass
-
-    def ref(self, node, graph, ins):
-        raise NotImplementedError
-
-    def quantize(self, node, graph):
-        pass
-
-    def sim(self, node, graph, ins, masks=None):
-        """int8 forward; with a dict `masks`, also keep {node id: 1-bit clamp mask}."""
-        raise NotImplementedError
-
-    def macs(self, node, graph):
-        return 0
-
-    def params(self, node, graph):
-        return sum(graph.tensors[i].size for i in node.inputs if graph.tensors[i].kind == "const")
-
-
+from .base import Op, get_op, register  # noqa: F401  (the registry: ops/base.py)
 
 # importing the modules registers the ops
 from . import activation, affine, conv, eltwise, linear, lowmem, pool, shape, train, update  # noqa: E402,F401

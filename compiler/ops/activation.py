@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit
 
 from ..quant.qparams import clamp_range
-from . import Op, register
+from .base import Op, register
 
 
 @njit(cache=True)
@@ -137,7 +137,7 @@ def _lut_grad_attrs(node, graph, grad_op, k=0):
 
 
 def get_op_class(name):
-    from . import get_op
+    from .base import get_op
     return get_op(name)
 
 

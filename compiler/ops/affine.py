@@ -7,7 +7,7 @@ turns it into a 1x1 depthwise conv2d).  It never reaches quantization.
 """
 import numpy as np
 
-from . import Op, register
+from .base import Op, register
 
 
 @register

@@ -18,7 +18,7 @@ from ..errors import TinytrainError
 from ..ir import QParams
 from ..quant.fixedpoint import clamp_s32, quantize_multipliers, requantize_zp
 from ..quant.qparams import clamp_range, quantize_bias, quantize_weights, weight_qparams
-from . import Op, register
+from .base import Op, register
 
 
 def conv_out_size(size, k, stride, pad0, pad1, dil):
@@ -470,7 +470,7 @@ def _emit_conv2d_grad_input(self, node, g, e):
 
 
 def _emit_conv2d_grad_weight(self, node, g, e):
-    from ..codegen.emit_c import c_float
+    from ..cfmt import c_float
     a = node.attrs
     d, x, dw = node.inputs[0], node.inputs[1], node.outputs[0]
     dp = e.ptr(d) if not a.get("co_offset") else f"{e.ptr(d)} + {a['co_offset']}"   # rows from co_offset on

@@ -11,7 +11,7 @@ from numba import njit
 
 from ..quant.fixedpoint import add_zp, clamp_s32, quantize_multiplier, requantize_zp
 from ..quant.qparams import clamp_range
-from . import Op, register
+from .base import Op, register
 from .conv import apply_act, keep_mask
 
 ADD_LEFT_SHIFT = 20
@@ -182,7 +182,7 @@ def _emit_mul(self, node, g, e):
 
 
 def _emit_mul_grad(self, node, g, e):
-    from ..codegen.emit_c import c_float
+    from ..cfmt import c_float
     a = node.attrs
     d, other, y = node.inputs[0], node.inputs[1], node.outputs[0]
     e.line(f"tt_mul_grad_f32({e.dims(g.t(d).shape)}, {e.ptr(d)}, {e.dims(g.t(other).shape)}, {e.ptr(other)}, "

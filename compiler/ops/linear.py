@@ -7,7 +7,7 @@ import numpy as np
 from numba import njit
 
 from ..quant.fixedpoint import clamp_s32, requantize_zp
-from . import Op, register
+from .base import Op, register
 from .conv import apply_act, keep_mask, quantize_weighted
 
 
@@ -224,7 +224,7 @@ def _emit_fc(self, node, g, e):
 
 
 def _emit_fc_f32(self, node, g, e):
-    from ..codegen.emit_c import c_float
+    from ..cfmt import c_float
     x, w, b, y = node.inputs[0], node.inputs[1], node.inputs[2], node.outputs[0]
     m, k = g.t(w).shape
     q = g.t(x).q
@@ -240,7 +240,7 @@ def _emit_fc_grad_input(self, node, g, e):
 
 
 def _emit_fc_grad_weight(self, node, g, e):
-    from ..codegen.emit_c import c_float
+    from ..cfmt import c_float
     a = node.attrs
     d, x, dw = node.inputs[0], node.inputs[1], node.outputs[0]
     k = g.t(x).shape[1]

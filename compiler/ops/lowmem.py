@@ -23,7 +23,7 @@ frozen, forward-only prefix of a training graph, which has no gradient.
 """
 import numpy as np
 
-from . import Op, get_op, register
+from .base import Op, get_op, register
 from .conv import _conv_params
 
 
@@ -52,7 +52,7 @@ class Crop(Op):
         x, y = g.t(node.inputs[0]), g.t(node.outputs[0])
         y0, x0 = node.attrs["origin"]
         if x.id == g.inputs[0] and g.meta.get("input_external"):
-            from ..codegen.emit_c import c_float
+            from ..cfmt import c_float
             e.line(f"tt_quantize_crop_f32_s8({e.dims(x.shape)}, input, {y0}, {x0}, {e.dims(y.shape)}, "
                    f"{c_float(x.q.scale)}, {int(x.q.zero_point)}, {e.ptr(y.id)});")
             return

@@ -13,7 +13,7 @@ from numba import njit
 
 from ..quant.fixedpoint import clamp_s32, quantize_multipliers, requantize_zp
 from ..quant.qparams import clamp_range
-from . import Op, register
+from .base import Op, register
 from .conv import apply_act, conv_out_size, keep_mask
 
 
@@ -384,7 +384,7 @@ def _emit_max_pool_grad(self, node, g, e):
 
 
 def _emit_global_avg_pool_grad(self, node, g, e):
-    from ..codegen.emit_c import c_float
+    from ..cfmt import c_float
     d, dx = node.inputs[0], node.outputs[0]
     e.line(f"tt_global_avg_pool_grad_f32({e.dims(g.t(dx).shape)}, {e.ptr(d)}, {c_float(node.attrs['inv_hw'])}, "
            f"{e.ptr(dx)});")

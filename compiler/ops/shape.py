@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit
 
 from ..quant.fixedpoint import clamp_s32, quantize_multiplier, requantize_zp
-from . import Op, register
+from .base import Op, register
 
 
 @register

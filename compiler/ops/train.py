@@ -6,7 +6,7 @@ import numpy as np
 from numba import njit
 
 from ..quant.fmath import softmax_xent
-from . import Op, register
+from .base import Op, register
 
 
 @njit(cache=True)
@@ -132,7 +132,7 @@ def _emit_sum_to(self, node, g, e):
 def _emit_softmax_xent(self, node, g, e):
     """Dequantize int8 logits (s * (q - zp), float32), then the loss; a non-finite
     loss ends the step before any update (the divergence guard)."""
-    from ..codegen.emit_c import c_float
+    from ..cfmt import c_float
     lg, label = node.inputs
     loss, dz = node.outputs
     t = g.t(lg)

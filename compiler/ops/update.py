@@ -19,7 +19,7 @@ from numba import njit
 
 from ..quant.fixedpoint import asr64, sat_s32
 from ..quant.prng import prng_uniform
-from . import Op, register
+from .base import Op, register
 
 STEP_LIMIT = np.float32(1 << 20)
 

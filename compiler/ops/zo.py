@@ -69,3 +69,8 @@ def _zo_update_s32(b, factor, scaled_p, zstate, srstate):
         if v < np.int64(-2147483648):
             v = np.int64(-2147483648)
         b[c] = np.int32(v)
+
+
+# The public names of the kernels: the simulator's MeZO trainer (tinytrain/train/mezo.py) runs them.
+zo_perturb_s8, zo_perturb_s32 = _zo_perturb_s8, _zo_perturb_s32
+zo_update_s8, zo_update_s32 = _zo_update_s8, _zo_update_s32

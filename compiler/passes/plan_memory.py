@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import TinytrainError
-
-ALIGN = 8
+from ..layout import ALIGN             # the arena's and the state blob's alignment (one owner)
 # elementwise kernels that read element i before writing element i: the output may take
 # the bytes of a same-sized, same-typed input that dies at this step
 IN_PLACE_OPS = ("mask_grad", "grad_add", "lut_grad", "add", "mul", "clamp", "sigmoid", "hard_sigmoid", "hard_swish")

@@ -4,9 +4,41 @@
 * bias:    int32, b / (s_w * s_x) rounded half away from zero, zero point 0
 * activations: asymmetric int8 per tensor, the calibrated range widened to contain 0
 """
+from __future__ import annotations
+
+from dataclasses import dataclass
+
 import numpy as np
 
-from ..ir import QParams
+
+@dataclass
+class QParams:
+    """Affine quantization: real = scale * (q - zero_point).
+
+    Per-tensor when `axis` is None (scale and zero_point are 0-d), otherwise per
+    channel along `axis` (1-d arrays of that axis' length)."""
+
+    scale: np.ndarray
+    zero_point: np.ndarray
+    axis: int | None = None
+
+    def __post_init__(self):
+        self.scale = np.asarray(self.scale, dtype=np.float32)
+        self.zero_point = np.asarray(self.zero_point, dtype=np.int32)
+
+    @property
+    def per_tensor(self):
+        return self.axis is None
+
+    def dequantize(self, q):
+        q = np.asarray(q)
+        if self.axis is None:
+            return (self.scale * (q.astype(np.float32) - np.float32(self.zero_point))).astype(np.float32)
+        shp = [1] * q.ndim
+        shp[self.axis] = -1
+        s = self.scale.reshape(shp)
+        z = self.zero_point.reshape(shp).astype(np.float32)
+        return (s * (q.astype(np.float32) - z)).astype(np.float32)
 
 
 def weight_qparams(w, axis=0):
