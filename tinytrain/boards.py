@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from .compiler.errors import TinytrainError
+from .tools import APT_PACKAGES, require_tool
 
-APT_PACKAGES = "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
 INSTALL_HINT = f"install it with: apt-get install -y --no-install-recommends {APT_PACKAGES}"
 CFLAGS = ["-std=c99", "-O2", "-ffunction-sections", "-fdata-sections", "-ffp-contract=off", "-Wall", "-Wextra",
           "-Werror", "-pedantic"]
@@ -71,20 +71,8 @@ def load_board(name):
     return board
 
 
-def install_hint(board=None):
-    apt = (board or {}).get("apt", APT_PACKAGES)
-    return f"install it with: apt-get install -y --no-install-recommends {apt}"
-
-
 def is_linux(board):
     return board.get("kind") == "linux-user"
-
-
-def require_tool(tool, board=None):
-    path = shutil.which(tool)
-    if path is None:
-        raise TinytrainError(f"{tool} not found: {install_hint(board)}")
-    return path
 
 
 def profile_nodes(build_dir, name):
@@ -147,7 +135,7 @@ def to_device_layout(x, input_size, graph=None):
 def write_app(out, board, facts, x, y, steps, lr, seed, profile_nodes=0):
     """tt_app.h and tt_samples.c for main.c: x [N, input_size] in the device layout; with
     profile_nodes > 0 also tt_profile.h (forced into NAME.c: NAME_PROFILE(k) -> app_profile(k))."""
-    from .compiler.codegen.emit_c import c_float
+    from .compiler.cfmt import c_float
     n, N = facts["name"], facts["name"].upper()
     x = np.asarray(x, np.float32).reshape(len(x), -1)
     y = np.asarray(y).astype(np.int64)

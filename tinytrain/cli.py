@@ -390,7 +390,7 @@ def build_parser():
     if add_flash_command is not None:
         add_flash_command(sub)
     try:                                   # zeroth-order training on onnxruntime (tinytrain/mezo_ort.py)
-        from .mezo_ort import add_mezo_commands
+        from .mezo_ort_cli import add_commands as add_mezo_commands
     except ImportError:
         add_mezo_commands = None
     if add_mezo_commands is not None:

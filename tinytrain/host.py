@@ -122,10 +122,10 @@ class HostTrainer:
     """Training through the compiled C (same interface as BackpropTrainer)."""
 
     def __init__(self, out, name, train_graph, plan, facts, lr=0.05, seed=0, rounding="stochastic"):
-        from .compiler.codegen.emit_c import Emitter
+        from .compiler.layout import state_layout
         self.graph, self.plan = train_graph, plan
         self.model = HostModel(out, name, train_graph, facts, lr=lr, seed=seed)
-        self.offsets = Emitter(train_graph, plan, name, rounding).state_off
+        self.offsets = state_layout(train_graph, rounding).offsets
         self.steps = 0
 
     @property

@@ -337,9 +337,3 @@ def write_model(base_model, names, arrays, out_path):
         by_name[n].CopyFrom(numpy_helper.from_array(np.asarray(a, np.float32).reshape(tuple(by_name[n].dims)), n))
     onnx.save(model, str(out_path))
     return Path(out_path)
-
-
-def add_mezo_commands(sub):
-    """Register `tinytrain mezo` on the CLI's subparsers (tinytrain/mezo_ort_cli.py)."""
-    from .mezo_ort_cli import add_commands
-    add_commands(sub)

@@ -11,7 +11,6 @@ Data: .npz with one array per data input of the model, named like the input
 cast to the input's dtype (token ids stored as int32 become int64).
 """
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -218,8 +217,3 @@ def add_commands(sub):
     s.add_argument("--quiet", action="store_true")
     s.add_argument("-o", "--output", required=True, help="output folder")
     s.set_defaults(func=cmd_mezo)
-
-
-if __name__ == "__main__":
-    from .cli import main
-    sys.exit(main())

@@ -78,7 +78,7 @@ def _explain(code, tail):
 
 def run_firmware(fw, timeout=600):
     """Run fw (boards.Firmware) in QEMU -> RunResult; a failure is a TinytrainError."""
-    from .boards import require_tool
+    from .tools import require_tool
     board = fw.board
     cmd = qemu_command(board, fw.elf, getattr(fw, "plugin", None))
     require_tool(cmd[0], board)
@@ -146,8 +146,8 @@ def format_steps(res, board=None):
 
 def state_arrays(tg, state, name, rounding="stochastic"):
     """The trained parameters read out of a state blob: {tensor id: flat array}."""
-    from .compiler.codegen.emit_c import Emitter
-    off = Emitter(tg, None, name, rounding).state_off
+    from .compiler.layout import state_layout
+    off = state_layout(tg, rounding).offsets
     return {tid: np.frombuffer(state, dtype=tg.t(tid).data.dtype, count=tg.t(tid).size, offset=o)
             for tid, o in off.items()}
 

@@ -63,10 +63,10 @@ class MezoTrainer:
         for it in self.items:
             t = self.graph.t(it["tid"])
             if it["kind"] == "weight":
-                zo._zo_perturb_s8(t.data, it["w_inner"], it["w_k"], it["rows"], it["g_inner"], it["g_k"],
-                                  sign * self.eps, zs)
+                zo.zo_perturb_s8(t.data, it["w_inner"], it["w_k"], it["rows"], it["g_inner"], it["g_k"],
+                                 sign * self.eps, zs)
             else:
-                zo._zo_perturb_s32(t.data, it["amount"], sign, zs)
+                zo.zo_perturb_s32(t.data, it["amount"], sign, zs)
 
     def _update(self, seed, scaled_p):
         zs = np.zeros(1, np.uint32)
@@ -74,10 +74,10 @@ class MezoTrainer:
         for it in self.items:
             t = self.graph.t(it["tid"])
             if it["kind"] == "weight":
-                zo._zo_update_s8(t.data, it["w_inner"], it["w_k"], it["rows"], it["g_inner"], it["g_k"],
-                                 it["factor"], scaled_p, it["limit"], zs, self.prng)
+                zo.zo_update_s8(t.data, it["w_inner"], it["w_k"], it["rows"], it["g_inner"], it["g_k"],
+                                it["factor"], scaled_p, it["limit"], zs, self.prng)
             else:
-                zo._zo_update_s32(t.data, it["factor"], scaled_p, zs, self.prng)
+                zo.zo_update_s32(t.data, it["factor"], scaled_p, zs, self.prng)
 
     def step(self, x, label):
         """One sample: `queries` two-point estimates, each applied at once. -> (loss, logits of the + pass)"""
