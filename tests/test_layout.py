@@ -1,0 +1,32 @@
+"""compiler/layout.py: the state blob's offsets, worked out by hand for a tiny graph
+(the bit-exact C tests check them against real training runs)."""
+import numpy as np
+
+from tinytrain.compiler.codegen.emit_c import Emitter
+from tinytrain.compiler.ir import Graph
+from tinytrain.compiler.layout import ALIGN, STATE_HEADER, state_layout
+
+
+def _graph():
+    g = Graph("t")
+    w = g.add_const("w", np.zeros((2, 5), np.int8))        # 10 bytes -> 16
+    b = g.add_const("b", np.zeros(3, np.int32))            # 12 bytes -> 16
+    g.add_const("frozen", np.zeros(7, np.int8))             # not trainable: not in the blob
+    g.meta["training"] = {"trainable": [w.id, b.id]}
+    return g, w.id, b.id
+
+
+def test_offsets_by_hand():
+    g, w, b = _graph()
+    assert (ALIGN, STATE_HEADER) == (8, 16)
+    lay = state_layout(g)
+    assert lay.offsets == {w: 16, b: 32} and lay.shadow == {} and lay.size == 48
+    sh = state_layout(g, "shadow")                          # int16 shadow of the int8 weight: 20 bytes -> 24
+    assert sh.offsets == {w: 16, b: 32} and sh.shadow == {w: 48} and sh.size == 72
+
+
+def test_the_emitter_uses_the_layout():
+    g, w, b = _graph()
+    for rounding in ("stochastic", "shadow"):
+        e = Emitter(g, None, "m", rounding)
+        assert (e.state_off, e.shadow_off, e.state_size) == tuple(state_layout(g, rounding))
