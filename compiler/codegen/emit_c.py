@@ -22,7 +22,6 @@ from ..cfmt import CTYPE, c_float, c_int
 from ..errors import TinytrainError
 from ..layout import ALIGN, state_layout
 from ..ops import get_op
-from ..passes.plan_memory import nbytes
 
 RUNTIME_VERSION = 1
 
