@@ -384,3 +384,14 @@ def test_subprocess_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "tinytrain.cli", "quantize", str(MNIST), "--calib", str(path),
                         "-o", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and "d.npz" in r.stderr, r.stderr
+
+
+def test_api_train_checks_the_layout(tmp_path):
+    """tt.train refuses NHWC arrays for an NCHW model before anything is quantized or trained."""
+    from tinytrain.api import train        # tt.train is shadowed by the tinytrain.train package once imported
+    model = small_cnn(tmp_path / "m.onnx")
+    x = RNG.random((4, 8, 8, 3), dtype=np.float32)
+    with pytest.raises(TinytrainError, match="--layout nhwc"):
+        train(model, x, np.arange(4) % 2, progress=False)
+    with pytest.raises(TinytrainError, match="'test'"):
+        train(model, x, np.arange(4) % 2, test=(x[:, :2], np.zeros(4)), layout="nhwc", progress=False)
