@@ -19,20 +19,31 @@ def load(path, input_shape=None):
     return _load(path, input_shape)
 
 
-def quantize(model, calib_x, method="minmax", percentile=99.99, output_range=None):
-    """Post-training int8 quantization calibrated on calib_x (ONNX input layout).
+def _in_layout(model, x, layout, field="x"):
+    """x in the model's input shape and layout; layout: the layout x is in (nchw, nhwc, ncw,
+    nwc; None: the model's).  The rules of tinytrain/data.py: no arbitrary reshape."""
+    from .data import conform
+    return conform(x, model.meta["input_shape"], layout, model.meta.get("input_layout"), field=field)
+
+
+def quantize(model, calib_x, method="minmax", percentile=99.99, output_range=None, layout=None):
+    """Post-training int8 quantization calibrated on calib_x (in the model's input layout,
+    or in `layout`, e.g. "nhwc", transposed to it).
     output_range=(lo, hi) fixes the logits' range (room to grow during training)."""
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         model = load(model)
+    calib_x = _in_layout(model, calib_x, layout)
     return quantize_graph(model, calib_x, method=method, percentile=percentile, output_range=output_range)
 
 
 def train(model, x, y, test=None, update="sparse", epochs=1, lr=0.02, qas=True, rounding="stochastic",
           float_classifier=False, momentum=0.0, accumulate=1, seed=0, calib=None, logit_range=16.0,
-          weight_headroom=2.0, progress=True):
+          weight_headroom=2.0, progress=True, layout=None):
     """Train a model on (x, y) in the bit-exact simulator, as the device would.
 
-    model: an ONNX path, a float IR (quantized on `calib` or x first) or an int8 IR.
+    model: an ONNX path, a float IR (quantized on `calib` or x first: their first
+    data.CALIB_SAMPLES samples) or an int8 IR.  layout: the layout x, test and calib are in
+    ("nchw", "nhwc", "ncw", "nwc"; default the model's), transposed to the model's.
     -> (trained int8 IR, history, trainer).  Works in a notebook:
         qmodel, history, _ = tt.train("model.onnx", x, y, test=(tx, ty), update="sparse", epochs=2)
     """
@@ -40,12 +51,17 @@ def train(model, x, y, test=None, update="sparse", epochs=1, lr=0.02, qas=True, 
 
     from .compiler.passes.autodiff import strip_training
     from .compiler.pipeline import training_graph
+    from .data import CALIB_SAMPLES
     from .train.backprop import BackpropTrainer
     from .train.loop import fit
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         model = load(model)
+    x = _in_layout(model, x, layout)
+    if test is not None:
+        test = (_in_layout(model, test[0], layout, field="test"), test[1])
     if model.t(model.inputs[0]).dtype != "int8":
-        model = quantize(model, (x if calib is None else calib)[:500], output_range=(-logit_range, logit_range))
+        cx = x if calib is None else _in_layout(model, calib, layout, field="calib")
+        model = quantize_graph(model, cx[:CALIB_SAMPLES], output_range=(-logit_range, logit_range))
     tg = training_graph(model, update, qas=qas, float_classifier=float_classifier, weight_headroom=weight_headroom)
     trainer = BackpropTrainer(tg, lr=lr, rounding=rounding, seed=seed, momentum=momentum, accumulate=accumulate)
     history = fit(trainer, x, y, epochs=epochs, seed=seed, test=test, progress=progress, out=sys.stdout)

@@ -350,14 +350,14 @@ def _graph_for_check(args, facts):
     from .api import load, quantize
     from .compiler.codegen.emit_c import signature
     from .compiler.pipeline import training_graph
-    from .data import load_dataset
+    from .data import load_calibration
     if not args.model:
         raise TinytrainError("--check replays the steps in the simulator: give the model and the options "
                              "`tinytrain compile` had (--model, --calib, --update, ...)", field="--model")
     g = load(args.model)
     if g.t(g.inputs[0]).dtype != "int8":
-        cx = load_dataset(args.calib or args.data, g.meta["input_shape"])[0]
-        g = quantize(g, cx[:500], output_range=(-args.logit_range, args.logit_range))
+        cx = load_calibration(args.calib or args.data, g.meta["input_shape"])[0]     # as compile reads it
+        g = quantize(g, cx, output_range=(-args.logit_range, args.logit_range))
     mezo = None
     if args.trainer == "mezo":
         from .train.mezo import MezoTrainer

@@ -18,6 +18,16 @@ def _shape(text):
     return dims
 
 
+def _data(args, g, path, calibration=False, **kw):
+    """A data file in the model's input shape, read from its --layout (tinytrain/data.py);
+    calibration: only the first data.CALIB_SAMPLES samples are read."""
+    from .data import load_calibration, load_dataset
+    where = dict(layout=getattr(args, "layout", None), model_layout=g.meta.get("input_layout"))
+    if calibration:
+        return load_calibration(path, g.meta["input_shape"], **where)
+    return load_dataset(path, g.meta["input_shape"], **where, **kw)
+
+
 def cmd_inspect(args):
     from .report import format_table, layer_table, onnx_op_support
     from .api import load
@@ -49,13 +59,11 @@ def cmd_inspect(args):
 
 def cmd_quantize(args):
     from .api import load, quantize, save
-    from .data import load_dataset
     from .report import accuracy, format_table, layer_errors
+    if args.max_calib < 0:
+        raise TinytrainError(f"--max-calib {args.max_calib} is negative", field="--max-calib")
     g = load(args.model, args.input_shape)
-    shape = g.meta["input_shape"]
-    cx, cy = load_dataset(args.calib, shape)
-    if args.max_calib:
-        cx, cy = cx[:args.max_calib], (None if cy is None else cy[:args.max_calib])
+    cx, cy = _data(args, g, args.calib, max_samples=args.max_calib or None)
     gq = quantize(g, cx, method=args.method, percentile=args.percentile)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -65,7 +73,7 @@ def cmd_quantize(args):
              f"calibration: {len(cx)} samples from {args.calib}, {args.method}"
              + (f" ({args.percentile})" if args.method == "percentile" else "")]
     if args.test:
-        tx, ty = load_dataset(args.test, shape, need_labels=True)
+        tx, ty = _data(args, g, args.test, need_labels=True)
         src = args.test
     else:
         tx, ty, src = cx, cy, args.calib
@@ -95,16 +103,15 @@ def cmd_train(args):
     from .compiler.pipeline import training_graph
     from .compiler.passes.autodiff import strip_training
     from .compiler.scheme import resolve
-    from .data import load_dataset
+    from .data import CALIB_SAMPLES
     from .train.backprop import BackpropTrainer
     from .train.loop import fit
     g = load(args.model, args.input_shape)
-    shape = g.meta["input_shape"]
-    x, y = load_dataset(args.data, shape, need_labels=True)
-    test = load_dataset(args.test, shape, need_labels=True) if args.test else None
+    x, y = _data(args, g, args.data, need_labels=True)
+    test = _data(args, g, args.test, need_labels=True) if args.test else None
     if g.t(g.inputs[0]).dtype != "int8":
-        cx = load_dataset(args.calib, shape)[0] if args.calib else x
-        g = quantize(g, cx[:500], output_range=(-args.logit_range, args.logit_range))
+        cx = _data(args, g, args.calib, calibration=True)[0] if args.calib else x[:CALIB_SAMPLES]
+        g = quantize(g, cx, output_range=(-args.logit_range, args.logit_range))
     n_cls = g.t(g.outputs[0]).size
     for name, labels in (("--data", y), ("--test", None if test is None else test[1])):
         if labels is not None and (labels.min() < 0 or labels.max() >= n_cls):
@@ -234,22 +241,23 @@ def _choose_trainer(g, args, sram, kw):
 def cmd_compile(args):
     from .api import load, quantize
     from .compiler.pipeline import compile_graph
-    from .data import load_dataset
     from .host import stack_estimate
     from .memreport import memory_summary, parse_size, write_reports
-    try:
-        sram = parse_size(args.sram) if args.sram else None
-        flash = parse_size(args.flash) if args.flash else None
-    except ValueError as e:
-        raise TinytrainError(str(e), field="--sram/--flash") from None
+    sizes = {}
+    for flag, text in (("--sram", args.sram), ("--flash", args.flash)):
+        try:
+            sizes[flag] = parse_size(text) if text is not None else None
+        except ValueError as e:
+            raise TinytrainError(str(e), field=flag) from None
+    sram, flash = sizes["--sram"], sizes["--flash"]
     from .compiler.codegen.packages import describe, parse_kinds, write_packages
     packages = parse_kinds(args.package)
     g = load(args.model, args.input_shape)
     if g.t(g.inputs[0]).dtype != "int8":
         if not args.calib:
             raise TinytrainError("a float model needs calibration samples: pass --calib data.npz", file=args.model)
-        cx = load_dataset(args.calib, g.meta["input_shape"])[0]
-        g = quantize(g, cx[:500], output_range=(-args.logit_range, args.logit_range))
+        cx = _data(args, g, args.calib, calibration=True)[0]
+        g = quantize(g, cx, output_range=(-args.logit_range, args.logit_range))
     out = Path(args.output)
     kw = dict(qas=not args.no_qas, float_classifier=args.float_classifier, weight_headroom=args.weight_headroom)
     if args.update == "auto":
@@ -297,6 +305,13 @@ def cmd_compile(args):
     return 0
 
 
+def _data_options(s):
+    """Options of the commands that read data files."""
+    s.add_argument("--layout", choices=["nchw", "nhwc", "ncw", "nwc"],
+                   help="the layout the data's samples are in, when it is not the model's input layout "
+                        "(e.g. nhwc images for a torch model): they are transposed (default: the model's)")
+
+
 def _training_options(s):
     """Options shared by train and compile."""
     s.add_argument("--update", default="sparse",
@@ -332,9 +347,11 @@ def build_parser():
     s.add_argument("--test", help="labelled test data for the float-vs-int8 accuracy report")
     s.add_argument("--method", choices=["minmax", "percentile"], default="minmax")
     s.add_argument("--percentile", type=float, default=99.99)
-    s.add_argument("--max-calib", type=int, default=0, help="use at most this many calibration samples")
+    s.add_argument("--max-calib", type=int, default=500,
+                   help="read only the first N calibration samples (default 500; 0: the whole file)")
     s.add_argument("--report-samples", type=int, default=100, help="samples for the per-layer error report")
     s.add_argument("--input-shape", type=_shape, help="override the input shape, e.g. 1,3,32,32")
+    _data_options(s)
     s.add_argument("-o", "--output", required=True, help="output folder")
     s.set_defaults(func=cmd_quantize)
 
@@ -342,8 +359,10 @@ def build_parser():
     s.add_argument("model", help="model.onnx (quantized on --calib or --data first) or an int8 .tt.npz")
     s.add_argument("--data", required=True, help="labelled training data (.npz with x and y, or .csv)")
     s.add_argument("--test", help="labelled test data, evaluated before and after every epoch")
-    s.add_argument("--calib", help="calibration samples for a float model (default: the training data)")
+    s.add_argument("--calib", help="calibration samples for a float model (default: the training data); "
+                                   "the first 500 are used")
     _training_options(s)
+    _data_options(s)
     s.add_argument("--epochs", type=int, default=1)
     s.add_argument("--lr", type=float, default=0.02)
     s.add_argument("--trainer", choices=["backprop", "mezo", "hybrid"], default="backprop",
@@ -362,8 +381,9 @@ def build_parser():
 
     s = sub.add_parser("compile", help="compile the model and its training graph into a C project")
     s.add_argument("model", help="model.onnx (quantized on --calib) or an int8 .tt.npz")
-    s.add_argument("--calib", help="calibration samples for a float model")
+    s.add_argument("--calib", help="calibration samples for a float model (the first 500 are used)")
     _training_options(s)
+    _data_options(s)
     s.add_argument("--sram", help="SRAM budget, e.g. 256k: fail with a breakdown when the plan needs more")
     s.add_argument("--flash", help="flash budget for the frozen weights, e.g. 1m")
     s.add_argument("--name", default="model", help="prefix of every C symbol (default model)")

@@ -2,6 +2,7 @@
 per-layer table users know from ST's tools (params, MACs, flash, RAM, trained
 or frozen, gradient bytes)."""
 import json
+import math
 from pathlib import Path
 
 from .compiler.ops import get_op
@@ -9,8 +10,13 @@ from .compiler.passes.plan_memory import live_at, nbytes, state_bytes
 from .report import format_table
 
 
+MAX_SIZE = 1 << 40          # a budget above 1 TiB is a typo
+
+
 def parse_size(text):
-    """'256k', '1m', '262144' -> bytes (k = 1024)."""
+    """'256k', '1m', '262144', '1.5k' -> bytes (k = 1024, m = 1024 * 1024).  The result must
+    be a whole, positive number of bytes up to 1 TiB; anything else is a ValueError
+    naming the text (inf, nan, 0.5, -1, 10q)."""
     t = str(text).strip().lower()
     mult = 1
     if t.endswith("k"):
@@ -18,12 +24,19 @@ def parse_size(text):
     elif t.endswith("m"):
         mult, t = 1024 * 1024, t[:-1]
     try:
-        v = float(t) * mult
+        v = float(t)
     except ValueError:
         raise ValueError(f"'{text}' is not a size like 256k, 1m or 262144") from None
+    if not math.isfinite(v):
+        raise ValueError(f"'{text}' is not a finite size (give bytes, e.g. 256k)")
     if v <= 0:
         raise ValueError(f"'{text}' is not a positive size")
-    return int(v)
+    b = v * mult
+    if b > MAX_SIZE:
+        raise ValueError(f"'{text}' is more than 1 TiB")
+    if b != int(b):
+        raise ValueError(f"'{text}' is not a whole number of bytes ({b:g})")
+    return int(b)
 
 
 def layer_rows(tg):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .compiler.errors import TinytrainError
-from .data import load_dataset
+from .data import load_dataset, read_npz
 from .mezo_ort import (MezoSession, MezoTrainer, load_checkpoint, replay, save_checkpoint, weights_digest,
                        write_model)
 
@@ -30,9 +30,10 @@ def load_data(path, sess, need_labels=True):
         raise TinytrainError("no such file", file=path)
     names = list(sess.inputs)
     if path.suffix.lower() == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
+        try:                          # bounded: each member's header is checked before it is read
+            arrays = {k: a for k, (a, _) in read_npz(path, names + ["x", "y"]).items()}
+        except TinytrainError:
+            raise
         except Exception as e:
             raise TinytrainError(f"cannot read data: {type(e).__name__}: {e}", file=path) from None
         if all(n in arrays for n in names):

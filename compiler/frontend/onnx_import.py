@@ -223,6 +223,10 @@ class Importer:
             raise TinytrainError(f"input '{name}' must be a float32 tensor", file=self.path, field=name)
         if self.input_shape is not None:
             shape = [int(d) for d in self.input_shape]
+            if tt.HasField("shape") and len(tt.shape.dim) != len(shape):
+                declared = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in tt.shape.dim]
+                raise TinytrainError(f"--input-shape {shape} has {len(shape)} axes, input '{name}' has "
+                                     f"{len(declared)} ({declared})", file=self.path, field="--input-shape")
         else:
             if not tt.HasField("shape"):
                 raise TinytrainError(f"input '{name}' has no shape; pass --input-shape", file=self.path, field=name)
@@ -248,6 +252,12 @@ class Importer:
         self.graph.inputs = [t.id]
         self.values[name] = (t.id, order)
         self.graph.meta.update(input_name=name, input_shape=shape, input_order=list(order))
+        # channels-last input (a TensorFlow export): every reader transposes it to channels-first
+        to_first = {4: [0, 3, 1, 2], 3: [0, 2, 1]}.get(len(shape))
+        users = [n for n in self.model.graph.node if name in n.input]
+        if to_first and users and all(n.op_type == "Transpose" and list(self.attr(n, "perm", [])) == to_first
+                                      for n in users):
+            self.graph.meta["input_layout"] = {4: "nhwc", 3: "nwc"}[len(shape)]
 
     def _constant(self, node):
         a = node.attribute[0] if node.attribute else None

@@ -58,6 +58,12 @@ def read_model(path):
         raise TinytrainError("the model has no graph nodes (empty, truncated or not an ONNX model)", file=path)
     if len(model.graph.output) == 0:
         raise TinytrainError("the model has no graph outputs", file=path)
+    for what, values in (("output", model.graph.output), ("input", model.graph.input)):
+        seen = set()
+        for v in values:
+            if v.name in seen:
+                raise TinytrainError(f"graph {what} '{v.name}' is listed twice", file=path, field=v.name)
+            seen.add(v.name)
     opset = None
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
