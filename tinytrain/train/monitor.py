@@ -8,15 +8,15 @@ warm-up that no window counts.  At the end of every window the monitor looks at
 that window's steps:
 
   (a) non-finite loss   a NaN or infinite loss on >= 25% of the window's steps;
-  (b) pinned loss       the loss at its cap on >= 50% of the steps.  With int8
+  (b) pinned loss       the loss at its cap on >= 25% of the steps.  With int8
                         logits of scale s the cross-entropy is bounded: the logits
                         span R = 255 s, so the loss is at most R + ln(K - 1) and
                         sits at R when one class holds the top code and the label
                         the bottom one.  "At the cap" is loss >= 0.9 R (MCU CNN with
                         logits in [-16, 16]: R = 32).  Off for float logits;
-  (c) one-class collapse  one class predicted on >= 95% of the steps while the
+  (c) one-class collapse  one class predicted on >= 90% of the steps while the
                         window's labels hold more than one class and that class is
-                        at most 75% of them (a data set that is mostly one class
+                        at most half of them (a data set that is mostly one class
                         does not trip it);
   (d) skipped updates   more updates skipped by the trainer's divergence guard
                         (`trainer.skipped`, non-finite loss or gradient) than half the
@@ -25,7 +25,12 @@ that window's steps:
 A window with none of these is good: the trainable state is copied (the
 checkpoint; the first one is taken before step 1).  On a bad window the trainer's
 state goes back to the checkpoint and `fit` raises DivergenceError, whose message
-is one line naming the step, the symptom and the fix.  A last window shorter than
+is one line naming the step, the symptom and the fix.
+
+The thresholds leave a wide margin on healthy runs: the README's command (MCU CNN,
+fmnist, sparse, 2 epochs, sim) and MeZO / hybrid runs at their usual learning rates
+show no pinned loss and at most 45% of a window on one class; --lr 1e6 pins the
+loss on 30-85% of the first window or predicts one class on 99-100% of it.  A last window shorter than
 W is checked too when it holds at least W / 2 steps.
 """
 import math
@@ -36,10 +41,10 @@ from ..compiler.errors import TinytrainError
 
 WINDOW = 200
 NONFINITE_SHARE = 0.25
-PINNED_SHARE = 0.50
+PINNED_SHARE = 0.25
 PINNED_LEVEL = 0.9
-COLLAPSE_SHARE = 0.95
-COLLAPSE_LABEL_SHARE = 0.75
+COLLAPSE_SHARE = 0.90
+COLLAPSE_LABEL_SHARE = 0.50
 SKIPPED_SHARE = 0.50
 
 
@@ -47,13 +52,14 @@ class DivergenceError(TinytrainError):
     """Training diverged.  Carries what the caller needs to keep the last good weights:
     step (where it stopped), reason ('nonfinite', 'pinned', 'collapse' or 'skipped'),
     last_good_step (the checkpoint the trainer's weights were set back to), record (a
-    dict for reports) and, set by the layer that has them, history, model and path."""
+    dict for reports) and, set by the layer that has them, history, model, trainer and path."""
 
     def __init__(self, problem, *, step, reason, last_good_step, record):
         super().__init__(problem)
         self.step, self.reason, self.last_good_step, self.record = step, reason, last_good_step, record
         self.history = None
         self.model = None
+        self.trainer = None
         self.path = None
 
 
