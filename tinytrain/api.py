@@ -53,16 +53,16 @@ def train(model, x, y, test=None, update="sparse", epochs=1, lr=0.02, qas=True, 
     from .compiler.pipeline import training_graph
     from .train.backprop import BackpropTrainer
     from .train.loop import fit
+    labels = np.asarray(y).reshape(-1)
+    if not allow_one_class and labels.size and (labels == labels[0]).all():
+        raise TinytrainError(f"every label is {labels[0]}: a classifier cannot learn from one class; pass "
+                             f"allow_one_class=True to train anyway", field="y")
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         model = load(model)
     if model.t(model.inputs[0]).dtype != "int8":
         model = quantize(model, (x if calib is None else calib)[:500], output_range=(-logit_range, logit_range))
     tg = training_graph(model, update, qas=qas, float_classifier=float_classifier, weight_headroom=weight_headroom)
     trainer = BackpropTrainer(tg, lr=lr, rounding=rounding, seed=seed, momentum=momentum, accumulate=accumulate)
-    labels = np.asarray(y).reshape(-1)
-    if not allow_one_class and labels.size and (labels == labels[0]).all():
-        raise TinytrainError(f"every label is {labels[0]}: a classifier cannot learn from one class; pass "
-                             f"allow_one_class=True to train anyway", field="y")
     try:
         history = fit(trainer, x, y, epochs=epochs, seed=seed, test=test, progress=progress, out=sys.stdout,
                       lr_flag="lr")
