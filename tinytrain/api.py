@@ -9,6 +9,7 @@ from .compiler import serialize
 from .compiler.pipeline import load as _load
 from .compiler.pipeline import quantize_graph
 from .sim.simulator import Simulator
+from .train.monitor import DivergenceError
 
 
 def load(path, input_shape=None):
@@ -38,7 +39,7 @@ def quantize(model, calib_x, method="minmax", percentile=99.99, output_range=Non
 
 def train(model, x, y, test=None, update="sparse", epochs=1, lr=0.02, qas=True, rounding="stochastic",
           float_classifier=False, momentum=0.0, accumulate=1, seed=0, calib=None, logit_range=16.0,
-          weight_headroom=2.0, progress=True, layout=None):
+          weight_headroom=2.0, progress=True, layout=None, allow_one_class=False):
     """Train a model on (x, y) in the bit-exact simulator, as the device would.
 
     model: an ONNX path, a float IR (quantized on `calib` or x first: their first
@@ -46,14 +47,28 @@ def train(model, x, y, test=None, update="sparse", epochs=1, lr=0.02, qas=True, 
     ("nchw", "nhwc", "ncw", "nwc"; default the model's), transposed to the model's.
     -> (trained int8 IR, history, trainer).  Works in a notebook:
         qmodel, history, _ = tt.train("model.onnx", x, y, test=(tx, ty), update="sparse", epochs=2)
+
+    Labels that are all one class raise TinytrainError (a classifier cannot learn from
+    them) unless allow_one_class=True.  A run that diverges (tinytrain/train/monitor.py:
+    non-finite or pinned loss, one-class collapse, skipped updates) raises DivergenceError,
+    a TinytrainError whose `model` is the int8 IR with the last good weights, `history`
+    the finished epochs, `trainer` the trainer (set back to those weights), `step`,
+    `reason` and `last_good_step` where and why it stopped.
     """
     import sys
 
+    import numpy as np
+
+    from .compiler.errors import TinytrainError
     from .compiler.passes.autodiff import strip_training
     from .compiler.pipeline import training_graph
     from .data import CALIB_SAMPLES
     from .train.backprop import BackpropTrainer
     from .train.loop import fit
+    labels = np.asarray(y).reshape(-1)
+    if not allow_one_class and labels.size and (labels == labels[0]).all():
+        raise TinytrainError(f"every label is {labels[0]}: a classifier cannot learn from one class; pass "
+                             f"allow_one_class=True to train anyway", field="y")
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         model = load(model)
     x = _in_layout(model, x, layout)
@@ -64,7 +79,12 @@ def train(model, x, y, test=None, update="sparse", epochs=1, lr=0.02, qas=True, 
         model = quantize_graph(model, cx[:CALIB_SAMPLES], output_range=(-logit_range, logit_range))
     tg = training_graph(model, update, qas=qas, float_classifier=float_classifier, weight_headroom=weight_headroom)
     trainer = BackpropTrainer(tg, lr=lr, rounding=rounding, seed=seed, momentum=momentum, accumulate=accumulate)
-    history = fit(trainer, x, y, epochs=epochs, seed=seed, test=test, progress=progress, out=sys.stdout)
+    try:
+        history = fit(trainer, x, y, epochs=epochs, seed=seed, test=test, progress=progress, out=sys.stdout,
+                      lr_flag="lr")
+    except DivergenceError as e:              # the trainer holds the last good weights again
+        e.model, e.trainer = strip_training(tg), trainer
+        raise
     return strip_training(tg), history, trainer
 
 
@@ -72,4 +92,4 @@ def save(graph, path):
     return serialize.save(graph, path)
 
 
-__all__ = ["load", "quantize", "train", "save", "Simulator"]
+__all__ = ["load", "quantize", "train", "save", "Simulator", "DivergenceError"]

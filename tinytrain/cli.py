@@ -116,6 +116,9 @@ def cmd_train(args):
     for name, labels in (("--data", y), ("--test", None if test is None else test[1])):
         if labels is not None and (labels.min() < 0 or labels.max() >= n_cls):
             raise TinytrainError(f"{name} has labels outside the model's {n_cls} classes", field="y")
+    if not args.allow_one_class and len(y) and (y == y[0]).all():
+        raise TinytrainError(f"every label is {int(y[0])}: a classifier cannot learn from one class (it learns "
+                             f"to always answer {int(y[0])}); pass --allow-one-class to train anyway", file=args.data)
     scheme = resolve(g, args.update)
     out = Path(args.output)
     if args.trainer in ("mezo", "hybrid"):
@@ -159,8 +162,15 @@ def cmd_train(args):
     if test is not None:
         report["test_accuracy_before"] = trainer.evaluate(*test)
         print(f"test accuracy before training: {100 * report['test_accuracy_before']:.2f}%")
-    report["history"] = fit(trainer, x, y, epochs=args.epochs, seed=args.seed, test=test,
-                            progress=not args.quiet, out=sys.stdout, limit=args.max_samples)
+    from .train.monitor import DivergenceError
+    try:
+        report["history"] = fit(trainer, x, y, epochs=args.epochs, seed=args.seed, test=test,
+                                progress=not args.quiet, out=sys.stdout, limit=args.max_samples)
+        diverged = None
+    except DivergenceError as e:            # the trainer holds the last good weights again
+        diverged = e
+        report["history"] = e.history
+        report["divergence"] = e.record
     report["skipped_updates"] = trainer.skipped
     report["backend"] = args.backend
     out.mkdir(parents=True, exist_ok=True)
@@ -175,9 +185,15 @@ def cmd_train(args):
             for t in plain.meta["training"]["trainable"]:
                 plain.t(t).data[...] = trained[plain.t(t).name].data
             tg = plain
-    path = save(strip_training(tg), out / (Path(args.model).name.split(".")[0] + ".trained.tt.npz"))
-    report["trained_model"] = str(path)
+    kind = "trained" if diverged is None else "last-good"
+    path = save(strip_training(tg), out / (Path(args.model).name.split(".")[0] + f".{kind}.tt.npz"))
+    report[f"{kind.replace('-', '_')}_model"] = str(path)
     (out / "train_report.json").write_text(json.dumps(report, indent=1))
+    if diverged is not None:
+        diverged.path = path
+        diverged.problem += f"; saved as {path}"
+        diverged.args = (diverged.format(),)
+        raise diverged
     print(f"trained int8 model: {path}")
     if test is not None:
         print(f"test accuracy after training: {100 * report['history'][-1]['test_accuracy']:.2f}%")
@@ -376,6 +392,8 @@ def build_parser():
                    help="sim: the numba simulator; c: compile to C, build with gcc, train through it (bit-exact)")
     s.add_argument("--input-shape", type=_shape, help="override the input shape, e.g. 1,3,32,32")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--allow-one-class", action="store_true",
+                   help="train even when every --data label is the same class (refused by default)")
     s.add_argument("-o", "--output", required=True, help="output folder")
     s.set_defaults(func=cmd_train)
 

@@ -5,14 +5,38 @@ import time
 
 import numpy as np
 
+from .monitor import DivergenceError, Monitor, loss_cap
 
-def fit(trainer, x, y, epochs=1, seed=0, test=None, progress=True, out=sys.stderr, limit=0):
+
+def fit(trainer, x, y, epochs=1, seed=0, test=None, progress=True, out=sys.stderr, limit=0, monitor=True,
+        lr_flag="--lr"):
     """Train `trainer` (step(x, label) -> (loss, logits)) on (x, y) for `epochs`.
-    -> history: one dict per epoch (loss, train accuracy, test accuracy, seconds)."""
+    -> history: one dict per epoch (loss, train accuracy, test accuracy, seconds).
+
+    monitor: watch for divergence (tinytrain/train/monitor.py); on it the trainer's weights
+    go back to the last good checkpoint and DivergenceError is raised (its `history`
+    holds the finished epochs).  lr_flag names the learning rate in its message."""
     rng = np.random.default_rng(seed)
     history = []
     n = len(x) if not limit else min(limit, len(x))
     tty = progress and hasattr(out, "isatty") and out.isatty()
+    mon = None
+    if monitor:
+        ctx = getattr(trainer, "ctx", None) or getattr(getattr(trainer, "model", None), "ctx", None)
+        lr = getattr(trainer, "lr", None) or getattr(ctx, "lr", None)      # sim MeZO, sim backprop, C
+        mon = Monitor(trainer, n, loss_cap=loss_cap(trainer.graph), lr=None if lr is None else float(lr),
+                      lr_flag=lr_flag)
+    try:
+        _epochs(trainer, x, y, epochs, rng, test, progress, out, n, tty, mon, history)
+    except DivergenceError as e:
+        if tty:
+            print(file=out)
+        e.history = history
+        raise
+    return history
+
+
+def _epochs(trainer, x, y, epochs, rng, test, progress, out, n, tty, mon, history):
     for ep in range(epochs):
         t0 = time.perf_counter()
         order = rng.permutation(len(x))[:n]
@@ -22,7 +46,10 @@ def fit(trainer, x, y, epochs=1, seed=0, test=None, progress=True, out=sys.stder
             if loss is not None and np.isfinite(loss):
                 loss_sum += loss
                 seen += 1
-            correct += int(np.argmax(logits.reshape(-1)) == y[i])
+            pred = int(np.argmax(logits.reshape(-1)))
+            correct += int(pred == y[i])
+            if mon is not None:
+                mon.observe(loss, pred, y[i])
             if progress and (tty or (k + 1) % max(1, n // 4) == 0 or k + 1 == n):
                 bar = "#" * int(30 * (k + 1) / n)
                 line = (f"epoch {ep + 1}/{epochs} [{bar:<30}] {k + 1}/{n}  loss {loss_sum / max(seen, 1):.4f}  "
@@ -37,4 +64,5 @@ def fit(trainer, x, y, epochs=1, seed=0, test=None, progress=True, out=sys.stder
             if progress:
                 print(f"epoch {ep + 1}: test accuracy {100 * rec['test_accuracy']:.2f}%", file=out)
         history.append(rec)
-    return history
+    if mon is not None:
+        mon.finish()
