@@ -237,6 +237,8 @@ def cmd_compile(args):
     from .data import load_dataset
     from .host import stack_estimate
     from .memreport import memory_summary, parse_size, write_reports
+    from .compiler.codegen.cformat import check_name
+    check_name(args.name)
     try:
         sram = parse_size(args.sram) if args.sram else None
         flash = parse_size(args.flash) if args.flash else None
