@@ -315,3 +315,23 @@ def test_comment_text_is_inert():
     assert comment_text("/conv1/Conv_2") == "/conv1/Conv_2"           # ordinary ONNX names stay readable
     assert comment_text("fc */ x") == "fc %2A/ x"
     assert comment_text("\u00e9") == "%C3%A9"
+
+
+def test_every_entry_point_checks_the_name(tmp_path):
+    """The Python API refuses what the CLI refuses, before writing anything."""
+    from tinytrain.compiler.codegen.cformat import check_name
+    from tinytrain.compiler.errors import TinytrainError
+    from tinytrain.compiler.pipeline import compile_mezo
+    from tinytrain.host import build
+    for ok in ("model", "m", "kws", "Model2", "mnist_cnn", "a" * 32):
+        assert check_name(ok) == ok
+    x = load_dataset(ROOT / "models" / "data" / "basicmotions_train.npz")[0]
+    gq = tt.quantize(tt.load(ROOT / "models" / "imu_cnn.onnx"), x[:16])
+    out = tmp_path / "c"
+    for call in (lambda: compile_graph(gq, out, name="tt_state", update="classifier"),
+                 lambda: compile_mezo(gq, out, name="while", update="classifier"),
+                 lambda: build(out, "_Reserved")):
+        with pytest.raises(TinytrainError) as e:
+            call()
+        assert e.value.field == "--name" and "\n" not in str(e.value)
+        assert not out.exists()
