@@ -101,7 +101,7 @@ class Lib:
         self.runtime_src = sorted(p.name for p in (out / "runtime" / "src").glob("*.c"))
         self.runtime_inc = sorted(p.name for p in (out / "runtime" / "include").glob("*.h"))
         src = graph.meta.get("source") if graph is not None else None
-        self.source = comment_text(Path(str(src)).name) if src else "an ONNX model"   # only ever in comments / free text
+        self.source = comment_text(Path(str(src)).name) if src else "an ONNX model"   # comments / free text only
         self.range = input_range(graph) if graph is not None else (-1.0, 1.0)
         self.mezo = facts.get("trainer") == "mezo"
 
