@@ -99,8 +99,10 @@ def compile_graph(graph_int8, out, name="model", update="sparse", qas=True, floa
     """int8 IR -> training graph -> memory plan (checked against `sram` bytes) -> C.
     `plan_sram` only steers the plan (the cheapest patching that fits) without the check.
     -> (training graph as compiled, plan, facts)"""
+    from .codegen.cformat import check_name
     from .codegen.emit_c import emit
     from .passes.plan_memory import check_budget
+    check_name(name)
     tg = training_graph(graph_int8, update, qas=qas, float_classifier=float_classifier,
                         weight_headroom=weight_headroom, chunk_bytes=chunk_bytes)
     tg, plan = memory_plan(tg, in_place=in_place, patch=patch, sram=sram if sram is not None else plan_sram)
@@ -112,7 +114,9 @@ def compile_graph(graph_int8, out, name="model", update="sparse", qas=True, floa
 def compile_mezo(graph_int8, out, name="model", update="sparse", eps=1, queries=1, sram=None):
     """int8 IR -> zeroth-order training library (two forward passes a step, no backward).
     -> (zo graph, plan, facts)"""
+    from .codegen.cformat import check_name
     from .codegen.emit_zo import emit_mezo
+    check_name(name)
     from .passes.plan_memory import check_budget, plan_memory
     from .passes.zo_plan import zo_plan
     gz = verify(zo_plan(graph_int8, resolve_scheme(graph_int8, update), eps), "zo_plan")

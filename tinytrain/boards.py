@@ -99,6 +99,8 @@ def model_facts(build_dir, name=None):
                                   else f"several models here ({', '.join(found)}): choose one with --name"),
                                  file=build_dir)
         name = found[0]
+    from .compiler.codegen.cformat import check_name
+    check_name(name)
     header = build_dir / f"{name}.h"
     if not header.is_file() or not (build_dir / f"{name}.c").is_file():
         raise TinytrainError(f"no {name}.h / {name}.c here (the --name given to `tinytrain compile`)", file=build_dir)

@@ -259,6 +259,8 @@ def cmd_compile(args):
     from .compiler.pipeline import compile_graph
     from .host import stack_estimate
     from .memreport import memory_summary, parse_size, write_reports
+    from .compiler.codegen.cformat import check_name
+    check_name(args.name)
     sizes = {}
     for flag, text in (("--sram", args.sram), ("--flash", args.flash)):
         try:
@@ -404,7 +406,8 @@ def build_parser():
     _data_options(s)
     s.add_argument("--sram", help="SRAM budget, e.g. 256k: fail with a breakdown when the plan needs more")
     s.add_argument("--flash", help="flash budget for the frozen weights, e.g. 1m")
-    s.add_argument("--name", default="model", help="prefix of every C symbol (default model)")
+    s.add_argument("--name", default="model", help="prefix of every C symbol (default model): a C identifier of at "
+                   "most 32 ASCII characters, not a keyword, not reserved, not tt_* / app_*")
     s.add_argument("--no-in-place", action="store_true", help="no in-place buffers (to measure what they save)")
     s.add_argument("--trainer", choices=["backprop", "mezo", "auto"], default="backprop",
                    help="mezo: zeroth-order, two forward passes a step at inference memory; auto: backprop when "

@@ -12,6 +12,8 @@ CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", "-ffp-c
 
 
 def build(out, name, extra=()):
+    from .compiler.codegen.cformat import check_name
+    check_name(name)
     out = Path(out)
     srcs = [out / f"{name}.c"] + sorted((out / "runtime" / "src").glob("*.c"))
     lib = out / f"lib{name}.so"
