@@ -7,6 +7,7 @@ back flipped once, at every read of a save or a load: the load still returns the
 state, a save never erases the only (or the newest) valid copy, and bytes that failed the
 CRC never reach the caller.  The generated <name>_init(..., restore=1) checks the CRC,
 signature, size and magic of a blob kept in RAM."""
+import struct
 import zlib
 
 import numpy as np
@@ -259,3 +260,124 @@ def test_a_slot_that_stops_reading_during_a_save_is_never_erased(lib, before):
         if not np.array_equal(got, new):               # the read-back failed: the new copy is there
             assert np.array_equal(got, saved[-1]), k
             assert bytes(ffi.buffer(lib.shim_flash(), 2 * SLOT)) == before_flash, k
+
+
+# ---- the generated library: a blob kept in RAM, restored with <name>_init(..., restore=1) ----
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    import tinytrain as tt
+    from tinytrain.compiler.pipeline import compile_graph
+    from tinytrain.data import load_dataset
+    from tinytrain.host import HostModel
+    x, y = load_dataset(ROOT / "models" / "data" / "fmnist_train.npz")
+    gq = tt.quantize(tt.load(ROOT / "models" / "mcu_cnn_mnist.onnx"), x[:64], output_range=(-16, 16))
+    out = tmp_path_factory.mktemp("model")
+    tg, plan, facts = compile_graph(gq, out, name="m", update="classifier")
+    hm = HostModel(out, "m", tg, facts, lr=0.05, seed=1)
+    hm.ffi.cdef("int tt_state_save(const tt_flash *f, const uint8_t *state, uint32_t size, uint32_t signature);")
+    return hm, x, y
+
+
+def _seal_crc(blob):
+    """The blob's CRC, computed here with zlib: every byte but the CRC field (16-19)."""
+    return zlib.crc32(bytes(blob[:16]) + bytes(blob[20:]))
+
+
+def _with(blob, off, value, reseal=True):
+    b = bytearray(blob)
+    b[off:off + 4] = struct.pack("<I", value)
+    if reseal:
+        b[16:20] = struct.pack("<I", _seal_crc(b))
+    return bytes(b)
+
+
+def _restore(hm, blob):
+    ffi, S, A = hm.ffi, hm.facts["state"], hm.facts["arena"]
+    ctx = ffi.new("m_ctx *")
+    arena = ffi.new("uint8_t[]", A + 8)
+    state = ffi.new("uint8_t[]", S + 8)
+    ffi.memmove(state, blob, S)
+    return hm.lib.m_init(ctx, arena, A, state, S, 0.05, 1, 1), ctx
+
+
+def test_a_sealed_blob_restores_and_a_garbage_one_is_refused(model):
+    hm, x, y = model
+    S, sig = hm.facts["state"], hm.facts["signature"]
+    assert hm.lib.m_reset(hm.ctx) == 0
+    for i in range(3):
+        hm.train_step(x[i], y[i])
+    assert hm.lib.m_state_seal(hm.ctx) == 0
+    blob = hm.state_bytes()
+    magic, sig_, size, steps, crc, reserved = struct.unpack("<6I", blob[:24])
+    assert (magic, sig_, size, steps, reserved) == (0x31535454, sig, S, 3, 0)
+    assert crc == _seal_crc(blob)                                   # an independent CRC: zlib's
+    rc, ctx = _restore(hm, blob)
+    assert rc == 0 and ctx.steps == 3
+    assert _restore(hm, _with(blob, 0, 0x31535454))[0] == 0        # re-sealing here gives the same blob
+    # garbage is refused, whatever the header says
+    rng = np.random.default_rng(5)
+    for off in (24, S // 2, S - 1, 12, 20):                        # payload, steps, the reserved word
+        b = bytearray(blob)
+        b[off] ^= 1 << int(rng.integers(0, 8))
+        assert _restore(hm, bytes(b))[0] == -5, off
+    assert _restore(hm, _with(blob, 16, crc ^ 1, reseal=False))[0] == -5          # wrong CRC
+    # a wrong signature, size or magic is refused even with a CRC that matches it
+    assert _restore(hm, _with(blob, 4, sig ^ 0x80))[0] == -5                       # another model
+    assert _restore(hm, _with(blob, 8, S - 8))[0] == -5                            # another size
+    assert _restore(hm, _with(blob, 0, 0x31535455))[0] == -5                       # not a state blob
+    assert _restore(hm, rng.integers(0, 256, S).astype(np.uint8).tobytes())[0] == -5
+    assert _restore(hm, bytes(S))[0] == -5
+    # training changes the blob without re-sealing: an unsealed blob is refused
+    hm.train_step(x[3], y[3])
+    assert _restore(hm, hm.state_bytes())[0] == -5
+    assert hm.lib.m_state_seal(hm.ctx) == 0 and _restore(hm, hm.state_bytes())[0] == 0
+    # a fresh state (init without restore, or reset) is sealed
+    assert hm.lib.m_reset(hm.ctx) == 0 and _restore(hm, hm.state_bytes())[0] == 0
+
+
+def test_load_of_a_bad_blob_resets_and_of_nothing_keeps_the_state(model):
+    """<name>_load: nothing in flash -> error, the state as it was; a slot that verifies but
+    holds an unsealed (or foreign) blob -> error, the initial state, never the bytes loaded."""
+    hm, x, y = model
+    ffi, lib, S = hm.ffi, hm.lib, hm.facts["state"]
+    slot = (S + 24 + 255) // 256 * 256
+    flash = bytearray(b"\xff" * (2 * slot))
+
+    @ffi.callback("int(void *, uint32_t, uint32_t)", error=-1)
+    def erase(user, off, size):
+        flash[off:off + size] = b"\xff" * size
+        return 0
+
+    @ffi.callback("int(void *, uint32_t, const uint8_t *, uint32_t)", error=-1)
+    def write(user, off, data, size):
+        flash[off:off + size] = bytes(a & b for a, b in zip(flash[off:off + size], ffi.buffer(data, size)[:]))
+        return 0
+
+    @ffi.callback("int(void *, uint32_t, uint8_t *, uint32_t)", error=-1)
+    def read(user, off, data, size):
+        ffi.memmove(data, bytes(flash[off:off + size]), size)
+        return 0
+
+    dev = ffi.new("tt_flash *", {"erase": erase, "write": write, "read": read, "user": ffi.NULL, "slot_size": slot})
+    assert lib.m_reset(hm.ctx) == 0
+    fresh = hm.state_bytes()
+    for i in range(2):
+        hm.train_step(x[i], y[i])
+    trained = hm.state_bytes()
+    assert lib.m_load(hm.ctx, dev) == -5 and hm.state_bytes() == trained and hm.ctx.steps == 2
+    unsealed = _with(trained, 16, _seal_crc(trained) ^ 1, reseal=False)
+    buf = ffi.new("uint8_t[]", unsealed)
+    assert lib.tt_state_save(dev, buf, S, hm.facts["signature"]) == 0     # a valid slot, a bad blob
+    assert lib.m_load(hm.ctx, dev) == -5
+    assert hm.state_bytes() == fresh and hm.ctx.steps == 0
+    assert lib.m_save(hm.ctx, dev) == 0
+    hm.train_step(x[0], y[0])
+    assert lib.m_load(hm.ctx, dev) == 0 and hm.state_bytes() == fresh
+    # _save seals a state that training left unsealed; the blob it loads restores in RAM too
+    hm.train_step(x[1], y[1])
+    assert lib.m_save(hm.ctx, dev) == 0
+    saved = hm.state_bytes()
+    assert struct.unpack("<I", saved[16:20])[0] == _seal_crc(saved)
+    assert lib.m_reset(hm.ctx) == 0 and lib.m_load(hm.ctx, dev) == 0
+    assert hm.state_bytes() == saved and hm.ctx.steps == 1 and _restore(hm, saved)[0] == 0
