@@ -38,6 +38,7 @@ typedef struct {{ uint8_t *arena; uint8_t *state; float lr; uint32_t prng; int32
 int {name}_init({name}_ctx *ctx, void *arena, size_t arena_size, void *state, size_t state_size, float lr,
                 uint32_t seed, int restore);
 int {name}_reset({name}_ctx *ctx);
+int {name}_state_seal({name}_ctx *ctx);
 int {name}_train_step({name}_ctx *ctx, const float *input, int32_t label, float *loss, int32_t *predicted);
 int {name}_predict({name}_ctx *ctx, const float *input, float *logits, int32_t *predicted);
 int {name}_save({name}_ctx *ctx, const tt_flash *flash);

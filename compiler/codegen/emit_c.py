@@ -181,8 +181,11 @@ def _header(e, f):
  *   static uint8_t state[{N}_STATE_SIZE] __attribute__((aligned({N}_ALIGN)));
  *   {n}_init(&ctx, arena, sizeof arena, state, sizeof state, 0.05f, 1u, 0);
  *   {n}_train_step(&ctx, input, label, &loss, &predicted);   (input: {N}_INPUT_SIZE floats, NHWC)
- * The learned state is the blob `state` ({N}_STATE_SIZE bytes, header + parameters): save it,
- * and restore it with {n}_init(..., restore = 1), which checks it belongs to this model.
+ * The learned state is the blob `state` ({N}_STATE_SIZE bytes, header + parameters).  Either
+ * {n}_save / {n}_load it (two flash slots, power-cut safe), or keep it yourself: call
+ * {n}_state_seal(&ctx) (it writes the blob's CRC; training changes the blob and does not update
+ * the CRC) and then store the blob; {n}_init(..., restore = 1) accepts it only if its magic,
+ * model signature, size and CRC check, else {N}_ERR_STATE.
  */
 #ifndef {N}_H
 #define {N}_H
@@ -226,9 +229,13 @@ typedef struct {{
 int {n}_init({n}_ctx *ctx, void *arena, size_t arena_size, void *state, size_t state_size, float lr, uint32_t seed,
              int restore);
 int {n}_reset({n}_ctx *ctx);
+/* Write the CRC of the state blob into its header: call before keeping the blob yourself. */
+int {n}_state_seal({n}_ctx *ctx);
 int {n}_train_step({n}_ctx *ctx, const float *input, int32_t label, float *loss, int32_t *predicted);
 int {n}_predict({n}_ctx *ctx, const float *input, float *logits, int32_t *predicted);
-/* Power-cut-safe persistence of the learned state (two flash slots, see tt_persist.h). */
+/* Power-cut-safe persistence of the learned state (two flash slots, see tt_persist.h).  _save
+   seals the blob first.  _load on failure ({N}_ERR_STATE): the state is unchanged, except when the
+   flash returned bytes that failed the checks: then it is the initial state, as after {n}_reset. */
 int {n}_save({n}_ctx *ctx, const tt_flash *flash);
 int {n}_load({n}_ctx *ctx, const tt_flash *flash);
 
@@ -345,9 +352,34 @@ static int {n}_check({n}_ctx *ctx, const float *input)
 
 static void {n}_header({n}_ctx *ctx)
 {{
-    const uint32_t h[4] = {{{N}_STATE_MAGIC, {N}_SIGNATURE, {N}_STATE_SIZE, 0u}};
+    const uint32_t h[6] = {{{N}_STATE_MAGIC, {N}_SIGNATURE, {N}_STATE_SIZE, 0u, 0u, 0u}};
     memcpy(ctx->state, h, sizeof h);
     memcpy(ctx->state + 12, &ctx->steps, sizeof ctx->steps);
+}}
+
+/* the CRC-32 of the blob without its CRC field (bytes 16-19) */
+static uint32_t {n}_state_crc(const uint8_t *state)
+{{
+    return tt_crc32(tt_crc32(0u, state, 16u), state + 20, {N}_STATE_SIZE - 20u);
+}}
+
+/* 1 if `state` is a sealed blob of this model: magic, signature, size and CRC */
+static int {n}_state_ok(const uint8_t *state)
+{{
+    uint32_t h[5];
+    memcpy(h, state, sizeof h);
+    return h[0] == {N}_STATE_MAGIC && h[1] == {N}_SIGNATURE && h[2] == {N}_STATE_SIZE && h[4] == {n}_state_crc(state);
+}}
+
+int {n}_state_seal({n}_ctx *ctx)
+{{
+    uint32_t crc;
+    if (ctx == NULL || ctx->state == NULL) {{
+        return {N}_ERR_NULL;
+    }}
+    crc = {n}_state_crc(ctx->state);
+    memcpy(ctx->state + 16, &crc, sizeof crc);
+    return {N}_OK;
 }}
 
 int {n}_reset({n}_ctx *ctx)
@@ -358,13 +390,12 @@ int {n}_reset({n}_ctx *ctx)
 {chr(10).join(resets)}
     ctx->steps = 0;
     {n}_header(ctx);
-    return {N}_OK;
+    return {n}_state_seal(ctx);
 }}
 
 int {n}_init({n}_ctx *ctx, void *arena, size_t arena_size, void *state, size_t state_size, float lr, uint32_t seed,
              int restore)
 {{
-    uint32_t h[4];
     if (ctx == NULL || arena == NULL || state == NULL) {{
         return {N}_ERR_NULL;
     }}
@@ -382,8 +413,7 @@ int {n}_init({n}_ctx *ctx, void *arena, size_t arena_size, void *state, size_t s
     if (!restore) {{
         return {n}_reset(ctx);
     }}
-    memcpy(h, state, sizeof h);
-    if (h[0] != {N}_STATE_MAGIC || h[1] != {N}_SIGNATURE || h[2] != {N}_STATE_SIZE) {{
+    if (!{n}_state_ok(ctx->state)) {{
         return {N}_ERR_STATE;
     }}
     memcpy(&ctx->steps, ctx->state + 12, sizeof ctx->steps);
@@ -418,16 +448,23 @@ int {n}_save({n}_ctx *ctx, const tt_flash *flash)
     if (ctx == NULL || ctx->state == NULL || flash == NULL) {{
         return {N}_ERR_NULL;
     }}
+    {n}_state_seal(ctx);
     return tt_state_save(flash, ctx->state, {N}_STATE_SIZE, {N}_SIGNATURE) == TT_PERSIST_OK ? {N}_OK : {N}_ERR_STATE;
 }}
 
 int {n}_load({n}_ctx *ctx, const tt_flash *flash)
 {{
+    int rc;
     if (ctx == NULL || ctx->state == NULL || flash == NULL) {{
         return {N}_ERR_NULL;
     }}
-    if (tt_state_load(flash, ctx->state, {N}_STATE_SIZE, {N}_SIGNATURE) != TT_PERSIST_OK) {{
+    rc = tt_state_load(flash, ctx->state, {N}_STATE_SIZE, {N}_SIGNATURE);
+    if (rc == TT_PERSIST_ERR_READ || (rc == TT_PERSIST_OK && !{n}_state_ok(ctx->state))) {{
+        {n}_reset(ctx);                       /* never keep bytes that failed a check */
         return {N}_ERR_STATE;
+    }}
+    if (rc != TT_PERSIST_OK) {{
+        return {N}_ERR_STATE;                 /* the state is unchanged */
     }}
     memcpy(&ctx->steps, ctx->state + 12, sizeof ctx->steps);
     return {N}_OK;
