@@ -22,6 +22,12 @@ def load(path, input_shape=None):
 def quantize(model, calib_x, method="minmax", percentile=99.99, output_range=None):
     """Post-training int8 quantization calibrated on calib_x (ONNX input layout).
     output_range=(lo, hi) fixes the logits' range (room to grow during training)."""
+    from .compiler.hparams import check_percentile
+    if method == "percentile":
+        percentile = check_percentile(percentile)
+    if output_range is not None:
+        from .compiler.hparams import check_finite
+        output_range = tuple(check_finite(v, "output_range") for v in output_range)
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         model = load(model)
     return quantize_graph(model, calib_x, method=method, percentile=percentile, output_range=output_range)
@@ -38,10 +44,15 @@ def train(model, x, y, test=None, update="sparse", epochs=1, lr=0.02, qas=True, 
     """
     import sys
 
+    from .compiler import hparams
     from .compiler.passes.autodiff import strip_training
     from .compiler.pipeline import training_graph
     from .train.backprop import BackpropTrainer
     from .train.loop import fit
+    # every hyper-parameter is checked before any work (compiler/hparams.py)
+    lr, momentum = hparams.check_lr(lr), hparams.check_momentum(momentum)
+    accumulate, logit_range = hparams.check_accumulate(accumulate), hparams.check_logit_range(logit_range)
+    weight_headroom = hparams.check_headroom(weight_headroom)
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         model = load(model)
     if model.t(model.inputs[0]).dtype != "int8":

@@ -5,7 +5,9 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .compiler import hparams
 from .compiler.errors import TinytrainError
+from .compiler.hparams import argtype
 
 
 def _shape(text):
@@ -155,6 +157,7 @@ def cmd_train(args):
     report["history"] = fit(trainer, x, y, epochs=args.epochs, seed=args.seed, test=test,
                             progress=not args.quiet, out=sys.stdout, limit=args.max_samples)
     report["skipped_updates"] = trainer.skipped
+    report["saturated_updates"] = getattr(trainer, "saturated", 0)
     report["backend"] = args.backend
     out.mkdir(parents=True, exist_ok=True)
     if args.backend == "c":
@@ -191,7 +194,7 @@ def _scheme_need(g, update, args, sram, kw, stack=2048):
     except TinytrainError:
         return None
     arena = memory_plan(tg, in_place=not args.no_in_place, sram=sram)[1].arena_size
-    return arena + state_bytes(tg)[0] + 32 + stack, sum(tg.t(t).size for t in tg.meta["training"]["trainable"])
+    return arena + state_bytes(tg)[0] + 40 + stack, sum(tg.t(t).size for t in tg.meta["training"]["trainable"])
 
 
 def _choose_scheme(g, args, sram, kw):
@@ -307,12 +310,14 @@ def _training_options(s):
     s.add_argument("--no-qas", action="store_true", help="turn quantization-aware scaling off (for comparison)")
     s.add_argument("--float-classifier", action="store_true",
                    help="keep the last layer in float32 (more accurate updates, 4x its weight memory)")
-    s.add_argument("--logit-range", type=float, default=16.0,
+    s.add_argument("--logit-range", type=argtype(hparams.check_logit_range, "--logit-range"), default=16.0,
                    help="a float model's logits are quantized to [-R, R], room to grow while training (default 16)")
-    s.add_argument("--weight-headroom", type=float, default=2.0,
+    s.add_argument("--weight-headroom", type=argtype(hparams.check_headroom, "--weight-headroom"), default=2.0,
                    help="trained weights get their scale x H so they can grow without saturating (default 2)")
-    s.add_argument("--eps", type=int, default=1, help="MeZO perturbation in quantization steps (default 1)")
-    s.add_argument("--queries", type=int, default=1, help="MeZO two-point estimates per step (default 1)")
+    s.add_argument("--eps", type=argtype(hparams.check_eps, "--eps", integer=True), default=1,
+                   help="MeZO perturbation in quantization steps, 1..16 (default 1)")
+    s.add_argument("--queries", type=argtype(hparams.check_queries, "--queries", integer=True), default=1,
+                   help="MeZO two-point estimates per step, 1..1024 (default 1)")
 
 
 def build_parser():
@@ -331,7 +336,7 @@ def build_parser():
     s.add_argument("--calib", required=True, help="calibration samples (.npz with x[, y], .npy, .csv)")
     s.add_argument("--test", help="labelled test data for the float-vs-int8 accuracy report")
     s.add_argument("--method", choices=["minmax", "percentile"], default="minmax")
-    s.add_argument("--percentile", type=float, default=99.99)
+    s.add_argument("--percentile", type=argtype(hparams.check_percentile, "--percentile"), default=99.99)
     s.add_argument("--max-calib", type=int, default=0, help="use at most this many calibration samples")
     s.add_argument("--report-samples", type=int, default=100, help="samples for the per-layer error report")
     s.add_argument("--input-shape", type=_shape, help="override the input shape, e.g. 1,3,32,32")
@@ -345,12 +350,15 @@ def build_parser():
     s.add_argument("--calib", help="calibration samples for a float model (default: the training data)")
     _training_options(s)
     s.add_argument("--epochs", type=int, default=1)
-    s.add_argument("--lr", type=float, default=0.02)
+    s.add_argument("--lr", type=argtype(hparams.check_lr, "--lr"), default=0.02,
+                   help="learning rate, in (0, 1000] (default 0.02)")
     s.add_argument("--trainer", choices=["backprop", "mezo", "hybrid"], default="backprop",
                    help="mezo: zeroth-order (two forward passes, use a much smaller --lr, e.g. 1e-4); hybrid: "
                         "backprop for the classifier, MeZO for the rest")
-    s.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (default 0: TTE found it hurts at batch 1)")
-    s.add_argument("--accumulate", type=int, default=1, help="average the gradients of N samples per update")
+    s.add_argument("--momentum", type=argtype(hparams.check_momentum, "--momentum"), default=0.0,
+                   help="SGD momentum in [0, 1) (default 0: TTE found it hurts at batch 1)")
+    s.add_argument("--accumulate", type=argtype(hparams.check_accumulate, "--accumulate", integer=True), default=1,
+                   help="average the gradients of N samples per update (1..65536)")
     s.add_argument("--max-samples", type=int, default=0, help="use at most N training samples per epoch")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--backend", choices=["sim", "c"], default="sim",

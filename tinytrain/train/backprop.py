@@ -3,6 +3,7 @@
 import numpy as np
 
 from ..compiler.errors import TinytrainError
+from ..compiler.hparams import check_accumulate, check_lr, check_momentum
 from ..compiler.ops import get_op
 from ..compiler.quant.prng import prng_seed
 from ..sim.simulator import Simulator
@@ -14,18 +15,16 @@ class TrainContext:
     def __init__(self, lr, rounding="stochastic", seed=0, momentum=0.0, accumulate=1):
         if rounding not in ("stochastic", "shadow"):
             raise TinytrainError(f"unknown rounding '{rounding}' (stochastic or shadow)", field="rounding")
-        if not (np.isfinite(lr) and lr > 0):
-            raise TinytrainError(f"learning rate {lr} must be a positive number", field="lr")
+        lr = check_lr(lr)
+        momentum = check_momentum(momentum)
+        accumulate = check_accumulate(accumulate)
         self.lr = np.float32(lr)
         self.rounding = rounding
         self.prng = np.zeros(1, np.uint32)
         prng_seed(self.prng, np.uint32(seed))
         self.shadow = {}
         self.skipped = 0            # steps or updates skipped by the divergence guard
-        if not 0.0 <= momentum < 1.0:
-            raise TinytrainError(f"momentum {momentum} must be in [0, 1)", field="momentum")
-        if int(accumulate) < 1:
-            raise TinytrainError(f"accumulate {accumulate} must be >= 1", field="accumulate")
+        self.saturated = 0          # updated elements that hit their clamp (int8 +-127, the bias limit)
         self.momentum = float(momentum)
         self.velocity = {}
         self.accumulate = int(accumulate)
@@ -95,6 +94,10 @@ class BackpropTrainer:
     @property
     def skipped(self):
         return self.ctx.skipped
+
+    @property
+    def saturated(self):
+        return self.ctx.saturated
 
     def evaluate(self, x, y, batch=256):
         pred = self.sim.predict(x, batch)
