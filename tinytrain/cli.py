@@ -158,6 +158,9 @@ def cmd_train(args):
                             progress=not args.quiet, out=sys.stdout, limit=args.max_samples)
     report["skipped_updates"] = trainer.skipped
     report["saturated_updates"] = getattr(trainer, "saturated", 0)
+    if report["skipped_updates"] or report["saturated_updates"]:
+        print(f"updates: {report['skipped_updates']} skipped (non-finite loss or gradient), "
+              f"{report['saturated_updates']} elements saturated (int8 +-127 or the bias limit)")
     report["backend"] = args.backend
     out.mkdir(parents=True, exist_ok=True)
     if args.backend == "c":

@@ -74,6 +74,7 @@ class Emitter:
                 off += (graph.t(tid).size * 2 + ALIGN - 1) // ALIGN * ALIGN
         self.state_size = off
         self.train = "train"                               # the C variable that turns masks on
+        self.bias_limits = {}                              # trained int32 bias -> its accumulator-safe limit
 
     def sym(self, hint):
         self._n += 1
@@ -294,9 +295,9 @@ def _source(e, f, forward_body, backward_body, zo_body=None):
               f"{e.ptr(logits.id)}[best]) {{\n            best = i;\n        }}\n    }}")
     count_fn = f"""/* counter += k, saturating at INT32_MAX (k >= 0) */
 static void {n}_count(int32_t *counter, int32_t k)
-{{{{
+{{
     *counter = (*counter > INT32_MAX - k) ? INT32_MAX : *counter + k;
-}}}}
+}}
 """
     finite_fn = count_fn if zo_body is not None else count_fn + f"""static int {n}_finite(const float *g, int32_t count)
 {{{{
@@ -309,6 +310,12 @@ static void {n}_count(int32_t *counter, int32_t k)
     return 1;
 }}}}
 """
+    guards = [f"    {n}_count(&ctx->saturated, tt_clamp_sym_s32({e.ptr(tid)}, {g.t(tid).size}, {lim}));"
+              for tid, lim in sorted(e.bias_limits.items())]
+    guard_fn = (f"/* trained biases back inside their accumulator-safe range (a state blob restored or\n"
+                f"   modified in RAM), before any forward: docs/architecture.md, Numerics */\n"
+                f"static void {n}_guard({n}_ctx *ctx)\n{{\n    (void)ctx;\n" + "\n".join(guards) + "\n}\n")
+    finite_fn = finite_fn + guard_fn
     if zo_body is None:
         step_fn = f"static void {n}_backward({n}_ctx *ctx, float *loss)\n{{\n" + "\n".join(backward_body) + "\n}"
         step_call = (f"    {e.ptr(g.inputs[1])}[0] = label;\n    {n}_forward(ctx, 1, input);\n{argmax}\n"
@@ -476,6 +483,7 @@ int {n}_train_step({n}_ctx *ctx, const float *input, int32_t label, float *loss,
     if (label < 0 || label >= {N}_NUM_CLASSES) {{
         return {N}_ERR_LABEL;
     }}
+    {n}_guard(ctx);
 {quantize_input}{step_call}
     ctx->steps += 1;
     memcpy(ctx->state + 12, &ctx->steps, sizeof ctx->steps);
@@ -515,6 +523,7 @@ int {n}_predict({n}_ctx *ctx, const float *input, float *logits, int32_t *predic
     if (st != {N}_OK) {{
         return st;
     }}
+    {n}_guard(ctx);
 {quantize_input}    {n}_forward(ctx, 0, input);
     for (i = 1; i < {N}_NUM_CLASSES; ++i) {{
         if ({e.ptr(logits.id)}[i] > {e.ptr(logits.id)}[best]) {{

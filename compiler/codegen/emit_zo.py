@@ -42,6 +42,7 @@ def emit_mezo(graph, plan, out, name="model", queries=1):
     graph.meta["training"] = {"forward": [n.id for n in graph.nodes], "trainable": [it["tid"] for it in items],
                               "scheme": graph.meta["zo"]["scheme"], "qas": True}
     e = Emitter(graph, plan, name)
+    e.bias_limits = {it["tid"]: int(it["limit"]) for it in items if it["kind"] == "bias"}
     for n in graph.nodes:
         _emit_node(e, n)
     e.line(f"{e.NAME}_PROFILE({len(e.profile)});")

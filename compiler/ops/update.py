@@ -106,6 +106,21 @@ def _sgd_s32_stochastic(b, g, factor, lr, limit, state):
 
 
 @njit(cache=True)
+def _clamp_sym_s32(b, limit):
+    """b = clamp(b, -limit, limit) in place -> how many were outside (a restored state blob's
+    biases brought back inside the accumulator-safe range before a forward)."""
+    sat = 0
+    for c in range(b.shape[0]):
+        if b[c] > limit:
+            b[c] = limit
+            sat += 1
+        elif b[c] < -limit:
+            b[c] = -limit
+            sat += 1
+    return sat
+
+
+@njit(cache=True)
 def _sgd_f32(w, g, lr):
     wf, gf = w.reshape(-1), g.reshape(-1)
     for i in range(gf.shape[0]):
@@ -173,6 +188,7 @@ def _emit_sgd(self, node, g, e):
     if p.dtype == "float32":
         e.line(f"    tt_sgd_f32({pp}, {d.size}, {gp}, ctx->lr);")
     elif p.dtype == "int32":
+        e.bias_limits[p.id] = int(node.attrs["limit"])
         e.line(f"    {e.name}_count(&ctx->saturated, tt_sgd_s32_stochastic({pp}, {d.size}, {gp}, "
                f"{e.array('qas', node.attrs['factor'], 'float')}, ctx->lr, {int(node.attrs['limit'])}, &ctx->prng));")
     elif e.rounding == "shadow":

@@ -190,6 +190,8 @@ int32_t tt_sgd_s8_shadow(int8_t *w, int16_t *sh, int32_t w_inner, int32_t w_k, c
 /** update.py _sgd_s32_stochastic: biases saturate to [-limit, limit] (the layer's accumulator-safe range). */
 int32_t tt_sgd_s32_stochastic(int32_t *b, int32_t n, const float *g, const float *factor, float lr, int32_t limit,
                               uint32_t *prng_state);
+/** update.py _clamp_sym_s32: b = clamp(b, -limit, limit); -> how many were outside. */
+int32_t tt_clamp_sym_s32(int32_t *b, int32_t n, int32_t limit);
 /** update.py _sgd_f32. */
 void tt_sgd_f32(float *w, int32_t n, const float *g, float lr);
 

@@ -122,3 +122,20 @@ void tt_sgd_f32(float *w, int32_t n, const float *g, float lr)
         w[i] = w[i] - g[i] * lr;
     }
 }
+
+/* update.py _clamp_sym_s32: b[c] = clamp(b[c], -limit, limit) (a restored state blob's biases
+   brought back inside the accumulator-safe range before a forward). */
+int32_t tt_clamp_sym_s32(int32_t *b, int32_t n, int32_t limit)
+{
+    int32_t c, sat = 0;
+    for (c = 0; c < n; ++c) {
+        if (b[c] > limit) {
+            b[c] = limit;
+            sat += 1;
+        } else if (b[c] < -limit) {
+            b[c] = -limit;
+            sat += 1;
+        }
+    }
+    return sat;
+}

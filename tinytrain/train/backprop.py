@@ -5,6 +5,7 @@ import numpy as np
 from ..compiler.errors import TinytrainError
 from ..compiler.hparams import check_accumulate, check_lr, check_momentum
 from ..compiler.ops import get_op
+from ..compiler.ops import update as update_ops
 from ..compiler.quant.prng import prng_seed
 from ..sim.simulator import Simulator
 
@@ -40,6 +41,15 @@ class BackpropTrainer:
         self.forward_nodes = [n for n in train_graph.nodes if n.id in fwd]
         self.sim = Simulator(train_graph, self.forward_nodes)
         self.steps = 0
+        # trained int32 biases and their accumulator-safe limits (the C's <name>_guard)
+        self.bias_limits = sorted({n.inputs[0]: int(n.attrs["limit"]) for n in train_graph.nodes
+                                   if n.op == "sgd_update" and "limit" in n.attrs}.items())
+
+    def guard(self):
+        """Trained biases back inside their accumulator-safe range (a restored or modified state),
+        before any forward, counted as saturations: mirrors the C's <name>_guard."""
+        for tid, lim in self.bias_limits:
+            self.ctx.saturated += update_ops._clamp_sym_s32(self.graph.t(tid).data, np.int32(lim))
 
     def step(self, x_onnx, label):
         """One sample: forward, loss, backward with in-place updates.  -> (loss, logits)"""
@@ -61,6 +71,7 @@ class BackpropTrainer:
         if x.ndim == len(g.meta["input_shape"]) - 1:
             x = x[None]
         xq = self.sim.quantize_input(x)
+        self.guard()
         n_cls = g.t(g.outputs[0]).size         # the logits of one sample, flattened: one per class
         label = int(label)
         if not 0 <= label < n_cls:
@@ -100,5 +111,6 @@ class BackpropTrainer:
         return self.ctx.saturated
 
     def evaluate(self, x, y, batch=256):
+        self.guard()
         pred = self.sim.predict(x, batch)
         return float(np.mean(pred == np.asarray(y)))

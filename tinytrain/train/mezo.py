@@ -9,6 +9,7 @@ import numpy as np
 from ..compiler.errors import TinytrainError
 from ..compiler.hparams import check_eps, check_lr, check_queries
 from ..compiler.ops import zo
+from ..compiler.ops.update import _clamp_sym_s32
 from ..compiler.passes.zo_plan import zo_plan
 from ..compiler.quant.fmath import softmax_xent
 from ..compiler.quant.prng import prng_next, prng_seed
@@ -90,6 +91,7 @@ class MezoTrainer:
         if not 0 <= label < self.n_cls:
             raise TinytrainError(f"label {label} is outside the model's {self.n_cls} classes", field="y")
         xq = self.sim.quantize_input(x)
+        self.guard()
         inv_q = np.float32(1.0 / self.queries)
         loss_sum, logits = np.float32(0.0), None
         for _ in range(self.queries):
@@ -112,5 +114,13 @@ class MezoTrainer:
         self.steps += 1
         return float(loss_sum * inv_q), logits
 
+    def guard(self):
+        """Trained biases back inside +-(L - a) (a restored or modified state), before any forward,
+        counted as saturations: mirrors the C's <name>_guard."""
+        for it in self.items:
+            if it["kind"] == "bias":
+                self.saturated += _clamp_sym_s32(self.graph.t(it["tid"]).data, np.int32(it["limit"]))
+
     def evaluate(self, x, y, batch=256):
+        self.guard()
         return float(np.mean(self.sim.predict(x, batch) == np.asarray(y)))
