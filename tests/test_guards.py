@@ -365,3 +365,15 @@ def test_ubsan_run():
                          timeout=1200)
     assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-6000:]
     assert " passed" in res.stdout and "runtime error" not in res.stdout + res.stderr
+
+
+def test_cli_train_backend_c_reports_the_counters(tmp_path, capsys):
+    """`train --backend c` at the largest learning rate: the C's counters reach the report."""
+    import json
+    rc = main(["train", str(ROOT / "models" / "mcu_cnn_mnist.onnx"), "--data", str(D / "fmnist_train.npz"),
+               "--update", "classifier", "--lr", "1000", "--max-samples", "6", "--backend", "c", "--quiet",
+               "-o", str(tmp_path / "out")])
+    assert rc == 0
+    rep = json.loads((tmp_path / "out" / "train_report.json").read_text())
+    assert rep["saturated_updates"] > 0 and rep["skipped_updates"] == 0
+    assert f"{rep['saturated_updates']} elements saturated" in capsys.readouterr().out
