@@ -323,8 +323,17 @@ def _training_options(s):
                    help="MeZO two-point estimates per step, 1..1024 (default 1)")
 
 
+class _UsageError(Exception):
+    """An argparse error (a bad flag value, a missing argument): main prints it as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise _UsageError(f"{self.prog.split(' ', 1)[-1] + ': ' if ' ' in self.prog else ''}{message}")
+
+
 def build_parser():
-    p = argparse.ArgumentParser(prog="tinytrain", description="On-device training compiler for int8 models.")
+    p = _Parser(prog="tinytrain", description="On-device training compiler for int8 models.")
     p.add_argument("--version", action="version", version=f"tinytrain {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -410,7 +419,11 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as e:              # one line, exit 2, like every other user mistake
+        print(f"tinytrain: error: {TinytrainError._printable(e)}", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except TinytrainError as e:
