@@ -444,6 +444,8 @@ def cmd_run(args):
 
 def add_board_commands(sub):
     """Register `tinytrain build` and `tinytrain run` on the CLI's subparsers."""
+    from .compiler import hparams
+    from .compiler.hparams import argtype
     s = sub.add_parser("build", help="cross-compile a compiled C project for a board: flash, RAM, stack")
     s.add_argument("build_dir", help="the output folder of `tinytrain compile`")
     s.add_argument("--board", required=True, help="a folder of boards/, e.g. qemu-mps2-an386, qemu-mps2-an500")
@@ -461,7 +463,7 @@ def add_board_commands(sub):
                    help="labelled samples (.npz with x and y, or .csv), stored in flash; in the model's ONNX layout "
                         "(channels first; with --check the model's own input order is used)")
     s.add_argument("--steps", type=int, default=0, help="training steps; step s uses sample s mod N (default N)")
-    s.add_argument("--lr", type=float, default=0.02)
+    s.add_argument("--lr", type=argtype(hparams.check_lr, "--lr"), default=0.02)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--stack", type=int, help="bytes reserved for the stack (default: the board's)")
     s.add_argument("--timeout", type=float, default=600, help="seconds before QEMU is stopped (default 600)")
@@ -474,14 +476,16 @@ def add_board_commands(sub):
     s.add_argument("--calib", help="with --check: its calibration samples (default: --data)")
     s.add_argument("--update", default="sparse", help="with --check: the compile's --update (default sparse)")
     s.add_argument("--rounding", choices=["stochastic", "shadow"], default="stochastic")
-    s.add_argument("--logit-range", type=float, default=16.0)
+    s.add_argument("--logit-range", type=argtype(hparams.check_logit_range, "--logit-range"), default=16.0)
     s.add_argument("--no-qas", action="store_true")
     s.add_argument("--float-classifier", action="store_true")
-    s.add_argument("--weight-headroom", type=float, default=2.0)
+    s.add_argument("--weight-headroom", type=argtype(hparams.check_headroom, "--weight-headroom"), default=2.0)
     s.add_argument("--no-in-place", action="store_true", help="with --check: the compile had --no-in-place")
     s.add_argument("--sram", help="with --check: the compile's --sram (it steers the patching of the plan)")
     s.add_argument("--trainer", choices=["backprop", "mezo"], default="backprop",
                    help="with --check: the compile's --trainer (mezo: replay with the MeZO simulator)")
-    s.add_argument("--eps", type=int, default=1, help="with --check --trainer mezo: the compile's --eps")
-    s.add_argument("--queries", type=int, default=1, help="with --check --trainer mezo: the compile's --queries")
+    s.add_argument("--eps", type=argtype(hparams.check_eps, "--eps", integer=True), default=1,
+                   help="with --check --trainer mezo: the compile's --eps")
+    s.add_argument("--queries", type=argtype(hparams.check_queries, "--queries", integer=True), default=1,
+                   help="with --check --trainer mezo: the compile's --queries")
     s.set_defaults(func=cmd_run)

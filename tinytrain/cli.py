@@ -5,7 +5,9 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .compiler import hparams
 from .compiler.errors import TinytrainError
+from .compiler.hparams import argtype
 
 
 def _shape(text):
@@ -172,6 +174,10 @@ def cmd_train(args):
         report["history"] = e.history
         report["divergence"] = e.record
     report["skipped_updates"] = trainer.skipped
+    report["saturated_updates"] = getattr(trainer, "saturated", 0)
+    if report["skipped_updates"] or report["saturated_updates"]:
+        print(f"updates: {report['skipped_updates']} skipped (non-finite loss or gradient), "
+              f"{report['saturated_updates']} elements saturated (int8 +-127 or the bias limit)")
     report["backend"] = args.backend
     out.mkdir(parents=True, exist_ok=True)
     if args.backend == "c":
@@ -214,7 +220,7 @@ def _scheme_need(g, update, args, sram, kw, stack=2048):
     except TinytrainError:
         return None
     arena = memory_plan(tg, in_place=not args.no_in_place, sram=sram)[1].arena_size
-    return arena + state_bytes(tg)[0] + 32 + stack, sum(tg.t(t).size for t in tg.meta["training"]["trainable"])
+    return arena + state_bytes(tg)[0] + 40 + stack, sum(tg.t(t).size for t in tg.meta["training"]["trainable"])
 
 
 def _choose_scheme(g, args, sram, kw):
@@ -340,16 +346,27 @@ def _training_options(s):
     s.add_argument("--no-qas", action="store_true", help="turn quantization-aware scaling off (for comparison)")
     s.add_argument("--float-classifier", action="store_true",
                    help="keep the last layer in float32 (more accurate updates, 4x its weight memory)")
-    s.add_argument("--logit-range", type=float, default=16.0,
+    s.add_argument("--logit-range", type=argtype(hparams.check_logit_range, "--logit-range"), default=16.0,
                    help="a float model's logits are quantized to [-R, R], room to grow while training (default 16)")
-    s.add_argument("--weight-headroom", type=float, default=2.0,
+    s.add_argument("--weight-headroom", type=argtype(hparams.check_headroom, "--weight-headroom"), default=2.0,
                    help="trained weights get their scale x H so they can grow without saturating (default 2)")
-    s.add_argument("--eps", type=int, default=1, help="MeZO perturbation in quantization steps (default 1)")
-    s.add_argument("--queries", type=int, default=1, help="MeZO two-point estimates per step (default 1)")
+    s.add_argument("--eps", type=argtype(hparams.check_eps, "--eps", integer=True), default=1,
+                   help="MeZO perturbation in quantization steps, 1..16 (default 1)")
+    s.add_argument("--queries", type=argtype(hparams.check_queries, "--queries", integer=True), default=1,
+                   help="MeZO two-point estimates per step, 1..1024 (default 1)")
+
+
+class _UsageError(Exception):
+    """An argparse error (a bad flag value, a missing argument): main prints it as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise _UsageError(f"{self.prog.split(' ', 1)[-1] + ': ' if ' ' in self.prog else ''}{message}")
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="tinytrain", description="On-device training compiler for int8 models.")
+    p = _Parser(prog="tinytrain", description="On-device training compiler for int8 models.")
     p.add_argument("--version", action="version", version=f"tinytrain {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -364,7 +381,7 @@ def build_parser():
     s.add_argument("--calib", required=True, help="calibration samples (.npz with x[, y], .npy, .csv)")
     s.add_argument("--test", help="labelled test data for the float-vs-int8 accuracy report")
     s.add_argument("--method", choices=["minmax", "percentile"], default="minmax")
-    s.add_argument("--percentile", type=float, default=99.99)
+    s.add_argument("--percentile", type=argtype(hparams.check_percentile, "--percentile"), default=99.99)
     s.add_argument("--max-calib", type=int, default=500,
                    help="read only the first N calibration samples (default 500; 0: the whole file)")
     s.add_argument("--report-samples", type=int, default=100, help="samples for the per-layer error report")
@@ -382,12 +399,15 @@ def build_parser():
     _training_options(s)
     _data_options(s)
     s.add_argument("--epochs", type=int, default=1)
-    s.add_argument("--lr", type=float, default=0.02)
+    s.add_argument("--lr", type=argtype(hparams.check_lr, "--lr"), default=0.02,
+                   help="learning rate, in (0, 1000] (default 0.02)")
     s.add_argument("--trainer", choices=["backprop", "mezo", "hybrid"], default="backprop",
                    help="mezo: zeroth-order (two forward passes, use a much smaller --lr, e.g. 1e-4); hybrid: "
                         "backprop for the classifier, MeZO for the rest")
-    s.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (default 0: TTE found it hurts at batch 1)")
-    s.add_argument("--accumulate", type=int, default=1, help="average the gradients of N samples per update")
+    s.add_argument("--momentum", type=argtype(hparams.check_momentum, "--momentum"), default=0.0,
+                   help="SGD momentum in [0, 1) (default 0: TTE found it hurts at batch 1)")
+    s.add_argument("--accumulate", type=argtype(hparams.check_accumulate, "--accumulate", integer=True), default=1,
+                   help="average the gradients of N samples per update (1..65536)")
     s.add_argument("--max-samples", type=int, default=0, help="use at most N training samples per epoch")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--backend", choices=["sim", "c"], default="sim",
@@ -440,7 +460,11 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as e:              # one line, exit 2, like every other user mistake
+        print(f"tinytrain: error: {TinytrainError._printable(e)}", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except TinytrainError as e:

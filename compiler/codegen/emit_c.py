@@ -21,6 +21,7 @@ import numpy as np
 from ..cfmt import CTYPE, c_float, c_int
 from ..errors import TinytrainError
 from ..layout import ALIGN, state_layout
+from ..hparams import LR_MAX
 from ..ops import get_op
 from .cformat import check_name, comment_text
 
@@ -50,6 +51,7 @@ class Emitter:
         self.trainable = list(tr.get("trainable", []))
         self.state_off, self.shadow_off, self.state_size = state_layout(graph, rounding)   # compiler/layout.py
         self.train = "train"                               # the C variable that turns masks on
+        self.bias_limits = {}                              # trained int32 bias -> its accumulator-safe limit
 
     def sym(self, hint):
         self._n += 1
@@ -214,8 +216,12 @@ typedef enum {{
     {N}_ERR_SIZE = -3,      /* a buffer smaller than its size macro */
     {N}_ERR_LABEL = -4,     /* label outside [0, {N}_NUM_CLASSES) */
     {N}_ERR_STATE = -5,     /* a state blob from another model, or corrupt */
-    {N}_ERR_INPUT = -6      /* a NaN or infinite input value */
+    {N}_ERR_INPUT = -6,     /* a NaN or infinite input value */
+    {N}_ERR_PARAM = -7      /* a learning rate that is NaN, infinite, <= 0 or > {N}_LR_MAX */
 }} {n}_status;
+
+/* the largest learning rate init / set_lr accept (compiler/hparams.py LR_MAX) */
+#define {N}_LR_MAX {c_float(LR_MAX)}
 
 typedef struct {{
     uint8_t *arena;
@@ -223,7 +229,9 @@ typedef struct {{
     float lr;
     uint32_t prng;          /* the shared xorshift32 state (stochastic rounding) */
     int32_t steps;
-    int32_t skipped;        /* steps / updates skipped by the divergence guard */
+    int32_t skipped;        /* steps / updates skipped by the divergence guard (a NaN/inf loss or gradient) */
+    int32_t saturated;      /* updated / perturbed elements that hit their clamp (int8 +-127 or the
+                               layer's accumulator-safe bias limit); both counters saturate at INT32_MAX */
 }} {n}_ctx;
 
 int {n}_init({n}_ctx *ctx, void *arena, size_t arena_size, void *state, size_t state_size, float lr, uint32_t seed,
@@ -231,6 +239,10 @@ int {n}_init({n}_ctx *ctx, void *arena, size_t arena_size, void *state, size_t s
 int {n}_reset({n}_ctx *ctx);
 /* Write the CRC of the state blob into its header: call before keeping the blob yourself. */
 int {n}_state_seal({n}_ctx *ctx);
+/* a new learning rate for the next steps ({N}_ERR_PARAM unless 0 < lr <= {N}_LR_MAX) */
+int {n}_set_lr({n}_ctx *ctx, float lr);
+/* the divergence guard's and the saturation counters since init (either pointer may be NULL) */
+int {n}_stats(const {n}_ctx *ctx, int32_t *skipped, int32_t *saturated);
 int {n}_train_step({n}_ctx *ctx, const float *input, int32_t label, float *loss, int32_t *predicted);
 int {n}_predict({n}_ctx *ctx, const float *input, float *logits, int32_t *predicted);
 /* Power-cut-safe persistence of the learned state (two flash slots, see tt_persist.h).  _save
@@ -265,7 +277,13 @@ def _source(e, f, forward_body, backward_body, zo_body=None):
     lq = logits.q
     argmax = (f"    for (i = 1; i < {N}_NUM_CLASSES; ++i) {{\n        if ({e.ptr(logits.id)}[i] > "
               f"{e.ptr(logits.id)}[best]) {{\n            best = i;\n        }}\n    }}")
-    finite_fn = "" if zo_body is not None else f"""static int {n}_finite(const float *g, int32_t count)
+    count_fn = f"""/* counter += k, saturating at INT32_MAX (k >= 0) */
+static void {n}_count(int32_t *counter, int32_t k)
+{{
+    *counter = (*counter > INT32_MAX - k) ? INT32_MAX : *counter + k;
+}}
+"""
+    finite_fn = count_fn if zo_body is not None else count_fn + f"""static int {n}_finite(const float *g, int32_t count)
 {{{{
     int32_t i;
     for (i = 0; i < count; ++i) {{{{
@@ -276,6 +294,12 @@ def _source(e, f, forward_body, backward_body, zo_body=None):
     return 1;
 }}}}
 """
+    guards = [f"    {n}_count(&ctx->saturated, tt_clamp_sym_s32({e.ptr(tid)}, {g.t(tid).size}, {lim}));"
+              for tid, lim in sorted(e.bias_limits.items())]
+    guard_fn = (f"/* trained biases back inside their accumulator-safe range (a state blob restored or\n"
+                f"   modified in RAM), before any forward: docs/architecture.md, Numerics */\n"
+                f"static void {n}_guard({n}_ctx *ctx)\n{{\n    (void)ctx;\n" + "\n".join(guards) + "\n}\n")
+    finite_fn = finite_fn + guard_fn
     if zo_body is None:
         step_fn = f"static void {n}_backward({n}_ctx *ctx, float *loss)\n{{\n" + "\n".join(backward_body) + "\n}"
         step_call = (f"    {e.ptr(g.inputs[1])}[0] = label;\n    {n}_forward(ctx, 1, input);\n{argmax}\n"
@@ -393,11 +417,45 @@ int {n}_reset({n}_ctx *ctx)
     return {n}_state_seal(ctx);
 }}
 
+static int {n}_lr_ok(float lr)
+{{
+    return lr > 0.0f && lr <= {N}_LR_MAX;     /* false for a NaN */
+}}
+
+int {n}_set_lr({n}_ctx *ctx, float lr)
+{{
+    if (ctx == NULL) {{
+        return {N}_ERR_NULL;
+    }}
+    if (!{n}_lr_ok(lr)) {{
+        return {N}_ERR_PARAM;
+    }}
+    ctx->lr = lr;
+    return {N}_OK;
+}}
+
+int {n}_stats(const {n}_ctx *ctx, int32_t *skipped, int32_t *saturated)
+{{
+    if (ctx == NULL) {{
+        return {N}_ERR_NULL;
+    }}
+    if (skipped != NULL) {{
+        *skipped = ctx->skipped;
+    }}
+    if (saturated != NULL) {{
+        *saturated = ctx->saturated;
+    }}
+    return {N}_OK;
+}}
+
 int {n}_init({n}_ctx *ctx, void *arena, size_t arena_size, void *state, size_t state_size, float lr, uint32_t seed,
              int restore)
 {{
     if (ctx == NULL || arena == NULL || state == NULL) {{
         return {N}_ERR_NULL;
+    }}
+    if (!{n}_lr_ok(lr)) {{
+        return {N}_ERR_PARAM;
     }}
     if (((uintptr_t)arena % {N}_ALIGN) != 0u || ((uintptr_t)state % {N}_ALIGN) != 0u) {{
         return {N}_ERR_ALIGN;
@@ -409,6 +467,7 @@ int {n}_init({n}_ctx *ctx, void *arena, size_t arena_size, void *state, size_t s
     ctx->state = (uint8_t *)state;
     ctx->lr = lr;
     ctx->skipped = 0;
+    ctx->saturated = 0;
     tt_prng_seed(&ctx->prng, seed);
     if (!restore) {{
         return {n}_reset(ctx);
@@ -431,6 +490,7 @@ int {n}_train_step({n}_ctx *ctx, const float *input, int32_t label, float *loss,
     if (label < 0 || label >= {N}_NUM_CLASSES) {{
         return {N}_ERR_LABEL;
     }}
+    {n}_guard(ctx);
 {quantize_input}{step_call}
     ctx->steps += 1;
     memcpy(ctx->state + 12, &ctx->steps, sizeof ctx->steps);
@@ -477,6 +537,7 @@ int {n}_predict({n}_ctx *ctx, const float *input, float *logits, int32_t *predic
     if (st != {N}_OK) {{
         return st;
     }}
+    {n}_guard(ctx);
 {quantize_input}    {n}_forward(ctx, 0, input);
     for (i = 1; i < {N}_NUM_CLASSES; ++i) {{
         if ({e.ptr(logits.id)}[i] > {e.ptr(logits.id)}[best]) {{
