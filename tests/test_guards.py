@@ -364,12 +364,13 @@ def test_ubsan_run():
 
 
 def test_cli_train_backend_c_reports_the_counters(tmp_path, capsys):
-    """`train --backend c` at the largest learning rate: the C's counters reach the report."""
+    """`train --backend c` at the largest learning rate: the C's counters reach the report (the
+    divergence monitor may stop such a run: the report is written either way)."""
     import json
     rc = main(["train", str(ROOT / "models" / "mcu_cnn_mnist.onnx"), "--data", str(D / "fmnist_train.npz"),
                "--update", "classifier", "--lr", "1000", "--max-samples", "6", "--backend", "c", "--quiet",
                "-o", str(tmp_path / "out")])
-    assert rc == 0
+    assert rc in (0, 2)
     rep = json.loads((tmp_path / "out" / "train_report.json").read_text())
     assert rep["saturated_updates"] > 0 and rep["skipped_updates"] == 0
     assert f"{rep['saturated_updates']} elements saturated" in capsys.readouterr().out
