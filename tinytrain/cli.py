@@ -47,7 +47,17 @@ def cmd_inspect(args):
     return 2 if unsupported else 0
 
 
-def cmd_quantize(args):
+def _staged(run):
+    """The command writes into a temporary folder that replaces -o only when it succeeds
+    (tinytrain/outdir.py); -o is checked before any work."""
+    def cmd(args):
+        from .outdir import prepare
+        with prepare(args.output, force=args.force, command=args.command) as tmp:
+            return run(args, tmp)
+    return cmd
+
+
+def _quantize(args, out):
     from .api import load, quantize, save
     from .data import load_dataset
     from .report import accuracy, format_table, layer_errors
@@ -57,9 +67,8 @@ def cmd_quantize(args):
     if args.max_calib:
         cx, cy = cx[:args.max_calib], (None if cy is None else cy[:args.max_calib])
     gq = quantize(g, cx, method=args.method, percentile=args.percentile)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    model_path = save(gq, out / (Path(args.model).name.split(".")[0] + ".tt.npz"))
+    final = Path(args.output)
+    model_path = final / save(gq, out / (Path(args.model).name.split(".")[0] + ".tt.npz")).relative_to(out)
     report = {"model": str(args.model), "int8_model": str(model_path), "calibration": gq.meta["calibration"]}
     lines = [f"int8 model: {model_path}",
              f"calibration: {len(cx)} samples from {args.calib}, {args.method}"
@@ -86,11 +95,14 @@ def cmd_quantize(args):
     (out / "report.txt").write_text(text)
     (out / "report.json").write_text(json.dumps(report, indent=1))
     print(text, end="")
-    print(f"reports: {out / 'report.txt'}, {out / 'report.json'}")
+    print(f"reports: {final / 'report.txt'}, {final / 'report.json'}")
     return 0
 
 
-def cmd_train(args):
+cmd_quantize = _staged(_quantize)
+
+
+def _train(args, out):
     from .api import load, quantize, save
     from .compiler.pipeline import training_graph
     from .compiler.passes.autodiff import strip_training
@@ -110,7 +122,7 @@ def cmd_train(args):
         if labels is not None and (labels.min() < 0 or labels.max() >= n_cls):
             raise TinytrainError(f"{name} has labels outside the model's {n_cls} classes", field="y")
     scheme = resolve(g, args.update)
-    out = Path(args.output)
+    final = Path(args.output)
     if args.trainer in ("mezo", "hybrid"):
         if args.trainer == "hybrid" and args.backend == "c":
             raise TinytrainError("--trainer hybrid runs in the simulator only (--backend sim)")
@@ -136,7 +148,7 @@ def cmd_train(args):
                                         float_classifier=args.float_classifier, rounding=args.rounding,
                                         weight_headroom=args.weight_headroom)
         trainer = HostTrainer(out / "c", "model", tg, plan, facts, lr=args.lr, seed=args.seed, rounding=args.rounding)
-        print(f"C build: {out / 'c'} (arena {facts['arena']} B, state {facts['state']} B)")
+        print(f"C build: {final / 'c'} (arena {facts['arena']} B, state {facts['state']} B)")
     else:
         tg = training_graph(g, scheme, qas=not args.no_qas, float_classifier=args.float_classifier,
                             weight_headroom=args.weight_headroom)
@@ -156,7 +168,6 @@ def cmd_train(args):
                             progress=not args.quiet, out=sys.stdout, limit=args.max_samples)
     report["skipped_updates"] = trainer.skipped
     report["backend"] = args.backend
-    out.mkdir(parents=True, exist_ok=True)
     if args.backend == "c":
         trainer.sync_to_graph()               # the C state blob -> the graph's weights
         if args.trainer == "backprop":
@@ -168,13 +179,17 @@ def cmd_train(args):
             for t in plain.meta["training"]["trainable"]:
                 plain.t(t).data[...] = trained[plain.t(t).name].data
             tg = plain
-    path = save(strip_training(tg), out / (Path(args.model).name.split(".")[0] + ".trained.tt.npz"))
+    path = final / save(strip_training(tg), out / (Path(args.model).name.split(".")[0] + ".trained.tt.npz")
+                        ).relative_to(out)
     report["trained_model"] = str(path)
     (out / "train_report.json").write_text(json.dumps(report, indent=1))
     print(f"trained int8 model: {path}")
     if test is not None:
         print(f"test accuracy after training: {100 * report['history'][-1]['test_accuracy']:.2f}%")
     return 0
+
+
+cmd_train = _staged(_train)
 
 
 AUTO_SCHEMES = ("full", "last-8", "sparse", "last-4", "tte", "last-2", "bias", "classifier")
@@ -231,7 +246,7 @@ def _choose_trainer(g, args, sram, kw):
     return "backprop", f"it fits: ~{need / 1024:.0f} KB" + ("" if sram is None else f" of {sram / 1024:.0f} KB")
 
 
-def cmd_compile(args):
+def _compile(args, out):
     from .api import load, quantize
     from .compiler.pipeline import compile_graph
     from .data import load_dataset
@@ -250,7 +265,7 @@ def cmd_compile(args):
             raise TinytrainError("a float model needs calibration samples: pass --calib data.npz", file=args.model)
         cx = load_dataset(args.calib, g.meta["input_shape"])[0]
         g = quantize(g, cx[:500], output_range=(-args.logit_range, args.logit_range))
-    out = Path(args.output)
+    final = Path(args.output)
     kw = dict(qas=not args.no_qas, float_classifier=args.float_classifier, weight_headroom=args.weight_headroom)
     if args.update == "auto":
         args.update, why = _choose_scheme(g, args, sram, kw)
@@ -290,11 +305,14 @@ def cmd_compile(args):
         biggest = ", ".join(f"{r['tensor']} {r['bytes'] / 1024:.1f} KB" for r in summary["live_at_peak"][:3])
         raise TinytrainError("does not fit: " + "; ".join(problems) + f" (peak at {summary['peak_node']}: {biggest})"
                              + (f"; {', '.join(fits)}" if fits else "; no preset fits either"))
-    print(f"C project: {out / (args.name + '.c')}, {out / (args.name + '.h')}, {out / 'runtime'}; "
-          f"reports: {out / 'report.txt'}, {out / 'report.json'}, {out / 'memory.png'}")
+    print(f"C project: {final / (args.name + '.c')}, {final / (args.name + '.h')}, {final / 'runtime'}; "
+          f"reports: {final / 'report.txt'}, {final / 'report.json'}, {final / 'memory.png'}")
     if written:
-        print(f"packages in {out}: {describe(out, written)}")
+        print(f"packages in {final}: {describe(out, written)}")
     return 0
+
+
+cmd_compile = _staged(_compile)
 
 
 def _training_options(s):
@@ -313,6 +331,12 @@ def _training_options(s):
                    help="trained weights get their scale x H so they can grow without saturating (default 2)")
     s.add_argument("--eps", type=int, default=1, help="MeZO perturbation in quantization steps (default 1)")
     s.add_argument("--queries", type=int, default=1, help="MeZO two-point estimates per step (default 1)")
+
+
+def _force_option(s):
+    s.add_argument("--force", action="store_true",
+                   help="write into a non-empty -o tinytrain did not write, or over generated files you edited "
+                        "(only the files tinytrain writes are replaced; nothing else is deleted)")
 
 
 def build_parser():
@@ -336,6 +360,7 @@ def build_parser():
     s.add_argument("--report-samples", type=int, default=100, help="samples for the per-layer error report")
     s.add_argument("--input-shape", type=_shape, help="override the input shape, e.g. 1,3,32,32")
     s.add_argument("-o", "--output", required=True, help="output folder")
+    _force_option(s)
     s.set_defaults(func=cmd_quantize)
 
     s = sub.add_parser("train", help="train the int8 model on labelled data (sparse update, QAS)")
@@ -358,6 +383,7 @@ def build_parser():
     s.add_argument("--input-shape", type=_shape, help="override the input shape, e.g. 1,3,32,32")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("-o", "--output", required=True, help="output folder")
+    _force_option(s)
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("compile", help="compile the model and its training graph into a C project")
@@ -376,6 +402,7 @@ def build_parser():
                    help="build files written beside the C: all (default), none, or a comma list of "
                         "cmake,make,platformio,zephyr,arduino")
     s.add_argument("-o", "--output", required=True, help="output folder for the C project")
+    _force_option(s)
     s.set_defaults(func=cmd_compile)
     try:                                   # build / run / flash for boards (tinytrain/boards.py)
         from .boards import add_board_commands

@@ -1,0 +1,214 @@
+"""Output folders that never lose a user's file.
+
+Every command that writes a folder (compile, train, quantize, mezo) goes through `prepare`:
+
+    with prepare(args.output, force=args.force, command="compile") as tmp:
+        ...write everything into tmp...
+
+- `prepare` checks the target before any work: an existing file, a parent that is a file, a
+  folder that cannot be written, a non-empty folder tinytrain did not write (no manifest, refused
+  unless force) and generated files the user has modified since (refused unless force) each give
+  one `TinytrainError` line.
+- The work is written into a temporary sibling folder (`.NAME.tmp-XXXX`, same filesystem) that is
+  moved into place only when the block ends normally; an exception (a failed budget, Ctrl-C)
+  removes it and leaves the target as it was.
+- The target gets a manifest (MANIFEST: tool version, command, the relative path and sha256 of
+  every file written).  Committing into a folder that has one replaces exactly the files of the
+  old manifest (those no longer written are removed when unmodified) and keeps every other file.
+  With force, a folder without a manifest or a modified generated file is overwritten only where
+  tinytrain writes a file of the same path; nothing else is ever deleted.
+"""
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .compiler.errors import TinytrainError
+
+MANIFEST = ".tinytrain-manifest.json"
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fail(msg):
+    raise TinytrainError(msg)
+
+
+def read_manifest(folder):
+    """The manifest's {relative path: sha256} of a folder, or None without one."""
+    p = Path(folder) / MANIFEST
+    if not p.exists():
+        return None
+    try:
+        m = json.loads(p.read_text())
+        files = m["files"]
+        if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                  for k, v in files.items()):
+            raise ValueError
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        _fail(f"{p} is not a tinytrain manifest (remove it or choose another -o)")
+    for rel in files:
+        r = Path(rel)
+        if r.is_absolute() or ".." in r.parts or not r.parts:
+            _fail(f"{p} lists a path outside the folder: {rel!r}")
+    return files
+
+
+def _modified(folder, files):
+    """The manifest's files that exist but no longer hold what tinytrain wrote."""
+    out = []
+    for rel, digest in sorted(files.items()):
+        p = Path(folder) / rel
+        if p.is_symlink() or (p.exists() and (not p.is_file() or sha256(p) != digest)):
+            out.append(rel)
+    return out
+
+
+def _writable(d):
+    return os.access(d, os.W_OK | os.X_OK)
+
+
+def _refuse_modified(target, modified):
+    more = f" (and {len(modified) - 1} more)" if len(modified) > 1 else ""
+    _fail(f"{target / modified[0]}{more} was written by tinytrain and has been modified since: "
+          "keep your edits elsewhere, or pass --force to overwrite it")
+
+
+class Staging:
+    """The context manager `prepare` returns: yields the temporary folder, commits on success."""
+
+    def __init__(self, target, force, command, version):
+        self.target, self.force, self.command, self.version = target, force, command, version
+        self.tmp = None
+        self.committed = False
+
+    def __enter__(self):
+        anchor = self.target.parent
+        while not anchor.exists():           # the nearest existing ancestor: same filesystem
+            anchor = anchor.parent
+        try:
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=anchor))
+        except OSError as e:
+            _fail(f"cannot write in {anchor}: {e.strerror}")
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(self.tmp, 0o777 & ~mask)      # the permissions a plain mkdir gives, not mkdtemp's 0700
+        return self.tmp
+
+    def __exit__(self, kind, value, tb):
+        try:
+            if kind is None and not self.committed:
+                self.commit()
+        finally:
+            if self.tmp is not None and self.tmp.exists():
+                shutil.rmtree(self.tmp, ignore_errors=True)
+        return False
+
+    def commit(self):
+        """Move the staged files into the target (the block's normal end does this)."""
+        if self.committed:
+            return
+        files = {}
+        for p in sorted(self.tmp.rglob("*")):
+            if p.is_file() or p.is_symlink():
+                rel = p.relative_to(self.tmp).as_posix()
+                if rel != MANIFEST:
+                    files[rel] = sha256(p)
+        manifest = {"tool": "tinytrain", "version": self.version, "command": self.command, "files": files}
+        text = json.dumps(manifest, indent=1) + "\n"
+        t = self.target
+        if not t.exists() or (t.is_dir() and not any(t.iterdir())):
+            (self.tmp / MANIFEST).write_text(text)
+            if t.exists():
+                t.rmdir()
+            t.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.tmp, t)
+            self.committed = True
+            return
+        self._merge(files, text)
+        self.committed = True
+
+    def _merge(self, files, text):
+        """Into an existing, non-empty target: check everything first, then move file by file."""
+        t = self.target
+        old = read_manifest(t)
+        if old is None and not self.force:
+            _fail(f"{t} is not empty and was not written by tinytrain (no {MANIFEST}): choose another -o, "
+                  "or pass --force (only the files tinytrain writes are replaced)")
+        old = old or {}
+        modified = set(_modified(t, old))
+        if modified and not self.force:
+            _refuse_modified(t, sorted(modified))
+        foreign = []
+        for rel in files:
+            dst = t / rel
+            for parent in list(Path(rel).parents)[:-1]:
+                if (t / parent).exists() and not (t / parent).is_dir():
+                    _fail(f"{t / parent} is a file where tinytrain writes the folder {parent.as_posix()}/")
+            if dst.is_dir() and not dst.is_symlink():
+                _fail(f"{dst} is a folder where tinytrain writes a file")
+            if (dst.exists() or dst.is_symlink()) and rel not in old:
+                foreign.append(rel)
+        if foreign and not self.force:
+            more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+            _fail(f"{t / foreign[0]}{more} exists and was not written by tinytrain: move it, or pass --force "
+                  "to overwrite it")
+        for rel in files:
+            dst = t / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if dst.is_symlink():
+                dst.unlink()                   # replace the link, never the file it points to
+            os.replace(self.tmp / rel, dst)
+        for rel in sorted(set(old) - set(files)):
+            dst = t / rel
+            if rel in modified or not dst.is_file():
+                continue                       # a user's edit is never deleted
+            dst.unlink()
+            for parent in (t / rel).parents:   # folders left empty by this removal
+                if parent == t or not parent.is_relative_to(t):
+                    break
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+        tmp_manifest = self.tmp / MANIFEST
+        tmp_manifest.write_text(text)
+        os.replace(tmp_manifest, t / MANIFEST)
+
+
+def prepare(path, force=False, command=None):
+    """Check the output folder `path` before any work -> a Staging context manager.
+    Raises TinytrainError (one line) when the folder cannot or must not be written."""
+    from . import __version__
+    target = Path(path).resolve()   # a link to a folder: stage beside the real one
+    if target.exists() and not target.is_dir():
+        _fail(f"{path} is a file, not a folder")
+    if target.is_dir():
+        if not _writable(target):
+            _fail(f"{path} is not writable")
+        old = read_manifest(target)
+        if old is None:
+            if any(target.iterdir()) and not force:
+                _fail(f"{path} is not empty and was not written by tinytrain (no {MANIFEST}): choose another -o, "
+                      "or pass --force (only the files tinytrain writes are replaced)")
+        else:
+            modified = _modified(target, old)
+            if modified and not force:
+                _refuse_modified(target, modified)
+    else:
+        anchor = target.parent
+        while not anchor.exists() and not anchor.is_symlink():
+            anchor = anchor.parent
+        if not anchor.is_dir():
+            _fail(f"cannot create {path}: {anchor} is not a folder")
+        if not _writable(anchor):
+            _fail(f"cannot create {path}: {anchor} is not writable")
+    return Staging(target, force, command, __version__)
