@@ -12,9 +12,11 @@ Every command that writes a folder (compile, train, quantize, mezo) goes through
 - The work is written into a temporary sibling folder (`.NAME.tmp-XXXX`, same filesystem) that is
   moved into place only when the block ends normally; an exception (a failed budget, Ctrl-C)
   removes it and leaves the target as it was.
-- The target gets a manifest (MANIFEST: tool version, command, the relative path and sha256 of
-  every file written).  Committing into a folder that has one replaces exactly the files of the
-  old manifest (those no longer written are removed when unmodified) and keeps every other file.
+- The target gets a manifest (MANIFEST: tool version, and for every file written its relative
+  path, sha256 and the command that wrote it).  Committing into a folder that has one replaces
+  exactly the files the same command wrote before (those it no longer writes are removed when
+  unmodified) and keeps every other file: a user's, and those of other commands (`mezo --replay`
+  into its training folder keeps the checkpoint; `compile` beside `train` keeps the model).
   With force, a folder without a manifest or a modified generated file is overwritten only where
   tinytrain writes a file of the same path; nothing else is ever deleted.
 """
@@ -43,15 +45,16 @@ def _fail(msg):
 
 
 def read_manifest(folder):
-    """The manifest's {relative path: sha256} of a folder, or None without one."""
+    """The manifest's {relative path: {"sha256", "command"}} of a folder, or None without one."""
     p = Path(folder) / MANIFEST
-    if not p.exists():
+    if not p.exists() and not p.is_symlink():
         return None
     try:
         m = json.loads(p.read_text())
         files = m["files"]
-        if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                  for k, v in files.items()):
+        if not isinstance(files, dict) or not all(
+                isinstance(k, str) and isinstance(v, dict) and isinstance(v.get("sha256"), str)
+                and isinstance(v.get("command"), str) for k, v in files.items()):
             raise ValueError
     except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
         _fail(f"{p} is not a tinytrain manifest (remove it or choose another -o)")
@@ -62,12 +65,14 @@ def read_manifest(folder):
     return files
 
 
-def _modified(folder, files):
-    """The manifest's files that exist but no longer hold what tinytrain wrote."""
+def _modified(folder, files, command=None):
+    """The manifest's files (of `command`, or all) that exist but no longer hold what tinytrain wrote."""
     out = []
-    for rel, digest in sorted(files.items()):
+    for rel, entry in sorted(files.items()):
+        if command is not None and entry["command"] != command:
+            continue
         p = Path(folder) / rel
-        if p.is_symlink() or (p.exists() and (not p.is_file() or sha256(p) != digest)):
+        if p.is_symlink() or (p.exists() and (not p.is_file() or sha256(p) != entry["sha256"])):
             out.append(rel)
     return out
 
@@ -121,22 +126,24 @@ class Staging:
             if p.is_file() or p.is_symlink():
                 rel = p.relative_to(self.tmp).as_posix()
                 if rel != MANIFEST:
-                    files[rel] = sha256(p)
-        manifest = {"tool": "tinytrain", "version": self.version, "command": self.command, "files": files}
-        text = json.dumps(manifest, indent=1) + "\n"
+                    files[rel] = {"sha256": sha256(p), "command": self.command}
         t = self.target
         if not t.exists() or (t.is_dir() and not any(t.iterdir())):
-            (self.tmp / MANIFEST).write_text(text)
+            (self.tmp / MANIFEST).write_text(self._text(files))
             if t.exists():
                 t.rmdir()
             t.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.tmp, t)
             self.committed = True
             return
-        self._merge(files, text)
+        self._merge(files)
         self.committed = True
 
-    def _merge(self, files, text):
+    def _text(self, files):
+        return json.dumps({"tool": "tinytrain", "version": self.version, "command": self.command,
+                           "files": dict(sorted(files.items()))}, indent=1) + "\n"
+
+    def _merge(self, files):
         """Into an existing, non-empty target: check everything first, then move file by file."""
         t = self.target
         old = read_manifest(t)
@@ -144,9 +151,10 @@ class Staging:
             _fail(f"{t} is not empty and was not written by tinytrain (no {MANIFEST}): choose another -o, "
                   "or pass --force (only the files tinytrain writes are replaced)")
         old = old or {}
-        modified = set(_modified(t, old))
-        if modified and not self.force:
-            _refuse_modified(t, sorted(modified))
+        modified = set(_modified(t, old))      # edits to a file this run rewrites or removes: refused
+        clash = sorted(r for r in modified if r in files or old[r]["command"] == self.command)
+        if clash and not self.force:
+            _refuse_modified(t, clash)
         foreign = []
         for rel in files:
             dst = t / rel
@@ -167,10 +175,15 @@ class Staging:
             if dst.is_symlink():
                 dst.unlink()                   # replace the link, never the file it points to
             os.replace(self.tmp / rel, dst)
+        kept = {}
         for rel in sorted(set(old) - set(files)):
             dst = t / rel
-            if rel in modified or not dst.is_file():
-                continue                       # a user's edit is never deleted
+            if old[rel]["command"] != self.command:
+                if dst.is_file() and not dst.is_symlink():
+                    kept[rel] = old[rel]       # another command's file (its entry, edited or not)
+                continue
+            if rel in modified or not dst.is_file() or not dst.resolve().is_relative_to(t):
+                continue                       # a user's edit is never deleted (nor listed any more)
             dst.unlink()
             for parent in (t / rel).parents:   # folders left empty by this removal
                 if parent == t or not parent.is_relative_to(t):
@@ -180,7 +193,7 @@ class Staging:
                 except OSError:
                     break
         tmp_manifest = self.tmp / MANIFEST
-        tmp_manifest.write_text(text)
+        tmp_manifest.write_text(self._text({**kept, **files}))
         os.replace(tmp_manifest, t / MANIFEST)
 
 
@@ -200,7 +213,7 @@ def prepare(path, force=False, command=None):
                 _fail(f"{path} is not empty and was not written by tinytrain (no {MANIFEST}): choose another -o, "
                       "or pass --force (only the files tinytrain writes are replaced)")
         else:
-            modified = _modified(target, old)
+            modified = _modified(target, old, command)
             if modified and not force:
                 _refuse_modified(target, modified)
     else:
