@@ -156,7 +156,7 @@ def test_read_only_folder_chmod(tmp_path):
 
 # ------------------------------------------------------------------ through the CLI
 
-def test_compile_keeps_user_files_and_a_failed_compile_leaves_nothing(tmp_path, capsys):
+def test_compile_keeps_user_files_and_a_failed_compile_leaves_nothing(tmp_path, capsys, monkeypatch):
     out = tmp_path / "build"
     assert main([*COMPILE, "-o", str(out)]) == 0
     files = json.loads((out / MANIFEST).read_text())["files"]
@@ -171,10 +171,16 @@ def test_compile_keeps_user_files_and_a_failed_compile_leaves_nothing(tmp_path, 
     assert main([*COMPILE, "--sram", "8k", "-o", str(out)]) == 2
     assert "does not fit" in one_line_error(capsys)
     assert snapshot(out) == before and os.listdir(tmp_path) == ["build"]
-    # over budget into a new folder: no folder at all
-    assert main([*COMPILE, "--sram", "8k", "-o", str(tmp_path / "new")]) == 2
-    one_line_error(capsys)
+    # Ctrl-C in the middle of a compile into a new folder: no folder at all
+    import tinytrain.memreport as memreport
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(memreport, "write_reports", ctrl_c)
+    assert main([*COMPILE, "-o", str(tmp_path / "new")]) == 130
+    assert capsys.readouterr().err.strip() == "tinytrain: interrupted"
     assert os.listdir(tmp_path) == ["build"]
+    monkeypatch.undo()
     # an edited generated file is refused, naming it; the build is untouched
     (out / "model.h").write_text((out / "model.h").read_text() + "/* my edit */\n")
     before = snapshot(out)
