@@ -236,3 +236,32 @@ def test_train_writes_a_manifest_and_a_rerun_keeps_user_files(tmp_path, capsys):
     (out / "my_notes.txt").write_text("lr sweep")
     assert main(train) == 0
     assert (out / "my_notes.txt").read_text() == "lr sweep"
+
+
+def test_in_place_builds_replace_their_own_files_only(tmp_path):
+    """build/run write BUILD_DIR/<board>/ in place: the previous build's files go, a user's stay,
+    and a failed build still records what it wrote."""
+    from tinytrain.outdir import in_place
+    board = tmp_path / "qemu-board"
+    with pytest.raises(TinytrainError, match="link failed"):
+        with in_place(board, command="build") as out:
+            write(out, {"main.o": "1", "link.log": "overflow"})
+            raise TinytrainError("link failed")
+    assert sorted(json.loads((board / MANIFEST).read_text())["files"]) == ["link.log", "main.o"]
+    write(board, {"flash_notes.txt": "mine"})
+    with in_place(board, command="build") as out:
+        assert sorted(os.listdir(out)) == [MANIFEST, "flash_notes.txt"]   # the old build's files removed
+        write(out, {"firmware.elf": "elf"})
+    assert sorted(os.listdir(board)) == [MANIFEST, "firmware.elf", "flash_notes.txt"]
+    (board / "firmware.elf").write_text("patched by hand")
+    with pytest.raises(TinytrainError, match="firmware.elf was written by tinytrain and has been modified"):
+        with in_place(board, command="build"):
+            pass
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "x.c").write_text("mine")
+    with pytest.raises(TinytrainError, match="not written by tinytrain"):
+        with in_place(tmp_path / "foreign", command="build"):
+            pass
+    with in_place(tmp_path / "foreign", force=True, command="build") as out:
+        write(out, {"a.o": ""})
+    assert (tmp_path / "foreign" / "x.c").read_text() == "mine"

@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from .compiler.errors import TinytrainError
@@ -182,19 +183,65 @@ class Staging:
                 if dst.is_file() and not dst.is_symlink():
                     kept[rel] = old[rel]       # another command's file (its entry, edited or not)
                 continue
-            if rel in modified or not dst.is_file() or not dst.resolve().is_relative_to(t):
-                continue                       # a user's edit is never deleted (nor listed any more)
-            dst.unlink()
-            for parent in (t / rel).parents:   # folders left empty by this removal
-                if parent == t or not parent.is_relative_to(t):
-                    break
-                try:
-                    parent.rmdir()
-                except OSError:
-                    break
+            if rel not in modified:            # a user's edit is never deleted (nor listed any more)
+                _remove(t, rel)
         tmp_manifest = self.tmp / MANIFEST
         tmp_manifest.write_text(self._text({**kept, **files}))
         os.replace(tmp_manifest, t / MANIFEST)
+
+
+def _remove(folder, rel):
+    """Delete folder/rel (a file tinytrain wrote, unmodified) and the folders this leaves empty."""
+    dst = folder / rel
+    if not dst.is_file() or dst.is_symlink() or not dst.resolve().is_relative_to(folder):
+        return
+    dst.unlink()
+    for parent in dst.parents:
+        if parent == folder or not parent.is_relative_to(folder):
+            break
+        try:
+            parent.rmdir()
+        except OSError:
+            break
+
+
+@contextmanager
+def in_place(path, force=False, command=None):
+    """For a folder a command builds in place (`build`/`run`: BUILD_DIR/<board>/, whose files the
+    toolchain writes by path): on entry remove the files the same command wrote there before
+    (unmodified ones; an edited one is refused unless force), nothing else; on exit, failed or
+    not, record in the manifest every file written meanwhile."""
+    from . import __version__
+    folder = Path(path).resolve()
+    if folder.exists() and not folder.is_dir():
+        _fail(f"{path} is a file, not a folder")
+    old = read_manifest(folder) if folder.is_dir() else None
+    if old is None and folder.is_dir() and any(folder.iterdir()) and not force:
+        _fail(f"{path} is not empty and was not written by tinytrain (no {MANIFEST}): move its files, "
+              "or pass --force (only the files tinytrain writes are replaced)")
+    old = old or {}
+    modified = _modified(folder, old, command)
+    if modified and not force:
+        _refuse_modified(folder, modified)
+    for rel, entry in old.items():
+        if entry["command"] == command and rel not in modified:
+            _remove(folder, rel)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _fail(f"cannot create {path}: {e.strerror}")
+    def present():
+        return {p.relative_to(folder).as_posix(): sha256(p) for p in folder.rglob("*")
+                if p.is_file() and not p.is_symlink() and p.name != MANIFEST}
+    before = present()
+    try:
+        yield Path(path)
+    finally:
+        files = {rel: e for rel, e in old.items() if e["command"] != command and (folder / rel).is_file()}
+        files.update({rel: {"sha256": h, "command": command} for rel, h in present().items()
+                      if before.get(rel) != h})
+        (folder / (MANIFEST + ".tmp")).write_text(Staging(folder, force, command, __version__)._text(files))
+        os.replace(folder / (MANIFEST + ".tmp"), folder / MANIFEST)
 
 
 def prepare(path, force=False, command=None):
