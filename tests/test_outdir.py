@@ -265,3 +265,18 @@ def test_in_place_builds_replace_their_own_files_only(tmp_path):
     with in_place(tmp_path / "foreign", force=True, command="build") as out:
         write(out, {"a.o": ""})
     assert (tmp_path / "foreign" / "x.c").read_text() == "mine"
+
+
+def test_an_existing_folder_is_staged_inside_it(tmp_path, monkeypatch):
+    """`-o .` or a mount point: the parent may not be writable, the folder itself is enough."""
+    t = tmp_path / "mnt"
+    t.mkdir()
+    real = os.access
+    monkeypatch.setattr(outdir.os, "access", lambda p, mode: Path(p) != tmp_path and real(p, mode))
+    with prepare(t, command="compile") as tmp:
+        assert tmp.parent == t
+        write(tmp, {"model.c": "m"})
+    assert sorted(os.listdir(t)) == [MANIFEST, "model.c"]
+    with prepare(t, command="compile") as tmp:
+        write(tmp, {"model.c": "m2"})
+    assert sorted(os.listdir(t)) == [MANIFEST, "model.c"] and (t / "model.c").read_text() == "m2"

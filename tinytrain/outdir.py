@@ -97,11 +97,15 @@ class Staging:
         self.committed = False
 
     def __enter__(self):
-        anchor = self.target.parent
-        while not anchor.exists():           # the nearest existing ancestor: same filesystem
-            anchor = anchor.parent
+        # inside an existing target (`-o .`, a mount point: its parent may not be writable), else
+        # in the nearest existing ancestor; the same filesystem either way
+        anchor, prefix = self.target, ".tinytrain.tmp-"
+        if not self.target.is_dir():
+            anchor, prefix = self.target.parent, f".{self.target.name}.tmp-"
+            while not anchor.exists():
+                anchor = anchor.parent
         try:
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=anchor))
+            self.tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=anchor))
         except OSError as e:
             _fail(f"cannot write in {anchor}: {e.strerror}")
         mask = os.umask(0)
@@ -129,10 +133,8 @@ class Staging:
                 if rel != MANIFEST:
                     files[rel] = {"sha256": sha256(p), "command": self.command}
         t = self.target
-        if not t.exists() or (t.is_dir() and not any(t.iterdir())):
+        if not t.exists():
             (self.tmp / MANIFEST).write_text(self._text(files))
-            if t.exists():
-                t.rmdir()
             t.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.tmp, t)
             self.committed = True
@@ -145,10 +147,10 @@ class Staging:
                            "files": dict(sorted(files.items()))}, indent=1) + "\n"
 
     def _merge(self, files):
-        """Into an existing, non-empty target: check everything first, then move file by file."""
+        """Into an existing target: check everything first, then move file by file."""
         t = self.target
         old = read_manifest(t)
-        if old is None and not self.force:
+        if old is None and not self.force and any(p != self.tmp for p in t.iterdir()):
             _fail(f"{t} is not empty and was not written by tinytrain (no {MANIFEST}): choose another -o, "
                   "or pass --force (only the files tinytrain writes are replaced)")
         old = old or {}
