@@ -52,7 +52,7 @@ def _staged(run):
     (tinytrain/outdir.py); -o is checked before any work."""
     def cmd(args):
         from .outdir import prepare
-        with prepare(args.output, force=args.force, command=args.command) as tmp:
+        with prepare(args.output, force=getattr(args, "force", False), command=args.command) as tmp:
             return run(args, tmp)
     return cmd
 
