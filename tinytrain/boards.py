@@ -260,7 +260,7 @@ def _run(cmd, what, file=None):
 
 
 def build(build_dir, board_name, name=None, x=None, y=None, steps=1, lr=0.02, seed=0, stack=None, graph=None,
-          profile=False):
+          profile=False, force=False):
     """Cross-compile the project in build_dir (from `tinytrain compile`) with the
     board files and a training program over samples x (ONNX layout) and labels y
     (default: one zero sample, label 0) -> Firmware in build_dir/<board>/.
@@ -270,10 +270,12 @@ def build(build_dir, board_name, name=None, x=None, y=None, steps=1, lr=0.02, se
     facts = model_facts(build_dir, name)
     nodes = len(profile_nodes(build_dir, facts["name"])) if profile else 0
     build_dir = Path(build_dir)
-    out = build_dir / board["name"]
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    from .outdir import in_place             # replaces the previous build's files only, records the new ones
+    with in_place(build_dir / board["name"], force=force, command="build") as out:
+        return _build(build_dir, out, board, gcc, facts, nodes, x, y, steps, lr, seed, stack, graph)
+
+
+def _build(build_dir, out, board, gcc, facts, nodes, x, y, steps, lr, seed, stack, graph):
     if x is None:
         x, y = np.zeros((1, facts["input_size"]), np.float32), np.zeros(1, np.int64)
     else:
@@ -390,7 +392,7 @@ def _graph_for_check(args, facts):
 
 
 def cmd_build(args):
-    fw = build(args.build_dir, args.board, args.name, stack=args.stack, profile=args.profile)
+    fw = build(args.build_dir, args.board, args.name, stack=args.stack, profile=args.profile, force=args.force)
     print(fw.summary())
     if fw.board.get("real_board"):
         print(f"firmware: {fw.elf} (map: {fw.elf.with_suffix('.map')}); put it on the board with "
@@ -416,7 +418,7 @@ def cmd_run(args):
     steps = args.steps or len(x)
     profile = args.profile is not None
     fw = build(args.build_dir, args.board, facts["name"], x, y, steps, args.lr, args.seed, args.stack, graph=tg,
-               profile=profile)
+               profile=profile, force=args.force)
     print(fw.summary())
     res = run_firmware(fw, timeout=args.timeout)
     print(format_steps(res, fw.board))
@@ -453,6 +455,9 @@ def add_board_commands(sub):
     s.add_argument("--stack", type=int, help="bytes reserved for the stack (default: the board's)")
     s.add_argument("--profile", action="store_true",
                    help="define the model's profiling hook: the program prints instructions per node")
+    s.add_argument("--force", action="store_true",
+                   help="build into a BUILD_DIR/<board>/ that holds files tinytrain did not write, or over "
+                        "generated files you edited (nothing else is deleted)")
     s.set_defaults(func=cmd_build)
 
     s = sub.add_parser("run", help="train on a board under QEMU: per-step loss, accuracy, instructions")
@@ -488,4 +493,7 @@ def add_board_commands(sub):
                    help="with --check --trainer mezo: the compile's --eps")
     s.add_argument("--queries", type=argtype(hparams.check_queries, "--queries", integer=True), default=1,
                    help="with --check --trainer mezo: the compile's --queries")
+    s.add_argument("--force", action="store_true",
+                   help="build into a BUILD_DIR/<board>/ that holds files tinytrain did not write, or over "
+                        "generated files you edited (nothing else is deleted)")
     s.set_defaults(func=cmd_run)

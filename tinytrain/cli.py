@@ -59,7 +59,25 @@ def cmd_inspect(args):
     return 2 if unsupported else 0
 
 
-def cmd_quantize(args):
+def _staged(run):
+    """The command writes into a temporary folder that replaces -o only when it succeeds
+    (tinytrain/outdir.py); -o is checked before any work.  An error that carries
+    `keep_output` (a diverged training run: its last good weights) commits what was written
+    before it reaches the user."""
+    def cmd(args):
+        from .outdir import prepare
+        staging = prepare(args.output, force=getattr(args, "force", False), command=args.command)
+        with staging as tmp:
+            try:
+                return run(args, tmp)
+            except TinytrainError as e:
+                if getattr(e, "keep_output", False):
+                    staging.commit()
+                raise
+    return cmd
+
+
+def _quantize(args, out):
     from .api import load, quantize, save
     from .report import accuracy, format_table, layer_errors
     if args.max_calib < 0:
@@ -67,9 +85,8 @@ def cmd_quantize(args):
     g = load(args.model, args.input_shape)
     cx, cy = _data(args, g, args.calib, max_samples=args.max_calib or None)
     gq = quantize(g, cx, method=args.method, percentile=args.percentile)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    model_path = save(gq, out / (Path(args.model).name.split(".")[0] + ".tt.npz"))
+    final = Path(args.output)
+    model_path = final / save(gq, out / (Path(args.model).name.split(".")[0] + ".tt.npz")).relative_to(out)
     report = {"model": str(args.model), "int8_model": str(model_path), "calibration": gq.meta["calibration"]}
     lines = [f"int8 model: {model_path}",
              f"calibration: {len(cx)} samples from {args.calib}, {args.method}"
@@ -96,11 +113,14 @@ def cmd_quantize(args):
     (out / "report.txt").write_text(text)
     (out / "report.json").write_text(json.dumps(report, indent=1))
     print(text, end="")
-    print(f"reports: {out / 'report.txt'}, {out / 'report.json'}")
+    print(f"reports: {final / 'report.txt'}, {final / 'report.json'}")
     return 0
 
 
-def cmd_train(args):
+cmd_quantize = _staged(_quantize)
+
+
+def _train(args, out):
     from .api import load, quantize, save
     from .compiler.pipeline import training_graph
     from .compiler.passes.autodiff import strip_training
@@ -122,7 +142,7 @@ def cmd_train(args):
         raise TinytrainError(f"every label is {int(y[0])}: a classifier cannot learn from one class (it learns "
                              f"to always answer {int(y[0])}); pass --allow-one-class to train anyway", file=args.data)
     scheme = resolve(g, args.update)
-    out = Path(args.output)
+    final = Path(args.output)
     if args.trainer in ("mezo", "hybrid"):
         if args.trainer == "hybrid" and args.backend == "c":
             raise TinytrainError("--trainer hybrid runs in the simulator only (--backend sim)")
@@ -148,7 +168,7 @@ def cmd_train(args):
                                         float_classifier=args.float_classifier, rounding=args.rounding,
                                         weight_headroom=args.weight_headroom)
         trainer = HostTrainer(out / "c", "model", tg, plan, facts, lr=args.lr, seed=args.seed, rounding=args.rounding)
-        print(f"C build: {out / 'c'} (arena {facts['arena']} B, state {facts['state']} B)")
+        print(f"C build: {final / 'c'} (arena {facts['arena']} B, state {facts['state']} B)")
     else:
         tg = training_graph(g, scheme, qas=not args.no_qas, float_classifier=args.float_classifier,
                             weight_headroom=args.weight_headroom)
@@ -179,7 +199,6 @@ def cmd_train(args):
         print(f"updates: {report['skipped_updates']} skipped (non-finite loss or gradient), "
               f"{report['saturated_updates']} elements saturated (int8 +-127 or the bias limit)")
     report["backend"] = args.backend
-    out.mkdir(parents=True, exist_ok=True)
     if args.backend == "c":
         trainer.sync_to_graph()               # the C state blob -> the graph's weights
         if args.trainer == "backprop":
@@ -192,18 +211,23 @@ def cmd_train(args):
                 plain.t(t).data[...] = trained[plain.t(t).name].data
             tg = plain
     kind = "trained" if diverged is None else "last-good"
-    path = save(strip_training(tg), out / (Path(args.model).name.split(".")[0] + f".{kind}.tt.npz"))
+    path = final / save(strip_training(tg), out / (Path(args.model).name.split(".")[0] + f".{kind}.tt.npz")
+                        ).relative_to(out)
     report[f"{kind.replace('-', '_')}_model"] = str(path)
     (out / "train_report.json").write_text(json.dumps(report, indent=1))
     if diverged is not None:
         diverged.path = path
         diverged.problem += f"; saved as {path}"
         diverged.args = (diverged.format(),)
+        diverged.keep_output = True           # the last good weights and the report reach -o
         raise diverged
     print(f"trained int8 model: {path}")
     if test is not None:
         print(f"test accuracy after training: {100 * report['history'][-1]['test_accuracy']:.2f}%")
     return 0
+
+
+cmd_train = _staged(_train)
 
 
 AUTO_SCHEMES = ("full", "last-8", "sparse", "last-4", "tte", "last-2", "bias", "classifier")
@@ -260,7 +284,7 @@ def _choose_trainer(g, args, sram, kw):
     return "backprop", f"it fits: ~{need / 1024:.0f} KB" + ("" if sram is None else f" of {sram / 1024:.0f} KB")
 
 
-def cmd_compile(args):
+def _compile(args, out):
     from .api import load, quantize
     from .compiler.pipeline import compile_graph
     from .host import stack_estimate
@@ -282,7 +306,7 @@ def cmd_compile(args):
             raise TinytrainError("a float model needs calibration samples: pass --calib data.npz", file=args.model)
         cx = _data(args, g, args.calib, calibration=True)[0]
         g = quantize(g, cx, output_range=(-args.logit_range, args.logit_range))
-    out = Path(args.output)
+    final = Path(args.output)
     kw = dict(qas=not args.no_qas, float_classifier=args.float_classifier, weight_headroom=args.weight_headroom)
     if args.update == "auto":
         args.update, why = _choose_scheme(g, args, sram, kw)
@@ -322,11 +346,14 @@ def cmd_compile(args):
         biggest = ", ".join(f"{r['tensor']} {r['bytes'] / 1024:.1f} KB" for r in summary["live_at_peak"][:3])
         raise TinytrainError("does not fit: " + "; ".join(problems) + f" (peak at {summary['peak_node']}: {biggest})"
                              + (f"; {', '.join(fits)}" if fits else "; no preset fits either"))
-    print(f"C project: {out / (args.name + '.c')}, {out / (args.name + '.h')}, {out / 'runtime'}; "
-          f"reports: {out / 'report.txt'}, {out / 'report.json'}, {out / 'memory.png'}")
+    print(f"C project: {final / (args.name + '.c')}, {final / (args.name + '.h')}, {final / 'runtime'}; "
+          f"reports: {final / 'report.txt'}, {final / 'report.json'}, {final / 'memory.png'}")
     if written:
-        print(f"packages in {out}: {describe(out, written)}")
+        print(f"packages in {final}: {describe(out, written)}")
     return 0
+
+
+cmd_compile = _staged(_compile)
 
 
 def _data_options(s):
@@ -365,6 +392,12 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{self.prog.split(' ', 1)[-1] + ': ' if ' ' in self.prog else ''}{message}")
 
 
+def _force_option(s):
+    s.add_argument("--force", action="store_true",
+                   help="write into a non-empty -o tinytrain did not write, or over generated files you edited "
+                        "(only the files tinytrain writes are replaced; nothing else is deleted)")
+
+
 def build_parser():
     p = _Parser(prog="tinytrain", description="On-device training compiler for int8 models.")
     p.add_argument("--version", action="version", version=f"tinytrain {__version__}")
@@ -388,6 +421,7 @@ def build_parser():
     s.add_argument("--input-shape", type=_shape, help="override the input shape, e.g. 1,3,32,32")
     _data_options(s)
     s.add_argument("-o", "--output", required=True, help="output folder")
+    _force_option(s)
     s.set_defaults(func=cmd_quantize)
 
     s = sub.add_parser("train", help="train the int8 model on labelled data (sparse update, QAS)")
@@ -417,6 +451,7 @@ def build_parser():
     s.add_argument("--allow-one-class", action="store_true",
                    help="train even when every --data label is the same class (refused by default)")
     s.add_argument("-o", "--output", required=True, help="output folder")
+    _force_option(s)
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("compile", help="compile the model and its training graph into a C project")
@@ -437,6 +472,7 @@ def build_parser():
                    help="build files written beside the C: all (default), none, or a comma list of "
                         "cmake,make,platformio,zephyr,arduino")
     s.add_argument("-o", "--output", required=True, help="output folder for the C project")
+    _force_option(s)
     s.set_defaults(func=cmd_compile)
     try:                                   # build / run / flash for boards (tinytrain/boards.py)
         from .boards import add_board_commands

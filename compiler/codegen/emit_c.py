@@ -135,10 +135,8 @@ def emit(graph, plan, out, name="model", rounding="stochastic"):
     (out / f"{name}_profile.json").write_text(json.dumps(e.profile, indent=1) + "\n")
     rt = out / "runtime"
     pkg = runtime_dir()
-    for sub in ("include", "src"):
-        if (rt / sub).exists():
-            shutil.rmtree(rt / sub)
-        shutil.copytree(pkg / sub, rt / sub)
+    for sub in ("include", "src"):       # file by file: never deletes what else the folder holds
+        shutil.copytree(pkg / sub, rt / sub, dirs_exist_ok=True)
     return facts
 
 

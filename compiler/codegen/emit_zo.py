@@ -83,8 +83,6 @@ def emit_mezo(graph, plan, out, name="model", queries=1):
     (out / f"{name}.c").write_text(_source(e, facts, forward_body, [], zo_body=body))
     (out / f"{name}_profile.json").write_text(json.dumps(e.profile, indent=1) + "\n")
     rt = out / "runtime"
-    for sub in ("include", "src"):
-        if (rt / sub).exists():
-            shutil.rmtree(rt / sub)
-        shutil.copytree(runtime_dir() / sub, rt / sub)
+    for sub in ("include", "src"):       # file by file: never deletes what else the folder holds
+        shutil.copytree(runtime_dir() / sub, rt / sub, dirs_exist_ok=True)
     return facts

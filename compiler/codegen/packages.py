@@ -18,7 +18,6 @@ same.  Only text is written; nothing here runs a compiler.  docs/packaging.md de
 layout and how each is used.
 """
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -248,9 +247,7 @@ config {cfg}
         lib = f"tinytrain_{self.name}"
         root = self.out / "arduino" / lib
         src = root / "src"
-        if src.exists():
-            shutil.rmtree(src)                 # only the copies made here before
-        src.mkdir(parents=True)
+        src.mkdir(parents=True, exist_ok=True)   # nothing deleted: tinytrain/outdir.py replaces old copies
         written = []
         files = [(self.out / f"{self.name}.h", f"{self.name}.h"), (self.out / f"{self.name}.c", f"{self.name}.c")]
         files += [(self.out / "runtime" / "include" / h, h) for h in self.runtime_inc]
