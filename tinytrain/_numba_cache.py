@@ -15,7 +15,6 @@ user set is left alone.
 import hashlib
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 ENV = "NUMBA_CACHE_DIR"
@@ -72,10 +71,9 @@ def _base():
 def _writable(path):
     try:
         path.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=path).close()
-        return True
     except OSError:
         return False
+    return os.access(path, os.W_OK | os.X_OK)
 
 
 def _prune(parent, current):
@@ -108,6 +106,7 @@ def cache_dir(version):
             if fresh:
                 _prune(parent, d)
             return d
+    import tempfile
     uid = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
     d = Path(tempfile.gettempdir()) / f"tinytrain-numba-{uid}" / name
     d.mkdir(parents=True, exist_ok=True)
