@@ -116,7 +116,7 @@ MUTANTS = [
          edits=[["compiler/codegen/emit_c.py",
                  "if (h[0] != {N}_STATE_MAGIC || h[1] != {N}_SIGNATURE || h[2] != {N}_STATE_SIZE) {{",
                  "if (h[0] != {N}_STATE_MAGIC || h[2] != {N}_STATE_SIZE) {{"]],
-         tests=["tests/test_compile.py", "-k", "restore or refuses_bad_input"]),
+         tests=["tests/test_restore_signature.py"]),
     # ---- divergence guards
     dict(id="guard-c", side="c", why="the C update steps on a NaN/Inf gradient (guard removed)",
          edits=[["compiler/ops/update.py",
@@ -126,5 +126,5 @@ MUTANTS = [
     dict(id="guard-sim", side="py", why="the simulator steps on a NaN/Inf gradient (guard removed)",
          edits=[["tinytrain/train/backprop.py", "                if not np.all(np.isfinite(ins[1])):",
                  "                if False:"]],
-         tests=["tests/test_training.py", "-k", "divergence"]),
+         tests=["tests/test_training.py", "tests/test_update_guard.py", "-k", "divergence or non_finite"]),
 ]
