@@ -145,3 +145,21 @@ def test_install_use_then_editable_install_keeps_the_cli(tmp_path):
     assert "conv2d" in out and "MACs" in out
     where = run(py, "-c", "import tinytrain; print(tinytrain.__file__)").strip()
     assert Path(where).resolve() == (ROOT / "tinytrain" / "__init__.py").resolve(), where
+
+
+def test_old_source_versions_are_pruned(tmp_path, monkeypatch):
+    """A new cache folder (changed sources) removes the oldest ones beyond KEEP; a user's
+    NUMBA_CACHE_DIR is never touched."""
+    parent = tmp_path / "xdg" / "tinytrain" / "numba"
+    for i in range(_numba_cache.KEEP + 3):
+        d = parent / f"0.0.{i}-{i:016x}"
+        d.mkdir(parents=True)
+        os.utime(d, (1000 + i, 1000 + i))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    d = _numba_cache.cache_dir(__version__)
+    assert d.parent == parent and d.is_dir()
+    left = {p.name for p in parent.iterdir() if p != d}
+    assert left == {f"0.0.{i}-{i:016x}" for i in range(3, _numba_cache.KEEP + 3)}
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "mine"))
+    assert _numba_cache.configure(__version__) == str(tmp_path / "mine") and not (tmp_path / "mine").exists()
