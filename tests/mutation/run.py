@@ -122,7 +122,12 @@ def main(argv=None):
     ap.add_argument("--no-baseline", action="store_true", help="skip the unmutated run of each test selection")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per test run (default 600)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary copy")
+    ap.add_argument("--list", action="store_true", help="list the mutants and exit")
     args = ap.parse_args(argv)
+    if args.list:
+        for m in MUTANTS:
+            print(f"{m['id']:28} {m['side']:4}  {m['why']}  [{' '.join(m['tests'])}]")
+        return 0
     mutants = MUTANTS
     if args.only:
         want = args.only.split(",")
