@@ -91,8 +91,10 @@ def run_tests(copy, tests, timeout, work):
     failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", out, re.M)
     if res.returncode == 0:
         return "pass", "", dt
+    why = re.search(r"^E\s+(\S.*)$", out, re.M)                # the first line of the first failure's error
+    why = f": {why.group(1)[:140]}" if why else ""
     if res.returncode == 1:
-        return "fail", failed[0] if failed else "a test failed", dt
+        return "fail", (failed[0] if failed else "a test failed") + why, dt
     if res.returncode == 5:
         return "none", "no tests collected", dt
     last = [ln for ln in out.strip().split("\n") if ln.strip()][-1:] or ["?"]
