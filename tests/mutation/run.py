@@ -91,8 +91,10 @@ def run_tests(copy, tests, timeout, work):
     failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", out, re.M)
     if res.returncode == 0:
         return "pass", "", dt
-    why = re.search(r"^E\s+(\S.*)$", out, re.M)                # the first line of the first failure's error
-    why = f": {why.group(1)[:140]}" if why else ""
+    # the first informative line of the first failure's error (numpy puts its message on later lines)
+    lines = [ln.strip() for ln in re.findall(r"^E\s+(\S.*)$", out, re.M)]
+    why = next((ln for ln in lines if not re.fullmatch(r"[\w.]+:?", ln)), lines[0] if lines else "")
+    why = f": {why[:140]}" if why else ""
     if res.returncode == 1:
         return "fail", (failed[0] if failed else "a test failed") + why, dt
     if res.returncode == 5:
