@@ -16,7 +16,7 @@ import tinytrain as tt
 from tinytrain.compiler import tte_schemes as T
 from tinytrain.compiler.passes.plan_memory import state_bytes
 from tinytrain.compiler.pipeline import memory_plan, training_graph
-from tinytrain.compiler.scheme import resolve
+from tinytrain.compiler.scheme import resolve, tte_convs, weighted_layers
 
 ROOT = Path(__file__).resolve().parent.parent
 # net, file, TTE's measured peak (sparse update + reordering, STM32F746; shared/reference/anchors.md),
@@ -64,7 +64,7 @@ def main():
             g1, p1 = memory_plan(tg)
             total = p1.arena_size + st
             params = sum(tg.t(t).size for t in tg.meta["training"]["trainable"])
-            at_idx = {n.id: i for i, n in enumerate(T.tte_convs(gq))}
+            at_idx = {n.id: i for i, n in enumerate(tte_convs(gq))}
             convw = sorted((at_idx[k], r) for k, r in s.weights.items() if k in at_idx)
             wdesc = " ".join(f"{i}:{r:g}" for i, r in convw) + " + fc"
             pt = g1.meta.get("patch")
@@ -73,7 +73,7 @@ def main():
             vs = f"{total / (peak * 1024):.2f}x" if name == at else "-"
             print(f"| {T.TTE_NETS[net][0]} | `{preset}` | {wdesc} | {len(s.biases)} | {params} | {kb(p1.arena_size)} | "
                   f"{kb(st)} | **{kb(total)}** | {tte} | {vs} | {grid} |", flush=True)
-            if name == at and T.differences(gq, net)[0]:
+            if name == at and T.differences(gq, weighted_layers(gq), net)[0]:
                 s2 = resolve(gq, json.loads(T.dumps(net, name)))    # the same numbers as a TTE JSON
                 tg2 = training_graph(gq, s2)
                 literal.append(f"{T.TTE_NETS[net][0]} {name}: {kb(memory_plan(tg2)[1].arena_size + state_bytes(tg2)[0])} KB")

@@ -138,11 +138,21 @@ def preset(graph, name):
                  and graph.t(layers[i].inputs[1]).size <= TTE_WEIGHT_BYTES]     # int8: 1 byte a weight
         return from_dict(graph, {"bias": third, "weights": {i: 1.0 for i in small[-2:]}, "classifier": True}, name)
     if name.startswith("tte-"):
-        s = tte_schemes.preset(graph, name)
-        if s is not None:
-            return s
+        r = tte_schemes.preset(graph, layers, name)
+        if r is not None:
+            return Scheme(*r)
     raise TinytrainError(f"unknown update scheme '{name}' (presets: {', '.join(PRESETS)} with {', '.join(TTE_HELP)}; "
                          "or a .json file)", field="update")
+
+
+def tte_convs(graph):
+    """The model's convs as TTE's schemes index them (compiler/tte_schemes.py)."""
+    return tte_schemes.tte_convs(weighted_layers(graph))
+
+
+def from_tte(graph, spec, name="tte-scheme"):
+    """A scheme in TTE's format (a dict) -> Scheme."""
+    return Scheme(name, *tte_schemes.from_tte(graph, weighted_layers(graph), spec))
 
 
 def resolve(graph, update):
@@ -151,7 +161,7 @@ def resolve(graph, update):
         return update
     if isinstance(update, dict):
         if tte_schemes.is_tte_config(update):
-            return tte_schemes.from_tte(graph, update)
+            return from_tte(graph, update)
         return from_dict(graph, update)
     text = str(update)
     if text.endswith(".json"):
@@ -164,7 +174,7 @@ def resolve(graph, update):
             raise TinytrainError(f"not a JSON scheme: {e}", file=path) from None
         try:
             if tte_schemes.is_tte_config(spec):
-                return tte_schemes.from_tte(graph, spec, path.stem)
+                return from_tte(graph, spec, path.stem)
             return from_dict(graph, spec, path.stem)
         except TinytrainError as e:
             raise e.with_context(file=path) from None

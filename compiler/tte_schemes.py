@@ -107,11 +107,9 @@ def _is_depthwise(graph, node):
     return node.attrs["groups"] > 1 and w.shape[3] == 1
 
 
-def tte_convs(graph):
-    """The model's convs as TTE counts them: conv2d nodes in graph order, the classifier (the last
-    weighted layer) excluded."""
-    from .scheme import weighted_layers
-    layers = weighted_layers(graph)
+def tte_convs(layers):
+    """The model's convs as TTE counts them, from its weighted layers (scheme.weighted_layers: graph
+    order, the classifier last): the conv2d nodes, the classifier excluded."""
     return [n for n in layers[:-1] if n.op == "conv2d"]
 
 
@@ -122,11 +120,11 @@ def conv_signature(graph, node):
             node.attrs["stride"][0])
 
 
-def differences(graph, net):
+def differences(graph, layers, net):
     """How the model's convs differ from TTE's definition of `net`: a list of one-line notes
     (empty: the same convs), and whether the layer structure (kind, kernel, stride of each of TTE's
     convs) matches, so that TTE's indices pick the layers TTE picks."""
-    ours = [conv_signature(graph, n) for n in tte_convs(graph)]
+    ours = [conv_signature(graph, n) for n in tte_convs(layers)]
     theirs = net_convs(net)
     notes, structural = [], len(ours) >= len(theirs)
     if len(ours) != len(theirs):
@@ -140,10 +138,10 @@ def differences(graph, net):
     return notes, structural
 
 
-def detect_net(graph):
+def detect_net(graph, layers):
     """The TTE net whose conv structure the model has, or None."""
     for net in TTE_NETS:
-        if differences(graph, net)[1]:
+        if differences(graph, layers, net)[1]:
             return net
     return None
 
@@ -236,12 +234,13 @@ def parse(spec):
     return n_bias, idx, ratios, bool(pw1)
 
 
-def from_tte(graph, spec, name="tte-scheme", n_ref=None):
-    """A TTE scheme (dict) -> Scheme on this graph. `n_ref`: the conv count the biases are counted
-    back from (default: the model's own; a preset passes that of TTE's net)."""
-    from .scheme import Scheme, weighted_layers
+def from_tte(graph, layers, spec, n_ref=None):
+    """A TTE scheme (dict) on this graph (`layers`: its weighted layers, the classifier last) ->
+    ({node id: input-channel ratio of its weight update}, {node ids whose bias learns}). `n_ref`: the
+    conv count the biases are counted back from (default: the model's own; a preset passes that of
+    TTE's net)."""
     n_bias, idx, ratios, pw1 = parse(spec)
-    convs = tte_convs(graph)
+    convs = tte_convs(layers)
     n = len(convs) if n_ref is None else n_ref
     if n_bias == "all":
         n_bias = n
@@ -268,10 +267,7 @@ def from_tte(graph, spec, name="tte-scheme", n_ref=None):
     if pw1:                                     # expanding 1x1 convs only
         keep = [k for k, i in enumerate(idx) if _is_pw1(graph, convs[i])]
         idx, ratios = [idx[k] for k in keep], [ratios[k] for k in keep]
-    layers = weighted_layers(graph)
-    s = Scheme(name)
-    for i in bias_layers:
-        s.biases.add(convs[i].id)
+    weights, biases = {}, {convs[i].id for i in bias_layers}
     for i, r in zip(idx, ratios):
         node = convs[i]
         c = graph.t(node.inputs[0]).shape[3]
@@ -288,10 +284,10 @@ def from_tte(graph, spec, name="tte-scheme", n_ref=None):
         if r < 1 and (c * r) != int(c * r):
             raise TinytrainError(f"ratio {r:g} of conv {i} is not a whole number of its {c} input channels",
                                  field="weight_update_ratio")
-        s.weights[node.id] = float(r)
-    s.weights[layers[-1].id] = 1.0              # TTE always trains the classifier
-    s.biases.add(layers[-1].id)
-    return s
+        weights[node.id] = float(r)
+    weights[layers[-1].id] = 1.0                # TTE always trains the classifier
+    biases.add(layers[-1].id)
+    return weights, biases
 
 
 def _is_pw1(graph, node):
@@ -299,13 +295,14 @@ def _is_pw1(graph, node):
     return w.shape[1] == 1 and w.shape[2] == 1 and w.shape[0] > graph.t(node.inputs[0]).shape[3]
 
 
-def preset(graph, name):
-    """`tte-<net>-<kb>` or `tte-<kb>` -> Scheme, or None if `name` is not of that form."""
+def preset(graph, layers, name):
+    """`tte-<net>-<kb>` or `tte-<kb>` -> (the preset's full name, weights, biases) as from_tte, or None
+    if `name` is not of that form."""
     parts = name.split("-")
     if len(parts) == 3 and parts[1] in PUBLISHED:
         net, kb = parts[1], parts[2]
     elif len(parts) == 2 and parts[1].endswith("kb"):
-        net, kb = detect_net(graph), parts[1]
+        net, kb = detect_net(graph, layers), parts[1]
         if net is None:
             raise TinytrainError(f"'{name}': the model's convs are none of TTE's nets ({', '.join(TTE_NETS)}); "
                                  "name one (tte-<net>-<kb>) or give the scheme as a TTE JSON", field="update")
@@ -314,13 +311,13 @@ def preset(graph, name):
     if kb not in PUBLISHED[net]:
         raise TinytrainError(f"'{name}': TTE published no {kb} scheme for {net} (it has "
                              f"{', '.join(PUBLISHED[net])})", field="update")
-    notes, structural = differences(graph, net)
+    notes, structural = differences(graph, layers, net)
     if not structural:
         raise TinytrainError(f"'{name}' is TTE's scheme for its {TTE_NETS[net][0]}, whose convs this model does not "
                              f"have ({notes[0]})", field="update")
     n_bias, idx, ratios = PUBLISHED[net][kb]
     spec = {"n_bias_update": n_bias, "manual_weight_idx": idx, "weight_update_ratio": ratios}
-    return from_tte(graph, spec, f"tte-{net}-{kb}", n_ref=len(net_convs(net)))
+    return (f"tte-{net}-{kb}",) + from_tte(graph, layers, spec, n_ref=len(net_convs(net)))
 
 
 def dumps(net, kb):

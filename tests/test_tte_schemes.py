@@ -9,7 +9,7 @@ import tinytrain as tt
 from tinytrain.cli import main
 from tinytrain.compiler import tte_schemes as T
 from tinytrain.compiler.errors import TinytrainError
-from tinytrain.compiler.scheme import resolve, weighted_layers
+from tinytrain.compiler.scheme import resolve, tte_convs, weighted_layers
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER = ROOT / "models" / "paper"
@@ -57,8 +57,8 @@ def test_tte_json_picks_the_layers_tte_picks(nets, tmp_path):
 
 def test_presets_on_the_paper_nets(nets):
     for net, g in nets.items():
-        assert T.detect_net(g) == net
-        convs = T.tte_convs(g)
+        assert T.detect_net(g, weighted_layers(g)) == net
+        convs = tte_convs(g)
         for kb, (n_bias, idx, ratios) in T.PUBLISHED[net].items():
             s = resolve(g, f"tte-{net}-{kb}")
             head = weighted_layers(g)[-1].id
@@ -68,20 +68,20 @@ def test_presets_on_the_paper_nets(nets):
             assert s.biases - {head} == {convs[i].id for i in range(n_tte - n_bias, n_tte)}
         assert resolve(g, f"tte-{list(T.PUBLISHED[net])[2]}").name == f"tte-{net}-{list(T.PUBLISHED[net])[2]}"
     g = nets["mbv2"]
-    convs = T.tte_convs(g)
+    convs = tte_convs(g)
     for i, (co, ci) in MBV2_TTE.items():
         assert _w(g, convs[i]) == (co, 1, 1, ci), i
     assert len(convs) == 52 and _w(g, convs[51]) == (448, 1, 1, 112)    # our feature-mix conv, not in TTE's net
     assert convs[51].id not in resolve(g, "tte-mbv2-99kb").biases
-    notes, structural = T.differences(nets["proxyless"], "proxyless")
+    notes, structural = T.differences(nets["proxyless"], weighted_layers(nets["proxyless"]), "proxyless")
     assert structural and any("conv 57: 56->336 channels here, 64->384" in n for n in notes)
-    assert T.differences(nets["mcunet"], "mcunet") == ([], True)
+    assert T.differences(nets["mcunet"], weighted_layers(nets["mcunet"]), "mcunet") == ([], True)
 
 
 def test_tte_net_tables_match_the_nets_layout(nets):
     # independent of T.net_convs: MCUNet here is built from the same block list as TTE's
     g = nets["mcunet"]
-    ours = [T.conv_signature(g, n) for n in T.tte_convs(g)]
+    ours = [T.conv_signature(g, n) for n in tte_convs(g)]
     assert ours == T.net_convs("mcunet")
     assert len(T.net_convs("mbv2")) == 51 and len(T.net_convs("proxyless")) == 60
 
@@ -137,7 +137,7 @@ def test_a_tte_scheme_trains_bit_exact_in_c(tmp_path):
     spec = {"n_bias_update": 6, "manual_weight_idx": [34, 35, 36, 38, 39],
             "weight_update_ratio": [0.5, 0.25, 0, 0.125, 1]}
     s = resolve(gq, spec)
-    convs = T.tte_convs(gq)
+    convs = tte_convs(gq)
     assert s.weights[convs[34].id] == 0.5 and convs[36].id not in s.weights and convs[36].id in s.biases
     tg = _bit_exact(tmp_path, gq, x, y, 40, spec)
     assert len(tg.meta["training"]["trainable"]) == 5 + 7   # 4 conv weights + the classifier's, 6 + 1 biases
