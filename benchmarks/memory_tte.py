@@ -7,6 +7,7 @@ Prints a markdown section (the one in benchmarks/memory.md). SRAM = arena + trai
 the default plan (minimum peak: patching, in-place, reordering on; no --sram budget).
 """
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +30,52 @@ def kb(v):
     return f"{v / 1024:.1f}"
 
 
+def tte_defined(net, folder):
+    """TTE's own definition of `net` (compiler/tte_schemes.TTE_NETS: its layers, no feature-mix conv) as
+    an ONNX file, built with models/common.py's blocks, seeded random weights, BN folded."""
+    import sys
+
+    import torch
+    sys.path.insert(0, str(ROOT / "models"))
+    import common as C
+    blocks, c = [], 16
+    for mid, out, k, stride in T.TTE_NETS[net][1]:
+        blocks.append((1 if mid is None else mid // c, out, stride, k))
+        c = out
+    torch.manual_seed(0)
+    model = C.MBNet(3, 16, 2, blocks, None, 10)
+    return C.export_torchscript(model, torch.zeros(1, 3, 128, 128), Path(folder) / f"{net}_tte.onnx", keep_bn=False)
+
+
+def rows(net, gq, peak, at, literal):
+    for name in T.PUBLISHED[net]:
+        preset = f"tte-{net}-{name}"
+        s = resolve(gq, preset)
+        tg = training_graph(gq, s)
+        st, _ = state_bytes(tg)
+        g1, p1 = memory_plan(tg)
+        total = p1.arena_size + st
+        params = sum(tg.t(t).size for t in tg.meta["training"]["trainable"])
+        at_idx = {n.id: i for i, n in enumerate(tte_convs(gq))}
+        convw = sorted((at_idx[k], r) for k, r in s.weights.items() if k in at_idx)
+        wdesc = " ".join(f"{i}:{r:g}" for i, r in convw) + " + fc"
+        pt = g1.meta.get("patch")
+        grid = f"{pt['grid']}x{pt['grid']}" if pt else "-"
+        tte = f"{peak}" if name == at else "-"
+        vs = f"{total / (peak * 1024):.2f}x" if name == at else "-"
+        print(f"| {T.TTE_NETS[net][0]} | `{preset}` | {wdesc} | {len(s.biases)} | {params} | {kb(p1.arena_size)} | "
+              f"{kb(st)} | **{kb(total)}** | {tte} | {vs} | {grid} |", flush=True)
+        if literal is not None and name == at and T.differences(gq, weighted_layers(gq), net)[0]:
+            s2 = resolve(gq, json.loads(T.dumps(net, name)))    # the same numbers as a TTE JSON
+            tg2 = training_graph(gq, s2)
+            literal.append(f"{T.TTE_NETS[net][0]} {name}: {kb(memory_plan(tg2)[1].arena_size + state_bytes(tg2)[0])} KB")
+
+
+HEADER = ("| network | TTE scheme | weights trained | biases | trainable params | arena KB | "
+          "trainable state KB | **SRAM KB** | TTE's peak KB | tinytrain / TTE | patch grid |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|")
+
+
 def main():
     t0 = time.time()
     print("## TTE's schemes on the paper nets (like for like)\n")
@@ -49,37 +96,25 @@ def main():
           "TTE's nets lack it, but its backward and the wider classifier still cost memory here.\n")
     print("(weights trained: TTE's conv index:ratio of its input channels, + the classifier; params: of the "
           "trainable tensors, which tinytrain holds whole in SRAM even when only a slice of one learns)\n")
-    print("| network | TTE scheme | weights trained | biases | trainable params | arena KB | "
-          "trainable state KB | **SRAM KB** | TTE's peak KB | tinytrain / TTE | patch grid |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(HEADER)
     rng, literal = np.random.default_rng(0), []
     for net, path, peak, at in NETS:
         g = tt.load(ROOT / "models" / path)
-        gq = tt.quantize(g, rng.random((2, 3, 128, 128), dtype=np.float32))
-        for name in T.PUBLISHED[net]:
-            preset = f"tte-{net}-{name}"
-            s = resolve(gq, preset)
-            tg = training_graph(gq, s)
-            st, _ = state_bytes(tg)
-            g1, p1 = memory_plan(tg)
-            total = p1.arena_size + st
-            params = sum(tg.t(t).size for t in tg.meta["training"]["trainable"])
-            at_idx = {n.id: i for i, n in enumerate(tte_convs(gq))}
-            convw = sorted((at_idx[k], r) for k, r in s.weights.items() if k in at_idx)
-            wdesc = " ".join(f"{i}:{r:g}" for i, r in convw) + " + fc"
-            pt = g1.meta.get("patch")
-            grid = f"{pt['grid']}x{pt['grid']}" if pt else "-"
-            tte = f"{peak}" if name == at else "-"
-            vs = f"{total / (peak * 1024):.2f}x" if name == at else "-"
-            print(f"| {T.TTE_NETS[net][0]} | `{preset}` | {wdesc} | {len(s.biases)} | {params} | {kb(p1.arena_size)} | "
-                  f"{kb(st)} | **{kb(total)}** | {tte} | {vs} | {grid} |", flush=True)
-            if name == at and T.differences(gq, weighted_layers(gq), net)[0]:
-                s2 = resolve(gq, json.loads(T.dumps(net, name)))    # the same numbers as a TTE JSON
-                tg2 = training_graph(gq, s2)
-                literal.append(f"{T.TTE_NETS[net][0]} {name}: {kb(memory_plan(tg2)[1].arena_size + state_bytes(tg2)[0])} KB")
+        rows(net, tt.quantize(g, rng.random((2, 3, 128, 128), dtype=np.float32)), peak, at, literal)
     print(f"\nThe same numbers given as a TTE JSON (`--update scheme.json`) count the biases back from the "
           f"model's own last conv, so on the two nets with a feature-mix conv its bias trains instead of that of "
-          f"the first of TTE's bias layers: {'; '.join(literal)}.")
+          f"the first of TTE's bias layers: {'; '.join(literal)}.\n")
+    print("### On TTE's own definitions of the nets\n")
+    print("MobileNetV2-w0.35 and ProxylessNAS-w0.3 exactly as TTE defines them (the layers of "
+          "compiler/tte_schemes.py's TTE_NETS: no feature-mix conv, Proxyless's last stage at 64 channels), built "
+          "by this script with models/common.py's blocks (seeded random weights, BN folded, TorchScript "
+          "exporter) into a temporary folder; MCUNet-5FPS is the net above.\n")
+    print(HEADER)
+    with tempfile.TemporaryDirectory() as folder:
+        for net, _, peak, at in NETS[:2]:
+            g = tt.load(tte_defined(net, folder))
+            assert T.differences(g, weighted_layers(g), net) == ([], True), net
+            rows(net, tt.quantize(g, rng.random((2, 3, 128, 128), dtype=np.float32)), peak, at, None)
     print(f"\n(generated in {time.time() - t0:.0f} s)")
 
 
