@@ -176,7 +176,12 @@ def _number(p):
 
 
 def is_tte_config(spec):
-    return isinstance(spec, dict) and bool({"backward_config", "n_bias_update", "manual_weight_idx"} & set(spec))
+    """A TTE backward_config (or a dict of them by name, as in TTE's mcu_ir_gen.py)?"""
+    if not isinstance(spec, dict) or not spec:
+        return False
+    if {"backward_config", "n_bias_update", "manual_weight_idx"} & set(spec):
+        return True
+    return all(isinstance(v, dict) and "n_bias_update" in v for v in spec.values())
 
 
 def parse(spec):
@@ -240,6 +245,8 @@ def from_tte(graph, layers, spec, n_ref=None):
     conv count the biases are counted back from (default: the model's own; a preset passes that of
     TTE's net)."""
     n_bias, idx, ratios, pw1 = parse(spec)
+    if not layers:
+        raise TinytrainError("the model has no conv or linear layer to train")
     convs = tte_convs(layers)
     n = len(convs) if n_ref is None else n_ref
     if n_bias == "all":
@@ -248,6 +255,9 @@ def from_tte(graph, layers, spec, n_ref=None):
         raise TinytrainError(f"{n_bias} is more than the model's {n} convs", field="n_bias_update")
     if not isinstance(idx, list):               # n_weight_update: the last convs
         nw = n_bias if idx == "all" else idx
+        if nw > n_bias:
+            raise TinytrainError(f"{nw} is more than n_bias_update {n_bias} (a layer whose weight learns also "
+                                 "learns its bias)", field="n_weight_update")
         idx = list(range(n - nw, n))
     bias_layers = range(n - n_bias, n)
     for i in idx:

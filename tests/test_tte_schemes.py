@@ -100,12 +100,28 @@ def test_tte_net_tables_match_the_nets_layout(nets):
     ({"backward_config": {"enable_backward_config": 0, "n_bias_update": 4}}, "enable_backward_config"),
     ({"n_bias_update": 4, "quantize_gradient": 1}, "quantize_gradient"),
     ({"n_bias_update": 4, "manual_weight_idx": [39], "weight_update_ratio": [3]}, "weight_update_ratio"),
+    ({"n_bias_update": 2, "n_weight_update": 3}, "n_weight_update"),
+    ({"49kb": {"n_bias_update": 4}, "99kb": {"n_bias_update": 6}}, "49kb"),     # mcu_ir_gen.py's dict of schemes
 ])
 def test_bad_tte_configs_are_refused(spec, field):
     g = tt.load(ROOT / "models" / "mcu_cnn_mnist.onnx")       # 40 convs
     with pytest.raises(TinytrainError) as e:
         resolve(g, spec)
     assert e.value.field == field and "\n" not in str(e.value)
+
+
+def test_tte_forms_tte_accepts(nets):
+    g = tt.load(ROOT / "models" / "mcu_cnn_mnist.onnx")       # 40 convs
+    convs = tte_convs(g)
+    head = weighted_layers(g)[-1].id
+    # n_weight_update instead of indices (the last convs), one ratio for all, 'all' biases
+    s = resolve(g, {"n_bias_update": "all", "manual_weight_idx": None, "n_weight_update": 3, "weight_update_ratio": 0.5})
+    assert s.weights == {convs[37].id: 0.5, convs[38].id: 0.5, convs[39].id: 0.5, head: 1.0}
+    assert s.biases == {n.id for n in convs} | {head}
+    # a channel count instead of a ratio; pw1_weight_only keeps the expanding 1x1 convs (39: 32 -> 160)
+    s = resolve(g, {"n_bias_update": 3, "manual_weight_idx": "37-38-39", "weight_update_ratio": "1-1-4",
+                    "pw1_weight_only": 1})
+    assert s.weights == {convs[39].id: 0.125, head: 1.0}
 
 
 def test_presets_refuse_another_net(nets):
