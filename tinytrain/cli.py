@@ -366,7 +366,10 @@ def _data_options(s):
 def _training_options(s):
     """Options shared by train and compile."""
     s.add_argument("--update", default="sparse",
-                   help="full, bias, classifier, sparse, tte, last-<k>, or a scheme.json (default sparse); "
+                   help="full, bias, classifier, sparse, tte, last-<k>, TTE's published schemes tte-<net>-<kb> "
+                        "(mbv2 49kb|73kb|99kb|123kb|138kb, proxyless 49kb|74kb|98kb|120kb|148kb, mcunet "
+                        "49kb|74kb|99kb|124kb|148kb; tte-<kb> recognises the net), or a scheme.json (ours or "
+                        "TTE's backward_config) (default sparse); "
                         "compile also takes auto: the preset with the most trainable parameters that fits --sram")
     s.add_argument("--rounding", choices=["stochastic", "shadow"], default="stochastic",
                    help="how int8 updates below one step survive (default stochastic)")
