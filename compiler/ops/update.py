@@ -207,3 +207,7 @@ def _emit_sgd(self, node, g, e):
 
 
 SgdUpdate.emit_c = _emit_sgd
+
+
+# The public name of the kernel: the simulator's trainers (tinytrain/train/) clamp restored biases with it.
+clamp_sym_s32 = _clamp_sym_s32

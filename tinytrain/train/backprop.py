@@ -49,7 +49,7 @@ class BackpropTrainer:
         """Trained biases back inside their accumulator-safe range (a restored or modified state),
         before any forward, counted as saturations: mirrors the C's <name>_guard."""
         for tid, lim in self.bias_limits:
-            self.ctx.saturated += update_ops._clamp_sym_s32(self.graph.t(tid).data, np.int32(lim))
+            self.ctx.saturated += update_ops.clamp_sym_s32(self.graph.t(tid).data, np.int32(lim))
 
     def step(self, x_onnx, label):
         """One sample: forward, loss, backward with in-place updates.  -> (loss, logits)"""

@@ -9,7 +9,7 @@ import numpy as np
 from ..compiler.errors import TinytrainError
 from ..compiler.hparams import check_eps, check_lr, check_queries
 from ..compiler.ops import zo
-from ..compiler.ops.update import _clamp_sym_s32
+from ..compiler.ops.update import clamp_sym_s32
 from ..compiler.passes.zo_plan import zo_plan
 from ..compiler.quant.fmath import softmax_xent
 from ..compiler.quant.prng import prng_next, prng_seed
@@ -119,7 +119,7 @@ class MezoTrainer:
         counted as saturations: mirrors the C's <name>_guard."""
         for it in self.items:
             if it["kind"] == "bias":
-                self.saturated += _clamp_sym_s32(self.graph.t(it["tid"]).data, np.int32(it["limit"]))
+                self.saturated += clamp_sym_s32(self.graph.t(it["tid"]).data, np.int32(it["limit"]))
 
     def evaluate(self, x, y, batch=256):
         self.guard()
