@@ -38,16 +38,16 @@
 /* update.py _clip_step (a NaN becomes 0: no step). */
 static float clip_step(float step)
 {
-    if (!(step == step)) {
-        return 0.0f;
-    }
     if (step > TT_STEP_LIMIT) {
         return TT_STEP_LIMIT;
     }
     if (step < -TT_STEP_LIMIT) {
         return -TT_STEP_LIMIT;
     }
-    return step;
+    if (step <= TT_STEP_LIMIT) {        /* false only for a NaN (no == on floats: -Wfloat-equal) */
+        return step;
+    }
+    return 0.0f;
 }
 
 /* update.py _sgd_s8_stochastic: w[row][(i / g_k) * w_k + i % g_k] -= floor((g * factor[row]) * lr + u). */

@@ -72,16 +72,16 @@ int32_t tt_zo_perturb_s32(int32_t *b, int32_t n, const int32_t *amount, int32_t 
 
 static float zo_clip(float step)
 {
-    if (!(step == step)) {
-        return 0.0f;
-    }
     if (step > ZO_STEP_LIMIT) {
         return ZO_STEP_LIMIT;
     }
     if (step < -ZO_STEP_LIMIT) {
         return -ZO_STEP_LIMIT;
     }
-    return step;
+    if (step <= ZO_STEP_LIMIT) {        /* false only for a NaN (no == on floats: -Wfloat-equal) */
+        return step;
+    }
+    return 0.0f;
 }
 
 int32_t tt_zo_update_s8(int8_t *w, int32_t w_inner, int32_t w_k, int32_t rows, int32_t g_inner, int32_t g_k,
