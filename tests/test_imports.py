@@ -34,7 +34,7 @@ LAYERS = (
     ("commands", ("tinytrain.cli", "tinytrain.boards", "tinytrain.flash", "tinytrain.mezo_ort_cli")),
     ("runtime", ("tinytrain", "tinytrain.api", "tinytrain.train", "tinytrain.host", "tinytrain.qemu",
                  "tinytrain.sim", "tinytrain.data", "tinytrain.report", "tinytrain.memreport",
-                 "tinytrain.mezo_ort", "tinytrain.tools")),
+                 "tinytrain.mezo_ort", "tinytrain.tools", "tinytrain.pngdraw")),
     ("pipeline", ("tinytrain.compiler.pipeline",)),
     ("passes", ("tinytrain.compiler.frontend", "tinytrain.compiler.passes", "tinytrain.compiler.codegen",
                 "tinytrain.compiler.scheme", "tinytrain.compiler.verify", "tinytrain.compiler.reference",
