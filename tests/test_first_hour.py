@@ -37,8 +37,9 @@ def dw_cnn(path):
 def small(tmp_path_factory):
     d = tmp_path_factory.mktemp("small")
     model = dw_cnn(d / "dw.onnx")
-    x = RNG.random((64, 3, 8, 8), dtype=np.float32)
-    y = RNG.integers(0, 3, 64)
+    y = np.arange(96) % 3                    # learnable: the class's channel is brighter
+    x = RNG.random((96, 3, 8, 8), dtype=np.float32) * 0.5
+    x[np.arange(96), y] += 0.5
     np.savez(d / "data.npz", x=x, y=y)
     return model, d / "data.npz", d
 
@@ -90,3 +91,95 @@ def test_report_has_the_text_timeline(compiled):
     live = int(peak[0].split("|")[2].split()[0])
     assert live == sum(b["bytes"] for b in summary["live_at_peak"])
     assert "buffers (letter: tensor, bytes, steps):" in text
+
+
+# -- 2. inspect: kernel, stride, groups, depthwise; the input layout ----------
+def test_inspect_shows_conv_geometry_and_layout(small, capsys, tmp_path):
+    import json
+    model, _, _ = small
+    assert main(["inspect", str(model), "--json", str(tmp_path / "i.json")]) == 0
+    out = capsys.readouterr().out
+    assert "layout NCHW" in out
+    head = next(ln for ln in out.splitlines() if ln.startswith("#"))
+    assert all(h in head for h in ("kernel", "stride", "groups"))
+    rows = json.loads((tmp_path / "i.json").read_text())["layers"]
+    conv, dw = [r for r in rows if r["op"].startswith("conv")]
+    assert (conv["kernel"], conv["stride"], conv["groups"], conv["depthwise"]) == ([3, 3], [1, 1], 1, False)
+    assert (dw["kernel"], dw["stride"], dw["groups"], dw["depthwise"]) == ([3, 3], [2, 2], 4, True)
+    line = next(ln for ln in out.splitlines() if "(depthwise)" in ln)
+    assert "3x3" in line and "2x2" in line and " 4 " in line
+    assert "kernel" not in next(r for r in rows if r["op"] == "fully_connected")
+
+
+# -- 3. one recipe; tt.train the function -------------------------------------
+def test_cli_and_api_train_the_same_model(small, tmp_path, capsys):
+    """The same inputs through `tinytrain train` and tt.train give the same int8 model
+    (calibration subset, logit range, headroom, lr: compiler/recipe.py)."""
+    import tinytrain as tt
+    model, data, _ = small
+    assert main(["train", str(model), "--data", str(data), "--epochs", "1", "--quiet", "-o", str(tmp_path)]) == 0
+    cli_model = tt.load(tmp_path / "dw.trained.tt.npz")
+    d = np.load(data)
+    api_model, _, _ = tt.train(str(model), d["x"], d["y"], epochs=1, progress=False)
+    a = {t.name: t for t in cli_model.tensors.values() if t.kind == "const"}
+    b = {t.name: t for t in api_model.tensors.values() if t.kind == "const"}
+    assert a.keys() == b.keys() and a
+    for k in a:
+        assert np.array_equal(a[k].data, b[k].data), k
+    out_q = [t.q for t in cli_model.tensors.values() if t.id in cli_model.outputs][0]
+    assert abs(out_q.scale * 255 - 32.0) < 0.5          # logits fixed to [-16, 16], not calibrated
+
+
+@pytest.mark.parametrize("first", ["import tinytrain.train.backprop", "from tinytrain.train import loop",
+                                   "import tinytrain.train", "from tinytrain import train"])
+def test_tt_train_is_the_function(first):
+    code = (f"{first}\nimport tinytrain as tt, tinytrain.train.monitor, inspect\n"
+            "assert inspect.isfunction(tt.train), tt.train\n"
+            "assert tt.train.__module__ == 'tinytrain.api'\nprint('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.stdout.strip() == "ok", r.stderr
+
+
+# -- 6. start-up: no numpy, onnx or numba for `import tinytrain` and --help ---
+def test_help_imports_nothing_heavy():
+    code = ("import sys\nfrom tinytrain.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "import tinytrain\n"
+            "heavy = [m for m in ('numpy', 'onnx', 'numba', 'onnxruntime', 'tinytrain.api') if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert "HEAVY []" in r.stdout, r.stdout + r.stderr
+
+
+def test_optional_commands_keep_their_own_help_lines():
+    """The light stand-ins of build/run/flash/mezo say what the modules' own parsers say."""
+    import argparse
+    from tinytrain.cli import OPTIONAL_COMMANDS, build_parser
+
+    def choices(p):
+        sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+        return {c.dest: c.help for c in sub._choices_actions}
+    light = choices(build_parser(["inspect"]))
+    for name in OPTIONAL_COMMANDS:
+        real = choices(build_parser([name]))
+        assert light[name] == real[name] == OPTIONAL_COMMANDS[name][2]
+    p = build_parser(["mezo"])
+    with pytest.raises(SystemExit):
+        p.parse_args(["mezo", "--help"])
+
+
+# -- 7. every flag's default in --help ----------------------------------------
+@pytest.mark.parametrize("cmd", ["inspect", "quantize", "train", "compile", "build", "run", "flash", "mezo"])
+def test_every_flag_shows_its_default(cmd, capsys):
+    import argparse
+    from tinytrain.cli import build_parser
+    p = build_parser([cmd])
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices[cmd]
+    with pytest.raises(SystemExit):
+        sub.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for a in sub._actions:
+        if a.option_strings and a.default not in (None, False, argparse.SUPPRESS) and a.dest != "help":
+            h = sub._get_formatter()._expand_help(a) if a.help else ""
+            assert "default" in h, (cmd, a.option_strings)
+            assert " ".join(h.split()) in text

@@ -46,7 +46,8 @@ LAYERS = (
 # modules that import nothing of the project (numpy and the standard library only)
 LEAVES = ("tinytrain.compiler", "tinytrain.compiler.errors", "tinytrain.compiler.cfmt",
           "tinytrain.compiler.layout", "tinytrain.compiler.quant.qparams", "tinytrain.compiler.quant.fixedpoint",
-          "tinytrain.compiler.quant.fmath", "tinytrain.compiler.quant.prng", "tinytrain.compiler.ops.base")
+          "tinytrain.compiler.quant.fmath", "tinytrain.compiler.quant.prng", "tinytrain.compiler.ops.base",
+          "tinytrain.compiler.recipe")
 
 
 def _private(name):

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .compiler import recipe
 from .compiler.errors import TinytrainError
 
 
@@ -41,17 +42,24 @@ def cmd_inspect(args):
     if support:
         print("\nONNX ops:")
         print(format_table(["op", "count", "supported"], [(o, c, "yes" if s else "NO") for o, c, s in support]))
+    from .data import model_layout
     g = load(args.model, args.input_shape)
     rows = layer_table(g)
+    layout = model_layout(g.meta.get("input_shape"), g.meta.get("input_layout"))
     print(f"\ntinytrain IR ({g.t(g.inputs[0]).dtype}): input {g.meta.get('input_name')} "
-          f"{g.meta.get('input_shape')} (stored as {list(g.t(g.inputs[0]).shape)}, NHWC)")
-    print(format_table(["#", "layer", "op", "output (NHWC)", "params", "MACs", "fused act"],
-                       [(i, r["node"], r["op"], "x".join(map(str, r["output"])), r["params"], r["macs"],
-                         "" if r["act"] is None else f"clamp{tuple(r['act'])}") for i, r in enumerate(rows)]))
+          f"{g.meta.get('input_shape')}, layout {(layout or 'flat').upper()} (data files in this layout, or "
+          f"--layout; stored as {list(g.t(g.inputs[0]).shape)}, NHWC)")
+    geo = lambda r, k: "x".join(map(str, r[k])) if k in r else ""
+    print(format_table(["#", "layer", "op", "kernel", "stride", "groups", "output (NHWC)", "params", "MACs",
+                        "fused act"],
+                       [(i, r["node"], r["op"] + (" (depthwise)" if r.get("depthwise") else ""), geo(r, "kernel"),
+                         geo(r, "stride"), r.get("groups", ""), "x".join(map(str, r["output"])), r["params"],
+                         r["macs"], "" if r["act"] is None else f"clamp{tuple(r['act'])}")
+                        for i, r in enumerate(rows)]))
     print(f"\ntotal: {len(rows)} layers, {sum(r['params'] for r in rows)} parameters, "
           f"{sum(r['macs'] for r in rows)} MACs per sample")
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": str(args.model), "layers": rows,
+        Path(args.json).write_text(json.dumps({"model": str(args.model), "input_layout": layout, "layers": rows,
                                                "onnx_ops": support}, indent=1, default=str))
     unsupported = [o for o, _, s in (support or []) if not s]
     return 2 if unsupported else 0
@@ -99,19 +107,20 @@ def cmd_quantize(args):
 
 
 def cmd_train(args):
-    from .api import load, quantize, save
+    from .api import load, quantize_for_training, save
     from .compiler.pipeline import training_graph
     from .compiler.passes.autodiff import strip_training
     from .compiler.scheme import resolve
-    from .data import CALIB_SAMPLES
     from .train.backprop import BackpropTrainer
     from .train.loop import fit
     g = load(args.model, args.input_shape)
     x, y = _data(args, g, args.data, need_labels=True)
     test = _data(args, g, args.test, need_labels=True) if args.test else None
     if g.t(g.inputs[0]).dtype != "int8":
-        cx = _data(args, g, args.calib, calibration=True)[0] if args.calib else x[:CALIB_SAMPLES]
-        g = quantize(g, cx, output_range=(-args.logit_range, args.logit_range))
+        cx = _data(args, g, args.calib, calibration=True)[0] if args.calib else x
+        g = quantize_for_training(g, cx, args.logit_range)
+    if args.lr is None:
+        args.lr = recipe.default_lr(args.trainer)
     n_cls = g.t(g.outputs[0]).size
     for name, labels in (("--data", y), ("--test", None if test is None else test[1])):
         if labels is not None and (labels.min() < 0 or labels.max() >= n_cls):
@@ -255,7 +264,7 @@ def _choose_trainer(g, args, sram, kw):
 
 
 def cmd_compile(args):
-    from .api import load, quantize
+    from .api import load, quantize_for_training
     from .compiler.pipeline import compile_graph
     from .host import stack_estimate
     from .memreport import memory_summary, parse_size, write_reports
@@ -273,7 +282,7 @@ def cmd_compile(args):
         if not args.calib:
             raise TinytrainError("a float model needs calibration samples: pass --calib data.npz", file=args.model)
         cx = _data(args, g, args.calib, calibration=True)[0]
-        g = quantize(g, cx, output_range=(-args.logit_range, args.logit_range))
+        g = quantize_for_training(g, cx, args.logit_range)
     out = Path(args.output)
     kw = dict(qas=not args.no_qas, float_classifier=args.float_classifier, weight_headroom=args.weight_headroom)
     if args.update == "auto":
@@ -338,22 +347,84 @@ def _training_options(s):
     s.add_argument("--no-qas", action="store_true", help="turn quantization-aware scaling off (for comparison)")
     s.add_argument("--float-classifier", action="store_true",
                    help="keep the last layer in float32 (more accurate updates, 4x its weight memory)")
-    s.add_argument("--logit-range", type=float, default=16.0,
-                   help="a float model's logits are quantized to [-R, R], room to grow while training (default 16)")
-    s.add_argument("--weight-headroom", type=float, default=2.0,
-                   help="trained weights get their scale x H so they can grow without saturating (default 2)")
-    s.add_argument("--eps", type=int, default=1, help="MeZO perturbation in quantization steps (default 1)")
-    s.add_argument("--queries", type=int, default=1, help="MeZO two-point estimates per step (default 1)")
+    s.add_argument("--logit-range", type=float, default=recipe.LOGIT_RANGE,
+                   help="a float model's logits are quantized to [-R, R], room to grow while training")
+    s.add_argument("--weight-headroom", type=float, default=recipe.WEIGHT_HEADROOM,
+                   help="trained weights get their scale x H so they can grow without saturating")
+    s.add_argument("--eps", type=int, default=recipe.MEZO_EPS, help="MeZO perturbation in quantization steps")
+    s.add_argument("--queries", type=int, default=recipe.MEZO_QUERIES, help="MeZO two-point estimates per step")
 
 
-def build_parser():
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, unless it has none (None, a switch) or
+    already names it."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        if "default" in h or action.default is None or action.default is False or not action.option_strings \
+                or action.default == argparse.SUPPRESS:
+            return h
+        return h + " (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *a, **kw):
+        kw.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*a, **kw)
+
+    def add_argument(self, *a, **kw):
+        action = super().add_argument(*a, **kw)
+        if action.help is None and action.option_strings and action.default is not None \
+                and action.default is not False:
+            action.help = "(default: %(default)s)"          # an option without help still shows its default
+        return action
+
+
+# Commands whose modules pull numpy/onnx in: registered from their module only when one of
+# them runs (or its --help is asked); otherwise as a name and help line, so `tinytrain
+# --help` imports neither.  tests/test_first_hour.py checks these lines are the modules' own.
+OPTIONAL_COMMANDS = {
+    "build": ("boards", "add_board_commands",
+              "cross-compile a compiled C project for a board: flash, RAM, stack"),
+    "run": ("boards", "add_board_commands",
+            "train on a board under QEMU: per-step loss, accuracy, instructions"),
+    "flash": ("flash", "add_flash_command",
+              "build and flash a real board (pyOCD): stm32f746g-disco, nrf52840-dk"),
+    "mezo": ("mezo_ort_cli", "add_commands",
+             "zeroth-order (MeZO) training of a float ONNX model on onnxruntime, at inference memory; "
+             "--replay rebuilds the trained model from its seeds"),
+}
+
+
+def _add_optional_commands(sub, argv):
+    import importlib
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    wanted = words[0] if words else None
+    done = set()
+    for name, (module, fn, text) in OPTIONAL_COMMANDS.items():
+        if (module, fn) in done:
+            continue
+        if wanted is not None and OPTIONAL_COMMANDS.get(wanted, (None, None))[:2] == (module, fn):
+            try:
+                add = getattr(importlib.import_module(f".{module}", __package__), fn)
+            except ImportError:
+                continue
+            add(sub)
+            done.add((module, fn))
+        else:
+            sub.add_parser(name, help=text, add_help=False).set_defaults(func=None)
+
+
+def build_parser(argv=None):
+    """The CLI's parser; argv (default sys.argv[1:]): the command line it is for, so that only
+    the command that runs imports its module."""
     p = argparse.ArgumentParser(prog="tinytrain", description="On-device training compiler for int8 models.")
     p.add_argument("--version", action="version", version=f"tinytrain {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("inspect", help="ops, shapes, parameters and MACs per layer, and what is not supported")
     s.add_argument("model", help="model.onnx (or a .tt.npz saved by tinytrain)")
-    s.add_argument("--input-shape", type=_shape, help="override the input shape, e.g. 1,3,32,32")
+    s.add_argument("--input-shape", type=_shape, help="override the input shape, e.g. 1,3,32,32 (default: the model's)")
     s.add_argument("--json", help="also write the report as JSON to this file")
     s.set_defaults(func=cmd_inspect)
 
@@ -361,12 +432,13 @@ def build_parser():
     s.add_argument("model", help="model.onnx")
     s.add_argument("--calib", required=True, help="calibration samples (.npz with x[, y], .npy, .csv)")
     s.add_argument("--test", help="labelled test data for the float-vs-int8 accuracy report")
-    s.add_argument("--method", choices=["minmax", "percentile"], default="minmax")
-    s.add_argument("--percentile", type=float, default=99.99)
+    s.add_argument("--method", choices=["minmax", "percentile"], default="minmax",
+                   help="activation ranges: min/max of the calibration, or a percentile of |x| (clips outliers)")
+    s.add_argument("--percentile", type=float, default=99.99, help="the percentile of --method percentile")
     s.add_argument("--max-calib", type=int, default=500,
                    help="read only the first N calibration samples (default 500; 0: the whole file)")
     s.add_argument("--report-samples", type=int, default=100, help="samples for the per-layer error report")
-    s.add_argument("--input-shape", type=_shape, help="override the input shape, e.g. 1,3,32,32")
+    s.add_argument("--input-shape", type=_shape, help="override the input shape, e.g. 1,3,32,32 (default: the model's)")
     _data_options(s)
     s.add_argument("-o", "--output", required=True, help="output folder")
     s.set_defaults(func=cmd_quantize)
@@ -379,18 +451,20 @@ def build_parser():
                                    "the first 500 are used")
     _training_options(s)
     _data_options(s)
-    s.add_argument("--epochs", type=int, default=1)
-    s.add_argument("--lr", type=float, default=0.02)
+    s.add_argument("--epochs", type=int, default=1, help="passes over the training data")
+    s.add_argument("--lr", type=float, default=None,
+                   help=f"learning rate (default: {recipe.LR['backprop']} for backprop and hybrid, "
+                        f"{recipe.LR['mezo']} for mezo)")
     s.add_argument("--trainer", choices=["backprop", "mezo", "hybrid"], default="backprop",
-                   help="mezo: zeroth-order (two forward passes, use a much smaller --lr, e.g. 1e-4); hybrid: "
+                   help="mezo: zeroth-order (two forward passes, a much smaller --lr); hybrid: "
                         "backprop for the classifier, MeZO for the rest")
     s.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (default 0: TTE found it hurts at batch 1)")
     s.add_argument("--accumulate", type=int, default=1, help="average the gradients of N samples per update")
-    s.add_argument("--max-samples", type=int, default=0, help="use at most N training samples per epoch")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--max-samples", type=int, default=0, help="use at most N training samples per epoch (0: all)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the data order and stochastic rounding")
     s.add_argument("--backend", choices=["sim", "c"], default="sim",
                    help="sim: the numba simulator; c: compile to C, build with gcc, train through it (bit-exact)")
-    s.add_argument("--input-shape", type=_shape, help="override the input shape, e.g. 1,3,32,32")
+    s.add_argument("--input-shape", type=_shape, help="override the input shape, e.g. 1,3,32,32 (default: the model's)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--allow-one-class", action="store_true",
                    help="train even when every --data label is the same class (refused by default)")
@@ -409,35 +483,18 @@ def build_parser():
     s.add_argument("--trainer", choices=["backprop", "mezo", "auto"], default="backprop",
                    help="mezo: zeroth-order, two forward passes a step at inference memory; auto: backprop when "
                         "it fits --sram, else mezo")
-    s.add_argument("--input-shape", type=_shape)
+    s.add_argument("--input-shape", type=_shape, help="override the input shape, e.g. 1,3,32,32 (default: the model's)")
     s.add_argument("--package", default="all",
                    help="build files written beside the C: all (default), none, or a comma list of "
                         "cmake,make,platformio,zephyr,arduino")
     s.add_argument("-o", "--output", required=True, help="output folder for the C project")
     s.set_defaults(func=cmd_compile)
-    try:                                   # build / run / flash for boards (tinytrain/boards.py)
-        from .boards import add_board_commands
-    except ImportError:
-        add_board_commands = None
-    if add_board_commands is not None:
-        add_board_commands(sub)
-    try:                                   # flash a real board with pyOCD (tinytrain/flash.py)
-        from .flash import add_flash_command
-    except ImportError:
-        add_flash_command = None
-    if add_flash_command is not None:
-        add_flash_command(sub)
-    try:                                   # zeroth-order training on onnxruntime (tinytrain/mezo_ort.py)
-        from .mezo_ort_cli import add_commands as add_mezo_commands
-    except ImportError:
-        add_mezo_commands = None
-    if add_mezo_commands is not None:
-        add_mezo_commands(sub)
+    _add_optional_commands(sub, argv)
     return p
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         return args.func(args)
     except TinytrainError as e:
