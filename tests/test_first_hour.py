@@ -183,3 +183,46 @@ def test_every_flag_shows_its_default(cmd, capsys):
             h = sub._get_formatter()._expand_help(a) if a.help else ""
             assert "default" in h, (cmd, a.option_strings)
             assert " ".join(h.split()) in text
+
+
+# -- 5. --trainer auto, train --update auto, the header, report names MeZO -----
+def _one_error(argv, capsys):
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("tinytrain: error:"), err
+    return err[0]
+
+
+def test_trainer_auto_checks_that_mezo_fits(capsys, tmp_path):
+    model, calib = ROOT / "models" / "mcu_cnn_mnist.onnx", ROOT / "models" / "data" / "mnist_calib.npz"
+    line = _one_error(["compile", model, "--calib", calib, "--trainer", "auto", "--sram", "16k", "-o", tmp_path / "a"],
+                      capsys)
+    assert "neither trainer fits 16 KB" in line and "backprop needs ~" in line and "MeZO ~" in line
+    assert not (tmp_path / "a" / "model.c").exists()
+    assert main(["compile", str(model), "--calib", str(calib), "--trainer", "auto", "--sram", "60k",
+                 "-o", str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "trainer: mezo (backprop needs ~" in out and "MeZO fits: ~" in out
+    assert "trainer: MeZO" in (tmp_path / "b" / "report.txt").read_text()
+    h = (tmp_path / "b" / "model.h").read_text()
+    assert "0.0001f, 1u, 0);   (lr: the CLI's mezo default)" in h
+
+
+def test_train_update_auto(small, capsys, tmp_path):
+    model, data, _ = small
+    line = _one_error(["train", model, "--data", data, "--update", "auto", "-o", tmp_path], capsys)
+    assert "--sram" in line
+    assert main(["train", str(model), "--data", str(data), "--update", "auto", "--sram", "64k", "--epochs",
+                 "0", "--quiet", "-o", str(tmp_path)]) == 0
+    assert "update: last-8 (the most trainable parameters that fit" in capsys.readouterr().out
+
+
+def test_header_documents_input_lr_and_reset(compiled):
+    from tinytrain.compiler.recipe import LR
+    h = (compiled / "dw.h").read_text()
+    assert f"sizeof state, {LR['backprop']:g}f, 1u, 0);" in h
+    assert "one sample in channels-last order (8x8x3, NHWC)" in h
+    assert "from the ONNX input 'x' [1, 3, 8, 8] (NCHW: move the channels last)" in h
+    lo, hi = h.split("values in [")[1].split("]")[0].split(", ")
+    assert -0.05 < float(lo) <= 0.0 and 0.95 < float(hi) < 1.05       # the calibration data is in [0, 1)
+    assert "dw_reset puts the trained parameters back" in h

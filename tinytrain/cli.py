@@ -128,6 +128,10 @@ def cmd_train(args):
     if not args.allow_one_class and len(y) and (y == y[0]).all():
         raise TinytrainError(f"every label is {int(y[0])}: a classifier cannot learn from one class (it learns "
                              f"to always answer {int(y[0])}); pass --allow-one-class to train anyway", file=args.data)
+    if args.update == "auto":
+        kw = dict(qas=not args.no_qas, float_classifier=args.float_classifier, weight_headroom=args.weight_headroom)
+        args.update, why = _choose_scheme(g, args, _size(args, "--sram"), kw)
+        print(f"update: {args.update} ({why})")
     scheme = resolve(g, args.update)
     out = Path(args.output)
     if args.trainer in ("mezo", "hybrid"):
@@ -212,6 +216,16 @@ def cmd_train(args):
 AUTO_SCHEMES = ("full", "last-8", "sparse", "last-4", "tte", "last-2", "bias", "classifier")
 
 
+def _size(args, flag):
+    """A --sram / --flash value in bytes (None when not given); a bad one is a one-line error."""
+    from .memreport import parse_size
+    text = getattr(args, flag.lstrip("-"), None)
+    try:
+        return parse_size(text) if text is not None else None
+    except ValueError as e:
+        raise TinytrainError(str(e), field=flag) from None
+
+
 def _scheme_need(g, update, args, sram, kw, stack=2048):
     """SRAM a backprop build of this scheme needs, as `compile` would plan it (arena + trainable
     state + context + stack), and its trainable parameter count; None if the scheme cannot be
@@ -222,7 +236,7 @@ def _scheme_need(g, update, args, sram, kw, stack=2048):
         tg = training_graph(g, update, **kw)
     except TinytrainError:
         return None
-    arena = memory_plan(tg, in_place=not args.no_in_place, sram=sram)[1].arena_size
+    arena = memory_plan(tg, in_place=not getattr(args, "no_in_place", False), sram=sram)[1].arena_size
     return arena + state_bytes(tg)[0] + 32 + stack, sum(tg.t(t).size for t in tg.meta["training"]["trainable"])
 
 
@@ -250,17 +264,45 @@ def _choose_scheme(g, args, sram, kw):
                   + (f"; also fit: {others}" if others else ""))
 
 
+def _mezo_need(g, update, args, stack=2048):
+    """SRAM a MeZO build of this scheme needs (arena of the forward with the input kept for
+    the second pass + trainable state + context + stack), as compile_mezo plans it; None if
+    MeZO cannot train it."""
+    from .compiler.passes.plan_memory import plan_memory, state_bytes
+    from .compiler.passes.zo_plan import zo_plan
+    from .compiler.scheme import resolve
+    try:
+        gz = zo_plan(g, resolve(g, update), args.eps)
+    except TinytrainError:
+        return None
+    gz.outputs = list(gz.outputs) + [gz.inputs[0]]
+    arena = plan_memory(gz).arena_size
+    gz.meta["training"] = {"trainable": [it["tid"] for it in gz.meta["zo"]["items"]]}
+    return arena + state_bytes(gz)[0] + 32 + stack
+
+
 def _choose_trainer(g, args, sram, kw):
-    """--trainer auto: backprop when its plan fits the budget, MeZO otherwise."""
+    """--trainer auto: backprop when its plan fits the budget, else MeZO when its plan fits;
+    neither: one line with what both need."""
     from .compiler.pipeline import training_graph
+    kb = lambda v: f"~{v / 1024:.0f} KB"
     try:
         training_graph(g, args.update, **kw)
+        need, why = _scheme_need(g, args.update, args, sram, kw)[0], None
     except TinytrainError as e:
-        return "mezo", f"backprop cannot train this scheme: {e.problem}"
-    need = _scheme_need(g, args.update, args, sram, kw)[0]
-    if sram is not None and need > sram:
-        return "mezo", f"backprop needs ~{need / 1024:.0f} KB, more than the {sram / 1024:.0f} KB budget"
-    return "backprop", f"it fits: ~{need / 1024:.0f} KB" + ("" if sram is None else f" of {sram / 1024:.0f} KB")
+        need, why = None, f"backprop cannot train this scheme: {e.problem}"
+    if need is not None and (sram is None or need <= sram):
+        return "backprop", f"it fits: {kb(need)}" + ("" if sram is None else f" of {sram / 1024:.0f} KB")
+    why = why or f"backprop needs {kb(need)}, more than the {sram / 1024:.0f} KB budget"
+    mezo = _mezo_need(g, args.update, args)
+    if mezo is None:
+        raise TinytrainError(f"--trainer auto: {why}, and MeZO cannot train scheme '{args.update}' either",
+                             field="--trainer")
+    if sram is not None and mezo > sram:
+        raise TinytrainError(f"neither trainer fits {sram / 1024:.0f} KB of SRAM: backprop needs "
+                             f"{'-' if need is None else kb(need)}, MeZO {kb(mezo)} (scheme '{args.update}'); "
+                             f"try a smaller --update, e.g. classifier or bias", field="--sram")
+    return "mezo", f"{why}; MeZO fits: {kb(mezo)}" + ("" if sram is None else f" of {sram / 1024:.0f} KB")
 
 
 def cmd_compile(args):
@@ -340,8 +382,8 @@ def _data_options(s):
 def _training_options(s):
     """Options shared by train and compile."""
     s.add_argument("--update", default="sparse",
-                   help="full, bias, classifier, sparse, tte, last-<k>, or a scheme.json (default sparse); "
-                        "compile also takes auto: the preset with the most trainable parameters that fits --sram")
+                   help="full, bias, classifier, sparse, tte, last-<k>, a scheme.json, or auto: the preset with "
+                        "the most trainable parameters that fits --sram (default sparse)")
     s.add_argument("--rounding", choices=["stochastic", "shadow"], default="stochastic",
                    help="how int8 updates below one step survive (default stochastic)")
     s.add_argument("--no-qas", action="store_true", help="turn quantization-aware scaling off (for comparison)")
@@ -476,6 +518,7 @@ def build_parser(argv=None):
                    help="sim: the numba simulator; c: compile to C, build with gcc, train through it (bit-exact)")
     s.add_argument("--input-shape", type=_shape, help="override the input shape, e.g. 1,3,32,32 (default: the model's)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--sram", help="SRAM budget for --update auto, e.g. 256k (the plan compile would make)")
     s.add_argument("--allow-one-class", action="store_true",
                    help="train even when every --data label is the same class (refused by default)")
     s.add_argument("-o", "--output", required=True, help="output folder")
