@@ -226,3 +226,28 @@ def test_header_documents_input_lr_and_reset(compiled):
     lo, hi = h.split("values in [")[1].split("]")[0].split(", ")
     assert -0.05 < float(lo) <= 0.0 and 0.95 < float(hi) < 1.05       # the calibration data is in [0, 1)
     assert "dw_reset puts the trained parameters back" in h
+
+
+# -- 6. what long commands print ----------------------------------------------
+def test_rate_and_eta():
+    from tinytrain.train.loop import rate_eta
+    assert rate_eta(10, 110, 2.0) == "5.0 samples/s, ETA 0:20"
+    assert rate_eta(1, 7201, 1.0) == "1.0 samples/s, ETA 2:00:00"
+    assert rate_eta(0, 10, 0.0) == "-- samples/s, ETA --"
+
+
+def test_progress_lines_have_rate_and_eta(small, capsys, tmp_path):
+    model, data, _ = small
+    assert main(["train", str(model), "--data", str(data), "--epochs", "1", "-o", str(tmp_path)]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch 1/1 [")]
+    assert lines and all("samples/s, ETA " in ln for ln in lines)
+    assert lines[-1].endswith("ETA 0:00")
+
+
+def test_compile_prints_its_phases(compiled, capsys, small):
+    model, data, d = small
+    assert main(["compile", str(model), "--calib", str(data), "--name", "dw", "-o", str(d / "again")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    phases = [ln.split("] ")[1].split(":")[0] for ln in out if ln.startswith("[") and " s] " in ln]
+    assert phases == ["import", "quantize", "training graph", "memory plan", "emit C", "packages",
+                      "stack estimate", "reports"]

@@ -305,9 +305,25 @@ def _choose_trainer(g, args, sram, kw):
     return "mezo", f"{why}; MeZO fits: {kb(mezo)}" + ("" if sram is None else f" of {sram / 1024:.0f} KB")
 
 
+class _Phases:
+    """`compile` says what it did as it goes: one line per phase with its time."""
+
+    def __init__(self):
+        import time
+        self.clock = time.perf_counter
+        self.last = self.clock()
+
+    def __call__(self, what):
+        now = self.clock()
+        print(f"[{now - self.last:5.1f} s] {what}", flush=True)
+        self.last = now
+
+
 def cmd_compile(args):
     from .api import load, quantize_for_training
-    from .compiler.pipeline import compile_graph
+    from .compiler.codegen.emit_c import emit
+    from .compiler.passes.plan_memory import check_budget
+    from .compiler.pipeline import memory_plan, training_graph
     from .host import stack_estimate
     from .memreport import memory_summary, parse_size, write_reports
     sizes = {}
@@ -319,12 +335,15 @@ def cmd_compile(args):
     sram, flash = sizes["--sram"], sizes["--flash"]
     from .compiler.codegen.packages import describe, parse_kinds, write_packages
     packages = parse_kinds(args.package)
+    phase = _Phases()
     g = load(args.model, args.input_shape)
+    phase(f"import: {args.model}, {len(g.nodes)} layers")
     if g.t(g.inputs[0]).dtype != "int8":
         if not args.calib:
             raise TinytrainError("a float model needs calibration samples: pass --calib data.npz", file=args.model)
         cx = _data(args, g, args.calib, calibration=True)[0]
         g = quantize_for_training(g, cx, args.logit_range)
+        phase(f"quantize: int8, calibrated on {len(cx)} samples of {args.calib}")
     out = Path(args.output)
     kw = dict(qas=not args.no_qas, float_classifier=args.float_classifier, weight_headroom=args.weight_headroom)
     if args.update == "auto":
@@ -337,13 +356,23 @@ def cmd_compile(args):
     if trainer == "mezo":
         from .compiler.pipeline import compile_mezo
         tg, plan, facts = compile_mezo(g, out, name=args.name, update=args.update, eps=args.eps, queries=args.queries)
-    else:
-        tg, plan, facts = compile_graph(g, out, name=args.name, update=args.update, rounding=args.rounding,
-                                        in_place=not args.no_in_place, plan_sram=sram, **kw)
+        phase(f"MeZO graph, memory plan and C: arena {plan.arena_size} B")
+    else:                                   # compiler/pipeline.py compile_graph, phase by phase
+        tg = training_graph(g, args.update, **kw)
+        phase(f"training graph: {len(tg.nodes)} steps, scheme {tg.meta['training']['scheme']}")
+        tg, plan = memory_plan(tg, in_place=not args.no_in_place, sram=sram)
+        check_budget(tg, plan, None)
+        phase(f"memory plan: arena {plan.arena_size} B ({plan.algorithm})")
+        facts = emit(tg, plan, out, name=args.name, rounding=args.rounding)
+        phase(f"emit C: {out / (args.name + '.c')}")
     written = write_packages(out, facts, tg, packages, version=__version__)
+    if written:
+        phase(f"packages: {describe(out, written)}")
     stack = stack_estimate(out, args.name)
+    phase(f"stack estimate: {stack} B (gcc -fstack-usage)")
     summary = memory_summary(tg, plan, facts, stack, sram, flash)
     text = write_reports(out, tg, plan, facts, summary)
+    phase(f"reports: report.txt (with the memory timeline), report.json, memory.png")
     print(text, end="")
     problems = []
     if sram is not None and summary["sram_total_bytes"] > sram:
