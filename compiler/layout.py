@@ -2,7 +2,8 @@
 writes into the C (codegen/emit_c.py), and that the host runtime (tinytrain/host.py)
 and QEMU runs (tinytrain/qemu.py) read back.  A leaf module: graph facts in, numbers out.
 
-    [0, 16)                header: magic, signature, size, steps (4 x uint32)
+    [0, 24)                header: magic, signature, size, steps (offset 12), CRC-32 (offset 16)
+                           of every other byte of the blob, a reserved 0 word (6 x uint32)
     trainable parameters   in graph.meta["training"]["trainable"] order, each ALIGN-aligned
     int16 shadows          with rounding "shadow": one per trainable int8 weight, same order
 
@@ -11,7 +12,7 @@ ALIGN is also the arena's alignment (passes/plan_memory.py) and the C macro <NAM
 from typing import NamedTuple
 
 ALIGN = 8
-STATE_HEADER = 16
+STATE_HEADER = 24
 
 
 class StateLayout(NamedTuple):

@@ -66,6 +66,8 @@ def training_graph(graph_int8, update="sparse", qas=True, float_classifier=False
     JSON path, dict or Scheme); optionally with a float32 classifier.  Trained
     weights get `weight_headroom` (their scale x h) to grow without saturating.  A weight
     gradient larger than `chunk_bytes` is computed and applied a slice of rows at a time."""
+    from .hparams import check_headroom
+    weight_headroom = check_headroom(weight_headroom)
     scheme = resolve_scheme(graph_int8, update)
     graph_int8 = verify(_weight_headroom(graph_int8, scheme, weight_headroom), "weight_headroom")
     if float_classifier:
@@ -99,8 +101,10 @@ def compile_graph(graph_int8, out, name="model", update="sparse", qas=True, floa
     """int8 IR -> training graph -> memory plan (checked against `sram` bytes) -> C.
     `plan_sram` only steers the plan (the cheapest patching that fits) without the check.
     -> (training graph as compiled, plan, facts)"""
+    from .codegen.cformat import check_name
     from .codegen.emit_c import emit
     from .passes.plan_memory import check_budget
+    check_name(name)
     tg = training_graph(graph_int8, update, qas=qas, float_classifier=float_classifier,
                         weight_headroom=weight_headroom, chunk_bytes=chunk_bytes)
     tg, plan = memory_plan(tg, in_place=in_place, patch=patch, sram=sram if sram is not None else plan_sram)
@@ -112,9 +116,13 @@ def compile_graph(graph_int8, out, name="model", update="sparse", qas=True, floa
 def compile_mezo(graph_int8, out, name="model", update="sparse", eps=1, queries=1, sram=None):
     """int8 IR -> zeroth-order training library (two forward passes a step, no backward).
     -> (zo graph, plan, facts)"""
+    from .codegen.cformat import check_name
     from .codegen.emit_zo import emit_mezo
+    check_name(name)
     from .passes.plan_memory import check_budget, plan_memory
     from .passes.zo_plan import zo_plan
+    from .hparams import check_eps, check_queries
+    eps, queries = check_eps(eps), check_queries(queries)
     gz = verify(zo_plan(graph_int8, resolve_scheme(graph_int8, update), eps), "zo_plan")
     gz.meta["training"] = {"forward": [n.id for n in gz.nodes],
                            "trainable": [it["tid"] for it in gz.meta["zo"]["items"]], "scheme": gz.meta["zo"]["scheme"],

@@ -21,15 +21,20 @@ Presets:
               of the layers, the weights of the last two non-depthwise convs whose
               int8 weights take at most 16 KB (16 K parameters, each layer held whole
               in SRAM; the same layers for a float and an int8 graph), and the classifier
+              (tinytrain's own scheme, not one of TTE's)
+  tte-<net>-<kb>  TTE's published schemes (net mbv2, proxyless, mcunet; tte-<kb> recognises the
+              net), and a JSON in TTE's own format: compiler/tte_schemes.py
 """
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import tte_schemes
 from .errors import TinytrainError
 
 RATIOS = (1.0, 0.5, 0.25, 0.125)
-PRESETS = ("full", "bias", "classifier", "sparse", "tte", "last-<k>")
+TTE_HELP = [f"{net} {'|'.join(kbs)}" for net, kbs in tte_schemes.PUBLISHED.items()]
+PRESETS = ("full", "bias", "classifier", "sparse", "tte", "last-<k>", "tte-<net>-<kb>")
 TTE_WEIGHT_BYTES = 16 * 1024
 
 
@@ -132,8 +137,22 @@ def preset(graph, name):
         small = [i for i in range(len(layers) - 1) if not is_depthwise(graph, layers[i])
                  and graph.t(layers[i].inputs[1]).size <= TTE_WEIGHT_BYTES]     # int8: 1 byte a weight
         return from_dict(graph, {"bias": third, "weights": {i: 1.0 for i in small[-2:]}, "classifier": True}, name)
-    raise TinytrainError(f"unknown update scheme '{name}' (presets: {', '.join(PRESETS)}, or a .json file)",
-                         field="update")
+    if name.startswith("tte-"):
+        r = tte_schemes.preset(graph, layers, name)
+        if r is not None:
+            return Scheme(*r)
+    raise TinytrainError(f"unknown update scheme '{name}' (presets: {', '.join(PRESETS)} with {', '.join(TTE_HELP)}; "
+                         "or a .json file)", field="update")
+
+
+def tte_convs(graph):
+    """The model's convs as TTE's schemes index them (compiler/tte_schemes.py)."""
+    return tte_schemes.tte_convs(weighted_layers(graph))
+
+
+def from_tte(graph, spec, name="tte-scheme"):
+    """A scheme in TTE's format (a dict) -> Scheme."""
+    return Scheme(name, *tte_schemes.from_tte(graph, weighted_layers(graph), spec))
 
 
 def resolve(graph, update):
@@ -141,6 +160,8 @@ def resolve(graph, update):
     if isinstance(update, Scheme):
         return update
     if isinstance(update, dict):
+        if tte_schemes.is_tte_config(update):
+            return from_tte(graph, update)
         return from_dict(graph, update)
     text = str(update)
     if text.endswith(".json"):
@@ -152,6 +173,8 @@ def resolve(graph, update):
         except (OSError, ValueError) as e:
             raise TinytrainError(f"not a JSON scheme: {e}", file=path) from None
         try:
+            if tte_schemes.is_tte_config(spec):
+                return from_tte(graph, spec, path.stem)
             return from_dict(graph, spec, path.stem)
         except TinytrainError as e:
             raise e.with_context(file=path) from None

@@ -505,13 +505,15 @@ def test_sgd_s32_stochastic(clib, regime):
     lr = np.float32(0.37)
     b_py, b_c = b.copy(), b.copy()
     s_py, s_c = new_state(9), new_state(9)
-    update._sgd_s32_stochastic(b_py, g, factor, lr, s_py)
-    lib.tt_sgd_s32_stochastic(ptr(ffi, b_c), n, ptr(ffi, g), ptr(ffi, factor), lr, ptr(ffi, s_c))
+    lim = np.int32(np.iinfo(np.int32).max)                  # no layer limit: the int32 range itself
+    sat_py = update._sgd_s32_stochastic(b_py, g, factor, lr, lim, s_py)
+    sat_c = lib.tt_sgd_s32_stochastic(ptr(ffi, b_c), n, ptr(ffi, g), ptr(ffi, factor), lr, lim, ptr(ffi, s_c))
+    assert sat_c == sat_py
     np.testing.assert_array_equal(b_c, b_py)
     np.testing.assert_array_equal(s_c, s_py)
     assert (b_py != b).any()
-    if regime in ("saturating", "clipped"):
-        assert (b_py == imax).any() and (b_py == imin).any()
+    if regime in ("saturating", "clipped"):                 # the clamp is symmetric: [-limit, limit]
+        assert (b_py == imax).any() and (b_py == -imax).any() and sat_py > 0
     if regime == "clipped":                                 # a clipped step moves by 2^20 (+-1 from float rounding)
         mid = (b > -10000) & (b < 10000) & np.isinf(g)
         moved = np.abs(b_py[mid].astype(np.int64) - b[mid])
@@ -622,7 +624,7 @@ def c_backward_node(clib, g, node, ins):
     raise AssertionError(f"no C kernel checked for backward op {op} (n{node.id}, output {out.name})")
 
 
-def c_update(clib, p, grad, factor, lr, rounding, w0, sh0, state0, row_offset=None):
+def c_update(clib, p, grad, factor, lr, rounding, w0, sh0, state0, row_offset=None, limit=None):
     """The C update of one parameter from the given start -> (new data, new shadow, new state).
     row_offset: the gradient covers rows row_offset.. of the parameter (passes/chunk_grads.py)."""
     ffi, lib = clib
@@ -636,7 +638,7 @@ def c_update(clib, p, grad, factor, lr, rounding, w0, sh0, state0, row_offset=No
     if p.dtype == "float32":
         lib.tt_sgd_f32(ptr(ffi, w), g.size, ptr(ffi, g), lr)
     elif p.dtype == "int32":
-        lib.tt_sgd_s32_stochastic(ptr(ffi, w), g.size, ptr(ffi, g), ptr(ffi, factor), lr, ptr(ffi, state))
+        lib.tt_sgd_s32_stochastic(ptr(ffi, w), g.size, ptr(ffi, g), ptr(ffi, factor), lr, limit, ptr(ffi, state))
     elif rounding == "shadow":
         lib.tt_sgd_s8_shadow(ptr(ffi, w), ptr(ffi, sh), w[0].size, w.shape[-1], ptr(ffi, g), g.shape[0], g[0].size,
                              g.shape[-1], ptr(ffi, factor), lr)
@@ -685,7 +687,7 @@ def test_end_to_end_mcu_cnn(clib, mnist_int8, scheme, float_classifier):
             if p.dtype == "int8":
                 sh0 = ctx.shadow[p.id].copy() if p.id in ctx.shadow else w0.astype(np.int16) * np.int16(256)
             w_c, sh_c, state_c = c_update(clib, p, grad, node.attrs["factor"], ctx.lr, rounding, w0, sh0, state0,
-                                          node.attrs.get("row_offset"))
+                                          node.attrs.get("row_offset"), node.attrs.get("limit"))
             sgd_op.apply(node, tg, grad, ctx)
             if p.dtype == "float32":
                 same_bits(w_c, p.data)

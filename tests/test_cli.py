@@ -71,3 +71,25 @@ def test_bad_data_is_one_line_exit_2(problem, tmp_path, capsys):
     assert main(["quantize", str(MODEL), "--calib", str(path), "-o", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("tinytrain: error:") and "d.npz" in err[0], err
+
+
+@pytest.mark.parametrize("name", ["tt_state", "tt", "TT_X", "Tt_y", "app", "app_main", "int", "_Bool", "static_assert",
+                                  "_Model", "_m", "a__b", "m_", "9lives", "my-model", "m\u00f6del", "a" * 33, "",
+                                  "x; system", "m\n#define"])
+def test_compile_refuses_bad_name(name, tmp_path, capsys):
+    """--name becomes every C symbol's prefix: keywords, reserved identifiers, the runtime's tt_* and the
+    board harness's app_* names, non-identifiers and over-long names are one line, exit 2, nothing written."""
+    out = tmp_path / "c"
+    assert main(["compile", str(MODEL), "--calib", str(CALIB), "--update", "classifier", "--name", name,
+                 "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tinytrain: error:") and "--name" in err[0], err
+    assert not out.exists()
+
+
+def test_compile_accepts_a_32_character_name(tmp_path, capsys):
+    name = "Kws_v2" + "x" * 26
+    assert main(["compile", str(ROOT / "models" / "imu_cnn.onnx"), "--calib",
+                 str(ROOT / "models" / "data" / "basicmotions_train.npz"), "--update", "classifier", "--name", name,
+                 "--package", "none", "-o", str(tmp_path / "c")]) == 0
+    assert (tmp_path / "c" / f"{name}.c").is_file()

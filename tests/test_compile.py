@@ -172,7 +172,8 @@ def test_runtime_refuses_bad_input(gq, fmnist, tmp_path):
     bad[3] = np.nan
     assert lib.m_train_step(ctx, ffi.from_buffer("float[]", bad), 1, loss, pred) == -6
     assert lib.m_train_step(ctx, buf, int(y[0]), loss, pred) == 0
-    # the state blob restores into the same model, and is refused by another one
+    # the state blob, sealed, restores into the same model, and is refused by another one
+    assert lib.m_state_seal(ctx) == 0
     saved = bytes(ffi.buffer(state, S))
     ctx2 = ffi.new("m_ctx *")
     state2 = ffi.new("uint8_t[]", S + 16)
@@ -302,8 +303,8 @@ def test_learned_state_saves_and_restores_through_flash(gq, fmnist, tmp_path):
     assert lib.m_load(hm.ctx, dev) == -5                       # nothing saved yet
     for i in range(5):
         hm.train_step(x[i], y[i])
-    trained = hm.state_bytes()
     assert lib.m_save(hm.ctx, dev) == 0
+    trained = hm.state_bytes()                                 # as saved (sealed: its CRC written)
     for i in range(5, 8):
         hm.train_step(x[i], y[i])
     budget["left"] = slot + 10                                 # the next save loses power mid-payload

@@ -1,4 +1,4 @@
-"""Divergence is detected and said: the monitor on synthetic streams; --lr 1e6 stops
+"""Divergence is detected and said: the monitor on synthetic streams; --lr 1e3 (the largest the guards allow) stops
 `train` (sim and C, backprop and MeZO) with one line, exit 2 and the last good
 weights saved; one-class labels are refused; normal training is not stopped."""
 import json
@@ -186,7 +186,7 @@ def test_divergence_mid_run_restores_the_last_good_window(gq, mnist):
 @pytest.mark.parametrize("hybrid", [False, True])
 def test_mezo_divergence_restores_every_trained_tensor(gq, mnist, hybrid):
     x, y, _, _ = mnist
-    tr = MezoTrainer(gq, "sparse", lr=1e6, seed=1, hybrid=hybrid, bp_lr=1e6)
+    tr = MezoTrainer(gq, "sparse", lr=1e3, seed=1, hybrid=hybrid, bp_lr=1e3)
     tensors = [tr.graph.t(it["tid"]) for it in tr.items]
     if hybrid:
         tensors += [tr.backprop.graph.t(t) for t in tr.backprop.graph.meta["training"]["trainable"]]
@@ -205,9 +205,9 @@ def test_api_train_raises_divergence_with_the_last_good_model(gq, mnist):
     x, y, tx, ty = mnist
     before = accuracy(gq, tx, ty)
     with pytest.raises(DivergenceError) as ei:
-        tt.train(gq, x, y, update="classifier", epochs=2, lr=1e6, progress=False)
+        tt.train(gq, x, y, update="classifier", epochs=2, lr=1e3, progress=False)
     e = ei.value
-    assert isinstance(e, tt.TinytrainError) and "lower lr (now 1e+06)" in str(e)
+    assert isinstance(e, tt.TinytrainError) and "lower lr (now 1e+03)" in str(e)
     start = strip_training(training_graph(gq, "classifier"))    # the trained layer rescaled (headroom)
     assert e.last_good_step == 0 and accuracy(e.model, tx, ty) == accuracy(start, tx, ty)
     assert abs(accuracy(start, tx, ty) - before) < 0.02 and before > 0.9
@@ -229,18 +229,18 @@ def one_error_line(capsys):
 
 
 @pytest.mark.parametrize("backend,trainer", [("sim", "backprop"), ("c", "backprop"), ("sim", "mezo")])
-def test_cli_lr_1e6_stops_and_keeps_the_last_good_weights(backend, trainer, mnist, tmp_path, capsys):
+def test_cli_lr_1e3_stops_and_keeps_the_last_good_weights(backend, trainer, mnist, tmp_path, capsys):
     out = tmp_path / "o"
     tx, ty = load_dataset(D / "mnist_test.npz")
     tx, ty = tx[:200], ty[:200]
     np.savez(tmp_path / "test.npz", x=tx, y=ty)
     rc = main(["train", str(MODEL), "--data", str(D / "mnist_calib.npz"), "--test", str(tmp_path / "test.npz"),
-               "--update", "classifier", "--lr", "1e6", "--epochs", "3", "--max-samples", "100", "--quiet",
+               "--update", "classifier", "--lr", "1e3", "--epochs", "3", "--max-samples", "100", "--quiet",
                "--backend", backend, "--trainer", trainer, "-o", str(out)])
     assert rc == 2
     line = one_error_line(capsys)
     assert "training diverged at step 125: " in line
-    assert "lower --lr (now 1e+06)" in line and "mcu_cnn_mnist.last-good.tt.npz" in line
+    assert "lower --lr (now 1e+03)" in line and "mcu_cnn_mnist.last-good.tt.npz" in line
     assert not (out / "mcu_cnn_mnist.trained.tt.npz").exists()
     rep = json.loads((out / "train_report.json").read_text())
     assert rep["divergence"]["reason"] in ("pinned", "collapse") and rep["divergence"]["last_good_step"] == 0

@@ -18,11 +18,11 @@ def _graph():
 
 def test_offsets_by_hand():
     g, w, b = _graph()
-    assert (ALIGN, STATE_HEADER) == (8, 16)
+    assert (ALIGN, STATE_HEADER) == (8, 24)
     lay = state_layout(g)
-    assert lay.offsets == {w: 16, b: 32} and lay.shadow == {} and lay.size == 48
+    assert lay.offsets == {w: 24, b: 40} and lay.shadow == {} and lay.size == 56
     sh = state_layout(g, "shadow")                          # int16 shadow of the int8 weight: 20 bytes -> 24
-    assert sh.offsets == {w: 16, b: 32} and sh.shadow == {w: 48} and sh.size == 72
+    assert sh.offsets == {w: 24, b: 40} and sh.shadow == {w: 56} and sh.size == 80
 
 
 def test_the_emitter_uses_the_layout():

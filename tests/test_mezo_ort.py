@@ -190,7 +190,7 @@ def test_user_mistakes(mlp, tmp_path):
     np.savez(tmp_path / "badlabel.npz", x=x, y=y + 5)
     for data, msg in (("nolabels.npz", "needs labels"), ("wrong.npz", "shape"), ("badlabel.npz", "classes"),
                       ("missing.npz", "no such file")):
-        assert main(["mezo", str(mlp), "--data", str(tmp_path / data), "--steps", "1", "-o", str(tmp_path)]) == 2
+        assert main(["mezo", str(mlp), "--data", str(tmp_path / data), "--steps", "1", "-o", str(tmp_path / "o")]) == 2
     # a checkpoint replayed on another model
     sess, tr, _, _ = train(mlp, steps=2)
     save_checkpoint(tr.checkpoint(), tmp_path / "c.json")
@@ -204,6 +204,6 @@ def test_user_mistakes(mlp, tmp_path):
 
 def test_cli_error_is_one_line(mlp, tmp_path, capsys):
     assert main(["mezo", str(mlp), "--data", str(tmp_path / "x.npz"), "--trainable", "nothing*",
-                 "-o", str(tmp_path)]) == 2
+                 "-o", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("tinytrain: error:") and "matches no initializer" in err and "\n" not in err

@@ -9,11 +9,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_wheel_installs_and_runs_from_elsewhere(tmp_path):
+def build_wheel(tmp_path):
+    """`pip wheel --no-deps` of the checkout into tmp_path/wheels; the wheel's path."""
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(ROOT), "-w", str(wheels)],
                    check=True, timeout=600, cwd=tmp_path)
-    wheel = next(wheels.glob("tinytrain-*.whl"))
+    return next(wheels.glob("tinytrain-*.whl"))
+
+
+def test_wheel_installs_and_runs_from_elsewhere(tmp_path):
+    wheel = build_wheel(tmp_path)
     names = set(zipfile.ZipFile(wheel).namelist())
     for must in ("tinytrain/cli.py", "tinytrain/compiler/ir.py", "tinytrain/compiler/frontend/onnx_import.py",
                  "tinytrain/runtime_c/include/tt_fixedpoint.h", "tinytrain/boards/host/board.json"):

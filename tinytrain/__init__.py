@@ -1,6 +1,10 @@
 """tinytrain: on-device training compiler and runtime."""
 __version__ = "0.1.0"
 
+from ._numba_cache import configure as _configure_numba_cache  # noqa: E402
+
+_configure_numba_cache(__version__)  # before any module imports numba: its cache lives outside the package
+
 # The API loads on first use (PEP 562): `import tinytrain` and `tinytrain --help` stay
 # fast; numpy, onnx and numba come in when a function needs them.
 _API = {"load": ".api", "quantize": ".api", "train": ".api", "save": ".api", "Simulator": ".api",

@@ -31,6 +31,12 @@ def quantize(model, calib_x, method="minmax", percentile=99.99, output_range=Non
     """Post-training int8 quantization calibrated on calib_x (in the model's input layout,
     or in `layout`, e.g. "nhwc", transposed to it).
     output_range=(lo, hi) fixes the logits' range (room to grow during training)."""
+    from .compiler.hparams import check_percentile
+    if method == "percentile":
+        percentile = check_percentile(percentile)
+    if output_range is not None:
+        from .compiler.hparams import check_finite
+        output_range = tuple(check_finite(v, "output_range") for v in output_range)
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         model = load(model)
     calib_x = _in_layout(model, calib_x, layout)
@@ -69,10 +75,15 @@ def train(model, x, y, test=None, update=recipe.UPDATE, epochs=1, lr=recipe.LR["
     import numpy as np
 
     from .compiler.errors import TinytrainError
+    from .compiler import hparams
     from .compiler.passes.autodiff import strip_training
     from .compiler.pipeline import training_graph
     from .train.backprop import BackpropTrainer
     from .train.loop import fit
+    # every hyper-parameter is checked before any work (compiler/hparams.py)
+    lr, momentum = hparams.check_lr(lr), hparams.check_momentum(momentum)
+    accumulate, logit_range = hparams.check_accumulate(accumulate), hparams.check_logit_range(logit_range)
+    weight_headroom = hparams.check_headroom(weight_headroom)
     labels = np.asarray(y).reshape(-1)
     if not allow_one_class and labels.size and (labels == labels[0]).all():
         raise TinytrainError(f"every label is {labels[0]}: a classifier cannot learn from one class; pass "

@@ -99,6 +99,8 @@ def model_facts(build_dir, name=None):
                                   else f"several models here ({', '.join(found)}): choose one with --name"),
                                  file=build_dir)
         name = found[0]
+    from .compiler.codegen.cformat import check_name
+    check_name(name)
     header = build_dir / f"{name}.h"
     if not header.is_file() or not (build_dir / f"{name}.c").is_file():
         raise TinytrainError(f"no {name}.h / {name}.c here (the --name given to `tinytrain compile`)", file=build_dir)
@@ -258,7 +260,7 @@ def _run(cmd, what, file=None):
 
 
 def build(build_dir, board_name, name=None, x=None, y=None, steps=1, lr=0.02, seed=0, stack=None, graph=None,
-          profile=False):
+          profile=False, force=False):
     """Cross-compile the project in build_dir (from `tinytrain compile`) with the
     board files and a training program over samples x (ONNX layout) and labels y
     (default: one zero sample, label 0) -> Firmware in build_dir/<board>/.
@@ -268,10 +270,12 @@ def build(build_dir, board_name, name=None, x=None, y=None, steps=1, lr=0.02, se
     facts = model_facts(build_dir, name)
     nodes = len(profile_nodes(build_dir, facts["name"])) if profile else 0
     build_dir = Path(build_dir)
-    out = build_dir / board["name"]
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    from .outdir import in_place             # replaces the previous build's files only, records the new ones
+    with in_place(build_dir / board["name"], force=force, command="build") as out:
+        return _build(build_dir, out, board, gcc, facts, nodes, x, y, steps, lr, seed, stack, graph)
+
+
+def _build(build_dir, out, board, gcc, facts, nodes, x, y, steps, lr, seed, stack, graph):
     if x is None:
         x, y = np.zeros((1, facts["input_size"]), np.float32), np.zeros(1, np.int64)
     else:
@@ -388,7 +392,7 @@ def _graph_for_check(args, facts):
 
 
 def cmd_build(args):
-    fw = build(args.build_dir, args.board, args.name, stack=args.stack, profile=args.profile)
+    fw = build(args.build_dir, args.board, args.name, stack=args.stack, profile=args.profile, force=args.force)
     print(fw.summary())
     if fw.board.get("real_board"):
         print(f"firmware: {fw.elf} (map: {fw.elf.with_suffix('.map')}); put it on the board with "
@@ -414,7 +418,7 @@ def cmd_run(args):
     steps = args.steps or len(x)
     profile = args.profile is not None
     fw = build(args.build_dir, args.board, facts["name"], x, y, steps, args.lr, args.seed, args.stack, graph=tg,
-               profile=profile)
+               profile=profile, force=args.force)
     print(fw.summary())
     res = run_firmware(fw, timeout=args.timeout)
     print(format_steps(res, fw.board))
@@ -442,6 +446,8 @@ def cmd_run(args):
 
 def add_board_commands(sub):
     """Register `tinytrain build` and `tinytrain run` on the CLI's subparsers."""
+    from .compiler import hparams
+    from .compiler.hparams import argtype
     s = sub.add_parser("build", help="cross-compile a compiled C project for a board: flash, RAM, stack")
     s.add_argument("build_dir", help="the output folder of `tinytrain compile`")
     s.add_argument("--board", required=True, help="a folder of boards/, e.g. qemu-mps2-an386, qemu-mps2-an500")
@@ -449,6 +455,9 @@ def add_board_commands(sub):
     s.add_argument("--stack", type=int, help="bytes reserved for the stack (default: the board's)")
     s.add_argument("--profile", action="store_true",
                    help="define the model's profiling hook: the program prints instructions per node")
+    s.add_argument("--force", action="store_true",
+                   help="build into a BUILD_DIR/<board>/ that holds files tinytrain did not write, or over "
+                        "generated files you edited (nothing else is deleted)")
     s.set_defaults(func=cmd_build)
 
     s = sub.add_parser("run", help="train on a board under QEMU: per-step loss, accuracy, instructions")
@@ -459,7 +468,7 @@ def add_board_commands(sub):
                    help="labelled samples (.npz with x and y, or .csv), stored in flash; in the model's ONNX layout "
                         "(channels first; with --check the model's own input order is used)")
     s.add_argument("--steps", type=int, default=0, help="training steps; step s uses sample s mod N (default N)")
-    s.add_argument("--lr", type=float, default=0.02)
+    s.add_argument("--lr", type=argtype(hparams.check_lr, "--lr"), default=0.02)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--stack", type=int, help="bytes reserved for the stack (default: the board's)")
     s.add_argument("--timeout", type=float, default=600, help="seconds before QEMU is stopped (default 600)")
@@ -472,14 +481,19 @@ def add_board_commands(sub):
     s.add_argument("--calib", help="with --check: its calibration samples (default: --data)")
     s.add_argument("--update", default="sparse", help="with --check: the compile's --update (default sparse)")
     s.add_argument("--rounding", choices=["stochastic", "shadow"], default="stochastic")
-    s.add_argument("--logit-range", type=float, default=16.0)
+    s.add_argument("--logit-range", type=argtype(hparams.check_logit_range, "--logit-range"), default=16.0)
     s.add_argument("--no-qas", action="store_true")
     s.add_argument("--float-classifier", action="store_true")
-    s.add_argument("--weight-headroom", type=float, default=2.0)
+    s.add_argument("--weight-headroom", type=argtype(hparams.check_headroom, "--weight-headroom"), default=2.0)
     s.add_argument("--no-in-place", action="store_true", help="with --check: the compile had --no-in-place")
     s.add_argument("--sram", help="with --check: the compile's --sram (it steers the patching of the plan)")
     s.add_argument("--trainer", choices=["backprop", "mezo"], default="backprop",
                    help="with --check: the compile's --trainer (mezo: replay with the MeZO simulator)")
-    s.add_argument("--eps", type=int, default=1, help="with --check --trainer mezo: the compile's --eps")
-    s.add_argument("--queries", type=int, default=1, help="with --check --trainer mezo: the compile's --queries")
+    s.add_argument("--eps", type=argtype(hparams.check_eps, "--eps", integer=True), default=1,
+                   help="with --check --trainer mezo: the compile's --eps")
+    s.add_argument("--queries", type=argtype(hparams.check_queries, "--queries", integer=True), default=1,
+                   help="with --check --trainer mezo: the compile's --queries")
+    s.add_argument("--force", action="store_true",
+                   help="build into a BUILD_DIR/<board>/ that holds files tinytrain did not write, or over "
+                        "generated files you edited (nothing else is deleted)")
     s.set_defaults(func=cmd_run)

@@ -5,8 +5,9 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .compiler import recipe
+from .compiler import hparams, recipe
 from .compiler.errors import TinytrainError
+from .compiler.hparams import argtype
 
 
 def _shape(text):
@@ -65,7 +66,25 @@ def cmd_inspect(args):
     return 2 if unsupported else 0
 
 
-def cmd_quantize(args):
+def _staged(run):
+    """The command writes into a temporary folder that replaces -o only when it succeeds
+    (tinytrain/outdir.py); -o is checked before any work.  An error that carries
+    `keep_output` (a diverged training run: its last good weights) commits what was written
+    before it reaches the user."""
+    def cmd(args):
+        from .outdir import prepare
+        staging = prepare(args.output, force=getattr(args, "force", False), command=args.command)
+        with staging as tmp:
+            try:
+                return run(args, tmp)
+            except TinytrainError as e:
+                if getattr(e, "keep_output", False):
+                    staging.commit()
+                raise
+    return cmd
+
+
+def _quantize(args, out):
     from .api import load, quantize, save
     from .report import accuracy, format_table, layer_errors
     if args.max_calib < 0:
@@ -73,9 +92,8 @@ def cmd_quantize(args):
     g = load(args.model, args.input_shape)
     cx, cy = _data(args, g, args.calib, max_samples=args.max_calib or None)
     gq = quantize(g, cx, method=args.method, percentile=args.percentile)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    model_path = save(gq, out / (Path(args.model).name.split(".")[0] + ".tt.npz"))
+    final = Path(args.output)
+    model_path = final / save(gq, out / (Path(args.model).name.split(".")[0] + ".tt.npz")).relative_to(out)
     report = {"model": str(args.model), "int8_model": str(model_path), "calibration": gq.meta["calibration"]}
     lines = [f"int8 model: {model_path}",
              f"calibration: {len(cx)} samples from {args.calib}, {args.method}"
@@ -102,11 +120,14 @@ def cmd_quantize(args):
     (out / "report.txt").write_text(text)
     (out / "report.json").write_text(json.dumps(report, indent=1))
     print(text, end="")
-    print(f"reports: {out / 'report.txt'}, {out / 'report.json'}")
+    print(f"reports: {final / 'report.txt'}, {final / 'report.json'}")
     return 0
 
 
-def cmd_train(args):
+cmd_quantize = _staged(_quantize)
+
+
+def _train(args, out):
     from .api import load, quantize_for_training, save
     from .compiler.pipeline import training_graph
     from .compiler.passes.autodiff import strip_training
@@ -133,7 +154,7 @@ def cmd_train(args):
         args.update, why = _choose_scheme(g, args, _size(args, "--sram"), kw)
         print(f"update: {args.update} ({why})")
     scheme = resolve(g, args.update)
-    out = Path(args.output)
+    final = Path(args.output)
     if args.trainer in ("mezo", "hybrid"):
         if args.trainer == "hybrid" and args.backend == "c":
             raise TinytrainError("--trainer hybrid runs in the simulator only (--backend sim)")
@@ -159,7 +180,7 @@ def cmd_train(args):
                                         float_classifier=args.float_classifier, rounding=args.rounding,
                                         weight_headroom=args.weight_headroom)
         trainer = HostTrainer(out / "c", "model", tg, plan, facts, lr=args.lr, seed=args.seed, rounding=args.rounding)
-        print(f"C build: {out / 'c'} (arena {facts['arena']} B, state {facts['state']} B)")
+        print(f"C build: {final / 'c'} (arena {facts['arena']} B, state {facts['state']} B)")
     else:
         tg = training_graph(g, scheme, qas=not args.no_qas, float_classifier=args.float_classifier,
                             weight_headroom=args.weight_headroom)
@@ -185,8 +206,11 @@ def cmd_train(args):
         report["history"] = e.history
         report["divergence"] = e.record
     report["skipped_updates"] = trainer.skipped
+    report["saturated_updates"] = getattr(trainer, "saturated", 0)
+    if report["skipped_updates"] or report["saturated_updates"]:
+        print(f"updates: {report['skipped_updates']} skipped (non-finite loss or gradient), "
+              f"{report['saturated_updates']} elements saturated (int8 +-127 or the bias limit)")
     report["backend"] = args.backend
-    out.mkdir(parents=True, exist_ok=True)
     if args.backend == "c":
         trainer.sync_to_graph()               # the C state blob -> the graph's weights
         if args.trainer == "backprop":
@@ -199,18 +223,23 @@ def cmd_train(args):
                 plain.t(t).data[...] = trained[plain.t(t).name].data
             tg = plain
     kind = "trained" if diverged is None else "last-good"
-    path = save(strip_training(tg), out / (Path(args.model).name.split(".")[0] + f".{kind}.tt.npz"))
+    path = final / save(strip_training(tg), out / (Path(args.model).name.split(".")[0] + f".{kind}.tt.npz")
+                        ).relative_to(out)
     report[f"{kind.replace('-', '_')}_model"] = str(path)
     (out / "train_report.json").write_text(json.dumps(report, indent=1))
     if diverged is not None:
         diverged.path = path
         diverged.problem += f"; saved as {path}"
         diverged.args = (diverged.format(),)
+        diverged.keep_output = True           # the last good weights and the report reach -o
         raise diverged
     print(f"trained int8 model: {path}")
     if test is not None:
         print(f"test accuracy after training: {100 * report['history'][-1]['test_accuracy']:.2f}%")
     return 0
+
+
+cmd_train = _staged(_train)
 
 
 AUTO_SCHEMES = ("full", "last-8", "sparse", "last-4", "tte", "last-2", "bias", "classifier")
@@ -237,7 +266,7 @@ def _scheme_need(g, update, args, sram, kw, stack=2048):
     except TinytrainError:
         return None
     arena = memory_plan(tg, in_place=not getattr(args, "no_in_place", False), sram=sram)[1].arena_size
-    return arena + state_bytes(tg)[0] + 32 + stack, sum(tg.t(t).size for t in tg.meta["training"]["trainable"])
+    return arena + state_bytes(tg)[0] + 40 + stack, sum(tg.t(t).size for t in tg.meta["training"]["trainable"])
 
 
 def _choose_scheme(g, args, sram, kw):
@@ -278,7 +307,7 @@ def _mezo_need(g, update, args, stack=2048):
     gz.outputs = list(gz.outputs) + [gz.inputs[0]]
     arena = plan_memory(gz).arena_size
     gz.meta["training"] = {"trainable": [it["tid"] for it in gz.meta["zo"]["items"]]}
-    return arena + state_bytes(gz)[0] + 32 + stack
+    return arena + state_bytes(gz)[0] + 40 + stack
 
 
 def _choose_trainer(g, args, sram, kw):
@@ -319,13 +348,15 @@ class _Phases:
         self.last = now
 
 
-def cmd_compile(args):
+def _compile(args, out):
     from .api import load, quantize_for_training
     from .compiler.codegen.emit_c import emit
     from .compiler.passes.plan_memory import check_budget
     from .compiler.pipeline import memory_plan, training_graph
     from .host import stack_estimate
     from .memreport import memory_summary, parse_size, write_reports
+    from .compiler.codegen.cformat import check_name
+    check_name(args.name)
     sizes = {}
     for flag, text in (("--sram", args.sram), ("--flash", args.flash)):
         try:
@@ -344,7 +375,7 @@ def cmd_compile(args):
         cx = _data(args, g, args.calib, calibration=True)[0]
         g = quantize_for_training(g, cx, args.logit_range)
         phase(f"quantize: int8, calibrated on {len(cx)} samples of {args.calib}")
-    out = Path(args.output)
+    final = Path(args.output)
     kw = dict(qas=not args.no_qas, float_classifier=args.float_classifier, weight_headroom=args.weight_headroom)
     if args.update == "auto":
         args.update, why = _choose_scheme(g, args, sram, kw)
@@ -394,11 +425,14 @@ def cmd_compile(args):
         biggest = ", ".join(f"{r['tensor']} {r['bytes'] / 1024:.1f} KB" for r in summary["live_at_peak"][:3])
         raise TinytrainError("does not fit: " + "; ".join(problems) + f" (peak at {summary['peak_node']}: {biggest})"
                              + (f"; {', '.join(fits)}" if fits else "; no preset fits either"))
-    print(f"C project: {out / (args.name + '.c')}, {out / (args.name + '.h')}, {out / 'runtime'}; "
-          f"reports: {out / 'report.txt'}, {out / 'report.json'}, {out / 'memory.png'}")
+    print(f"C project: {final / (args.name + '.c')}, {final / (args.name + '.h')}, {final / 'runtime'}; "
+          f"reports: {final / 'report.txt'}, {final / 'report.json'}, {final / 'memory.png'}")
     if written:
-        print(f"packages in {out}: {describe(out, written)}")
+        print(f"packages in {final}: {describe(out, written)}")
     return 0
+
+
+cmd_compile = _staged(_compile)
 
 
 def _data_options(s):
@@ -411,19 +445,25 @@ def _data_options(s):
 def _training_options(s):
     """Options shared by train and compile."""
     s.add_argument("--update", default="sparse",
-                   help="full, bias, classifier, sparse, tte, last-<k>, a scheme.json, or auto: the preset with "
-                        "the most trainable parameters that fits --sram (default sparse)")
+                   help="full, bias, classifier, sparse, tte, last-<k>, TTE's published schemes tte-<net>-<kb> "
+                        "(mbv2 49kb|73kb|99kb|123kb|138kb, proxyless 49kb|74kb|98kb|120kb|148kb, mcunet "
+                        "49kb|74kb|99kb|124kb|148kb; tte-<kb> recognises the net), or a scheme.json (ours or "
+                        "TTE's backward_config), or auto: the preset with the most trainable parameters that fits --sram "
+                        "(default sparse)")
     s.add_argument("--rounding", choices=["stochastic", "shadow"], default="stochastic",
                    help="how int8 updates below one step survive (default stochastic)")
     s.add_argument("--no-qas", action="store_true", help="turn quantization-aware scaling off (for comparison)")
     s.add_argument("--float-classifier", action="store_true",
                    help="keep the last layer in float32 (more accurate updates, 4x its weight memory)")
-    s.add_argument("--logit-range", type=float, default=recipe.LOGIT_RANGE,
-                   help="a float model's logits are quantized to [-R, R], room to grow while training")
-    s.add_argument("--weight-headroom", type=float, default=recipe.WEIGHT_HEADROOM,
-                   help="trained weights get their scale x H so they can grow without saturating")
-    s.add_argument("--eps", type=int, default=recipe.MEZO_EPS, help="MeZO perturbation in quantization steps")
-    s.add_argument("--queries", type=int, default=recipe.MEZO_QUERIES, help="MeZO two-point estimates per step")
+    s.add_argument("--logit-range", type=argtype(hparams.check_logit_range, "--logit-range"), default=recipe.LOGIT_RANGE,
+                   help="a float model's logits are quantized to [-R, R], room to grow while training (default 16)")
+    s.add_argument("--weight-headroom", type=argtype(hparams.check_headroom, "--weight-headroom"), default=recipe.WEIGHT_HEADROOM,
+                   help="trained weights get their scale x H so they can grow without saturating (default 2)")
+    s.add_argument("--eps", type=argtype(hparams.check_eps, "--eps", integer=True), default=recipe.MEZO_EPS,
+                   help="MeZO perturbation in quantization steps, 1..16 (default 1)")
+    s.add_argument("--queries", type=argtype(hparams.check_queries, "--queries", integer=True), default=recipe.MEZO_QUERIES,
+                   help="MeZO two-point estimates per step, 1..1024 (default 1)")
+
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -438,10 +478,19 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return h + " (default: %(default)s)"
 
 
+class _UsageError(Exception):
+    """An argparse error (a bad flag value, a missing argument): main prints it as one line."""
+
+
 class _Parser(argparse.ArgumentParser):
+    """Errors as one line (main); every option's default in its help."""
+
     def __init__(self, *a, **kw):
         kw.setdefault("formatter_class", _DefaultsFormatter)
         super().__init__(*a, **kw)
+
+    def error(self, message):
+        raise _UsageError(f"{self.prog.split(' ', 1)[-1] + ': ' if ' ' in self.prog else ''}{message}")
 
     def add_argument(self, *a, **kw):
         action = super().add_argument(*a, **kw)
@@ -496,10 +545,16 @@ def _add_optional_commands(sub, argv):
             sub.add_parser(name, help=text, add_help=False).set_defaults(func=None)
 
 
+def _force_option(s):
+    s.add_argument("--force", action="store_true",
+                   help="write into a non-empty -o tinytrain did not write, or over generated files you edited "
+                        "(only the files tinytrain writes are replaced; nothing else is deleted)")
+
+
 def build_parser(argv=None):
     """The CLI's parser; argv (default sys.argv[1:]): the command line it is for, so that only
     the command that runs imports its module."""
-    p = argparse.ArgumentParser(prog="tinytrain", description="On-device training compiler for int8 models.")
+    p = _Parser(prog="tinytrain", description="On-device training compiler for int8 models.")
     p.add_argument("--version", action="version", version=f"tinytrain {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -515,13 +570,15 @@ def build_parser(argv=None):
     s.add_argument("--test", help="labelled test data for the float-vs-int8 accuracy report")
     s.add_argument("--method", choices=["minmax", "percentile"], default="minmax",
                    help="activation ranges: min/max of the calibration, or a percentile of |x| (clips outliers)")
-    s.add_argument("--percentile", type=float, default=99.99, help="the percentile of --method percentile")
+    s.add_argument("--percentile", type=argtype(hparams.check_percentile, "--percentile"), default=99.99,
+                   help="the percentile of --method percentile")
     s.add_argument("--max-calib", type=int, default=500,
                    help="read only the first N calibration samples (default 500; 0: the whole file)")
     s.add_argument("--report-samples", type=int, default=100, help="samples for the per-layer error report")
     s.add_argument("--input-shape", type=_shape, help="override the input shape, e.g. 1,3,32,32 (default: the model's)")
     _data_options(s)
     s.add_argument("-o", "--output", required=True, help="output folder")
+    _force_option(s)
     s.set_defaults(func=cmd_quantize)
 
     s = sub.add_parser("train", help="train the int8 model on labelled data (sparse update, QAS)")
@@ -533,14 +590,16 @@ def build_parser(argv=None):
     _training_options(s)
     _data_options(s)
     s.add_argument("--epochs", type=int, default=1, help="passes over the training data")
-    s.add_argument("--lr", type=float, default=None,
-                   help=f"learning rate (default: {recipe.LR['backprop']} for backprop and hybrid, "
+    s.add_argument("--lr", type=argtype(hparams.check_lr, "--lr"), default=None,
+                   help=f"learning rate, in (0, 1000] (default: {recipe.LR['backprop']} for backprop and hybrid, "
                         f"{recipe.LR['mezo']} for mezo)")
     s.add_argument("--trainer", choices=["backprop", "mezo", "hybrid"], default="backprop",
                    help="mezo: zeroth-order (two forward passes, a much smaller --lr); hybrid: "
                         "backprop for the classifier, MeZO for the rest")
-    s.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (default 0: TTE found it hurts at batch 1)")
-    s.add_argument("--accumulate", type=int, default=1, help="average the gradients of N samples per update")
+    s.add_argument("--momentum", type=argtype(hparams.check_momentum, "--momentum"), default=0.0,
+                   help="SGD momentum in [0, 1) (default 0: TTE found it hurts at batch 1)")
+    s.add_argument("--accumulate", type=argtype(hparams.check_accumulate, "--accumulate", integer=True), default=1,
+                   help="average the gradients of N samples per update (1..65536)")
     s.add_argument("--max-samples", type=int, default=0, help="use at most N training samples per epoch (0: all)")
     s.add_argument("--seed", type=int, default=0, help="seed of the data order and stochastic rounding")
     s.add_argument("--backend", choices=["sim", "c"], default="sim",
@@ -551,6 +610,7 @@ def build_parser(argv=None):
     s.add_argument("--allow-one-class", action="store_true",
                    help="train even when every --data label is the same class (refused by default)")
     s.add_argument("-o", "--output", required=True, help="output folder")
+    _force_option(s)
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("compile", help="compile the model and its training graph into a C project")
@@ -560,7 +620,8 @@ def build_parser(argv=None):
     _data_options(s)
     s.add_argument("--sram", help="SRAM budget, e.g. 256k: fail with a breakdown when the plan needs more")
     s.add_argument("--flash", help="flash budget for the frozen weights, e.g. 1m")
-    s.add_argument("--name", default="model", help="prefix of every C symbol (default model)")
+    s.add_argument("--name", default="model", help="prefix of every C symbol (default model): a C identifier of at "
+                   "most 32 ASCII characters, not a keyword, not reserved, not tt_* / app_*")
     s.add_argument("--no-in-place", action="store_true", help="no in-place buffers (to measure what they save)")
     s.add_argument("--trainer", choices=["backprop", "mezo", "auto"], default="backprop",
                    help="mezo: zeroth-order, two forward passes a step at inference memory; auto: backprop when "
@@ -570,13 +631,18 @@ def build_parser(argv=None):
                    help="build files written beside the C: all (default), none, or a comma list of "
                         "cmake,make,platformio,zephyr,arduino")
     s.add_argument("-o", "--output", required=True, help="output folder for the C project")
+    _force_option(s)
     s.set_defaults(func=cmd_compile)
     _add_optional_commands(sub, argv)
     return p
 
 
 def main(argv=None):
-    args = build_parser(argv).parse_args(argv)
+    try:
+        args = build_parser(argv).parse_args(argv)
+    except _UsageError as e:              # one line, exit 2, like every other user mistake
+        print(f"tinytrain: error: {TinytrainError._printable(e)}", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except TinytrainError as e:

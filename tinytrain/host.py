@@ -12,6 +12,8 @@ CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", "-ffp-c
 
 
 def build(out, name, extra=()):
+    from .compiler.codegen.cformat import check_name
+    check_name(name)
     out = Path(out)
     srcs = [out / f"{name}.c"] + sorted((out / "runtime" / "src").glob("*.c"))
     lib = out / f"lib{name}.so"
@@ -32,10 +34,14 @@ typedef struct {{
     void *user;
     uint32_t slot_size;
 }} tt_flash;
-typedef struct {{ uint8_t *arena; uint8_t *state; float lr; uint32_t prng; int32_t steps; int32_t skipped; }} {name}_ctx;
+typedef struct {{ uint8_t *arena; uint8_t *state; float lr; uint32_t prng; int32_t steps; int32_t skipped;
+                 int32_t saturated; }} {name}_ctx;
 int {name}_init({name}_ctx *ctx, void *arena, size_t arena_size, void *state, size_t state_size, float lr,
                 uint32_t seed, int restore);
 int {name}_reset({name}_ctx *ctx);
+int {name}_state_seal({name}_ctx *ctx);
+int {name}_set_lr({name}_ctx *ctx, float lr);
+int {name}_stats(const {name}_ctx *ctx, int32_t *skipped, int32_t *saturated);
 int {name}_train_step({name}_ctx *ctx, const float *input, int32_t label, float *loss, int32_t *predicted);
 int {name}_predict({name}_ctx *ctx, const float *input, float *logits, int32_t *predicted);
 int {name}_save({name}_ctx *ctx, const tt_flash *flash);
@@ -84,6 +90,12 @@ class HostModel:
                    pred)
         return logits, int(pred[0])
 
+    def stats(self):
+        """-> (skipped, saturated): the C context's divergence-guard and saturation counters."""
+        sk, sa = self.ffi.new("int32_t *"), self.ffi.new("int32_t *")
+        self._call("stats", self.ctx, sk, sa)
+        return int(sk[0]), int(sa[0])
+
     def state_bytes(self):
         return bytes(self.ffi.buffer(self.state, self.facts["state"]))
 
@@ -122,7 +134,9 @@ class HostTrainer:
     """Training through the compiled C (same interface as BackpropTrainer)."""
 
     def __init__(self, out, name, train_graph, plan, facts, lr=0.05, seed=0, rounding="stochastic"):
+        from .compiler.hparams import check_lr
         from .compiler.layout import state_layout
+        lr = check_lr(lr)
         self.graph, self.plan = train_graph, plan
         self.model = HostModel(out, name, train_graph, facts, lr=lr, seed=seed)
         self.offsets = state_layout(train_graph, rounding).offsets
@@ -130,7 +144,11 @@ class HostTrainer:
 
     @property
     def skipped(self):
-        return int(self.model.ctx.skipped)
+        return self.model.stats()[0]
+
+    @property
+    def saturated(self):
+        return self.model.stats()[1]
 
     def step(self, x, label):
         loss, pred = self.model.train_step(x, label)

@@ -76,7 +76,7 @@ def memory_summary(tg, plan, facts, stack, budget_sram=None, budget_flash=None):
     sram_state, flash_w = state_bytes(tg)
     peak = sorted(live_at(plan, plan.peak_step), key=lambda b: -b.size)
     node = tg.nodes[min(plan.peak_step, len(tg.nodes) - 1)]
-    ctx_bytes = 32
+    ctx_bytes = 40                  # the <name>_ctx struct on a 64-bit host (28 on a 32-bit board)
     total_sram = plan.arena_size + facts["state"] + ctx_bytes + stack
     return {
         "arena_bytes": plan.arena_size, "arena_algorithm": plan.algorithm, "state_bytes": facts["state"],

@@ -113,9 +113,12 @@ def check_labels(sess, feeds, y, path):
 
 
 def cmd_mezo(args):
-    out = Path(args.output)
-    if args.replay:
-        return _cmd_replay(args, out)
+    from .outdir import prepare          # -o checked before any work; written only on success
+    with prepare(args.output, force=args.force, command="mezo --replay" if args.replay else "mezo") as tmp:
+        return _cmd_replay(args, tmp) if args.replay else _mezo(args, tmp)
+
+
+def _mezo(args, out):
     if not args.data:
         raise TinytrainError("needs --data (training) or --replay (a checkpoint)", field="--data")
     if args.steps < 1 or args.batch < 1:
@@ -167,15 +170,15 @@ def cmd_mezo(args):
         acc, loss = evaluate(sess, *test)
         report["evals"].append({"step": args.steps, "test_accuracy": acc, "test_loss": loss})
         print(f"test accuracy after {args.steps} steps: {100 * acc:.2f}% (loss {loss:.4f})")
-    out.mkdir(parents=True, exist_ok=True)
+    final = Path(args.output)
     stem = Path(args.model).name.split(".")[0]
     ckpt = trainer.checkpoint()
     save_checkpoint(ckpt, out / f"{stem}.mezo.json")
-    report["checkpoint"] = str(out / f"{stem}.mezo.json")
+    report["checkpoint"] = str(final / f"{stem}.mezo.json")
     (out / "mezo_report.json").write_text(json.dumps(report, indent=1))
     print(f"checkpoint: {report['checkpoint']} ({args.steps * args.queries} (seed, g) pairs); "
-          f"report: {out / 'mezo_report.json'}; {report['ms_per_step']:.0f} ms/step; "
-          f"`tinytrain mezo {args.model} --replay {report['checkpoint']} -o {out}` writes the trained model")
+          f"report: {final / 'mezo_report.json'}; {report['ms_per_step']:.0f} ms/step; "
+          f"`tinytrain mezo {args.model} --replay {report['checkpoint']} -o {final}` writes the trained model")
     return 0
 
 
@@ -184,10 +187,9 @@ def _cmd_replay(args, out):
     t0 = time.perf_counter()
     names, w = replay(ckpt, args.model)
     same = ckpt.get("weights_sha256") == weights_digest(w)
-    out.mkdir(parents=True, exist_ok=True)
     path = write_model(args.model, names, w, out / (Path(args.model).name.split(".")[0] + ".mezo.onnx"))
     print(f"replayed {len(ckpt['steps'])} steps on {len(names)} tensors in {time.perf_counter() - t0:.2f} s: "
-          f"{path}; weights identical to training's (sha256): {'yes' if same else 'NO'}")
+          f"{Path(args.output) / path.relative_to(out)}; weights identical to training's (sha256): {'yes' if same else 'NO'}")
     if args.test:
         sess = MezoSession(path, names, threads=args.threads)
         acc, loss = evaluate(sess, *load_data(args.test, sess))
@@ -217,4 +219,7 @@ def add_commands(sub):
     s.add_argument("--replay", help="a checkpoint (.mezo.json): rebuild the trained weights into <model>.mezo.onnx")
     s.add_argument("--quiet", action="store_true")
     s.add_argument("-o", "--output", required=True, help="output folder")
+    s.add_argument("--force", action="store_true",
+                   help="write into a non-empty -o tinytrain did not write, or over generated files you edited "
+                        "(only the files tinytrain writes are replaced; nothing else is deleted)")
     s.set_defaults(func=cmd_mezo)

@@ -14,19 +14,21 @@ def _items_code(e, items, phase, sign=0):
         p = e.ptr(it["tid"])
         if it["kind"] == "weight":
             if phase == "perturb":
-                lines.append(f"    tt_zo_perturb_s8({p}, {it['w_inner']}, {it['w_k']}, {it['rows']}, {it['g_inner']}, "
-                             f"{it['g_k']}, {sign * e.g.meta['zo']['eps']}, &zs);")
+                lines.append(f"    {e.name}_count(&ctx->saturated, tt_zo_perturb_s8({p}, {it['w_inner']}, {it['w_k']}, "
+                             f"{it['rows']}, {it['g_inner']}, {it['g_k']}, {sign * e.g.meta['zo']['eps']}, &zs));")
             else:
-                lines.append(f"    tt_zo_update_s8({p}, {it['w_inner']}, {it['w_k']}, {it['rows']}, {it['g_inner']}, "
-                             f"{it['g_k']}, {e.array('zof', it['factor'], 'float')}, scaled, {it['limit']}, &zs, "
-                             "&ctx->prng);")
+                lines.append(f"    {e.name}_count(&ctx->saturated, tt_zo_update_s8({p}, {it['w_inner']}, {it['w_k']}, "
+                             f"{it['rows']}, {it['g_inner']}, {it['g_k']}, {e.array('zof', it['factor'], 'float')}, "
+                             f"scaled, {it['limit']}, &zs, &ctx->prng));")
         else:
             n = len(it["factor"])
             if phase == "perturb":
-                lines.append(f"    tt_zo_perturb_s32({p}, {n}, {e.array('zoa', it['amount'], 'int32_t')}, {sign}, &zs);")
+                lines.append(f"    {e.name}_count(&ctx->saturated, tt_zo_perturb_s32({p}, {n}, "
+                             f"{e.array('zoa', it['amount'], 'int32_t')}, {sign}, {int(it['perturb_limit'])}, &zs));")
             else:
-                lines.append(f"    tt_zo_update_s32({p}, {n}, {e.array('zof', it['factor'], 'float')}, scaled, &zs, "
-                             "&ctx->prng);")
+                lines.append(f"    {e.name}_count(&ctx->saturated, tt_zo_update_s32({p}, {n}, "
+                             f"{e.array('zof', it['factor'], 'float')}, scaled, {int(it['limit'])}, &zs, "
+                             "&ctx->prng));")
     return lines
 
 
@@ -41,6 +43,7 @@ def emit_mezo(graph, plan, out, name="model", queries=1):
     graph.meta["training"] = {"forward": [n.id for n in graph.nodes], "trainable": [it["tid"] for it in items],
                               "scheme": graph.meta["zo"]["scheme"], "qas": True}
     e = Emitter(graph, plan, name)
+    e.bias_limits = {it["tid"]: int(it["limit"]) for it in items if it["kind"] == "bias"}
     for n in graph.nodes:
         _emit_node(e, n)
     e.line(f"{e.NAME}_PROFILE({len(e.profile)});")
@@ -68,7 +71,7 @@ def emit_mezo(graph, plan, out, name="model", queries=1):
              "    tt_prng_seed(&zs, seed);"]
     body += _items_code(e, items, "perturb", 1)
     body += ["    p = (lp - lm) * 0.5f;",
-             "    if (!(p - p == 0.0f)) { ctx->skipped += 1; continue; }",
+             f"    if (!(p - p == 0.0f)) {{ {name}_count(&ctx->skipped, 1); continue; }}",
              f"    scaled = (p * ctx->lr) * {inv_q};",
              "    tt_prng_seed(&zs, seed);"]
     body += _items_code(e, items, "update")
@@ -80,8 +83,6 @@ def emit_mezo(graph, plan, out, name="model", queries=1):
     (out / f"{name}.c").write_text(_source(e, facts, forward_body, [], zo_body=body))
     (out / f"{name}_profile.json").write_text(json.dumps(e.profile, indent=1) + "\n")
     rt = out / "runtime"
-    for sub in ("include", "src"):
-        if (rt / sub).exists():
-            shutil.rmtree(rt / sub)
-        shutil.copytree(runtime_dir() / sub, rt / sub)
+    for sub in ("include", "src"):       # file by file: never deletes what else the folder holds
+        shutil.copytree(runtime_dir() / sub, rt / sub, dirs_exist_ok=True)
     return facts

@@ -18,12 +18,12 @@ same.  Only text is written; nothing here runs a compiler.  docs/packaging.md de
 layout and how each is used.
 """
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import TinytrainError
+from .cformat import check_name, comment_text
 
 KINDS = ("cmake", "make", "platformio", "zephyr", "arduino")
 # flags the library's own sources need (GCC / Clang); the project's other flags are its own
@@ -94,13 +94,13 @@ def write_packages(out, facts, graph=None, kinds=KINDS, version="0.1.0"):
 
 class Lib:
     def __init__(self, out, name, facts, graph, version):
-        self.out, self.name, self.NAME, self.facts, self.version = out, name, name.upper(), facts, version
+        self.out, self.name, self.NAME, self.facts, self.version = out, check_name(name), name.upper(), facts, version
         if not (out / f"{name}.c").is_file() or not (out / "runtime" / "src").is_dir():
             raise TinytrainError(f"no emitted library '{name}' in {out} (run emit first)", field="output")
         self.runtime_src = sorted(p.name for p in (out / "runtime" / "src").glob("*.c"))
         self.runtime_inc = sorted(p.name for p in (out / "runtime" / "include").glob("*.h"))
         src = graph.meta.get("source") if graph is not None else None
-        self.source = Path(src).name if src else "an ONNX model"
+        self.source = comment_text(Path(str(src)).name) if src else "an ONNX model"   # comments / free text only
         self.range = input_range(graph) if graph is not None else (-1.0, 1.0)
         self.mezo = facts.get("trainer") == "mezo"
 
@@ -118,7 +118,7 @@ class Lib:
     def cmake(self):
         n = self.name
         opts = "\n".join(f"  $<$<C_COMPILER_ID:GNU,Clang,AppleClang,ARMClang>:{f}>" for f in FLOAT_FLAGS)
-        rt = "\n".join(f"    ${{CMAKE_CURRENT_SOURCE_DIR}}/runtime/src/{f}" for f in self.runtime_src)
+        rt = "\n".join(f'    "${{CMAKE_CURRENT_SOURCE_DIR}}/runtime/src/{f}"' for f in self.runtime_src)
         text = f"""{self._banner()}#
 #   add_subdirectory(path/to/this/folder {n})     # from your project
 #   target_link_libraries(app PRIVATE tinytrain::{n})
@@ -137,7 +137,7 @@ set(TT_{self.NAME}_C_OPTIONS
 if(NOT TARGET tinytrain_runtime)
   add_library(tinytrain_runtime STATIC
 {rt})
-  target_include_directories(tinytrain_runtime PUBLIC ${{CMAKE_CURRENT_SOURCE_DIR}}/runtime/include)
+  target_include_directories(tinytrain_runtime PUBLIC "${{CMAKE_CURRENT_SOURCE_DIR}}/runtime/include")
   target_compile_options(tinytrain_runtime PRIVATE ${{TT_{self.NAME}_C_OPTIONS}})
   set_target_properties(tinytrain_runtime PROPERTIES C_STANDARD 99 C_STANDARD_REQUIRED ON C_EXTENSIONS OFF)
   if(NOT MSVC AND CMAKE_C_COMPILER_ID MATCHES "^(GNU|Clang|AppleClang)$")
@@ -145,9 +145,9 @@ if(NOT TARGET tinytrain_runtime)
   endif()
 endif()
 
-add_library({n} STATIC ${{CMAKE_CURRENT_SOURCE_DIR}}/{n}.c)
+add_library({n} STATIC "${{CMAKE_CURRENT_SOURCE_DIR}}/{n}.c")
 add_library(tinytrain::{n} ALIAS {n})
-target_include_directories({n} PUBLIC ${{CMAKE_CURRENT_SOURCE_DIR}})
+target_include_directories({n} PUBLIC "${{CMAKE_CURRENT_SOURCE_DIR}}")
 target_link_libraries({n} PUBLIC tinytrain_runtime)
 target_compile_options({n} PRIVATE ${{TT_{self.NAME}_C_OPTIONS}})
 set_target_properties({n} PROPERTIES C_STANDARD 99 C_STANDARD_REQUIRED ON C_EXTENSIONS OFF)
@@ -203,7 +203,7 @@ set_target_properties({n} PROPERTIES C_STANDARD 99 C_STANDARD_REQUIRED ON C_EXTE
     def zephyr(self):
         n, cfg = self.name, f"TINYTRAIN_{self.NAME}"
         opts = " ".join(FLOAT_FLAGS)
-        rt = "\n".join(f"      ${{TT_{self.NAME}_DIR}}/runtime/src/{f}" for f in self.runtime_src)
+        rt = "\n".join(f'      "${{TT_{self.NAME}_DIR}}/runtime/src/{f}"' for f in self.runtime_src)
         module = f"""{self._banner()}name: tinytrain_{n}
 build:
   cmake: zephyr
@@ -213,18 +213,18 @@ build:
 # Zephyr module: west.yml, or -DZEPHYR_EXTRA_MODULES=<the folder above this one>, then
 # CONFIG_{cfg}=y in prj.conf and #include "{n}.h" in the application.
 if(CONFIG_{cfg})
-  set(TT_{self.NAME}_DIR ${{CMAKE_CURRENT_LIST_DIR}}/..)
+  set(TT_{self.NAME}_DIR "${{CMAKE_CURRENT_LIST_DIR}}/..")
   if(NOT TARGET tinytrain_runtime)
     zephyr_library_named(tinytrain_runtime)
     zephyr_library_sources(
 {rt})
     zephyr_library_compile_options({opts})
-    zephyr_include_directories(${{TT_{self.NAME}_DIR}}/runtime/include)
+    zephyr_include_directories("${{TT_{self.NAME}_DIR}}/runtime/include")
   endif()
   zephyr_library_named(tinytrain_{n})
-  zephyr_library_sources(${{TT_{self.NAME}_DIR}}/{n}.c)
+  zephyr_library_sources("${{TT_{self.NAME}_DIR}}/{n}.c")
   zephyr_library_compile_options({opts})
-  zephyr_include_directories(${{TT_{self.NAME}_DIR}})
+  zephyr_include_directories("${{TT_{self.NAME}_DIR}}")
 endif()
 """
         f = self.facts
@@ -247,9 +247,7 @@ config {cfg}
         lib = f"tinytrain_{self.name}"
         root = self.out / "arduino" / lib
         src = root / "src"
-        if src.exists():
-            shutil.rmtree(src)                 # only the copies made here before
-        src.mkdir(parents=True)
+        src.mkdir(parents=True, exist_ok=True)   # nothing deleted: tinytrain/outdir.py replaces old copies
         written = []
         files = [(self.out / f"{self.name}.h", f"{self.name}.h"), (self.out / f"{self.name}.c", f"{self.name}.c")]
         files += [(self.out / "runtime" / "include" / h, h) for h in self.runtime_inc]

@@ -144,7 +144,7 @@ def _emit_softmax_xent(self, node, g, e):
     else:
         e.line(f"*loss = tt_softmax_xent({e.ptr(lg)}, {k}, {e.ptr(label)}[0], {e.ptr(dz)});")
     e.line(f"{e.ptr(loss)}[0] = *loss;")
-    e.line(f"if (!(*loss - *loss == 0.0f)) {{ ctx->skipped += 1; return; }}")
+    e.line(f"if (!(*loss - *loss == 0.0f)) {{ {e.name}_count(&ctx->skipped, 1); return; }}")
 
 
 MaskGrad.emit_c = _emit_mask_grad

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import TinytrainError
 from ..ops import get_op
+from ..quant.qparams import bias_limit
 
 
 def _qas_factor(graph, node, k, qas):
@@ -25,6 +26,17 @@ def _qas_factor(graph, node, k, qas):
     if k == 2:
         s = s * float(graph.t(node.inputs[0]).q.scale)
     return (1.0 / s if qas else s).astype(np.float32)
+
+
+def _bias_limit(graph, node):
+    """The int32 bias range updates saturate to: |b| <= bias_limit(K), K products per output."""
+    w = graph.t(node.inputs[1])
+    lim = bias_limit(w.size // w.shape[0])
+    if lim < (1 << 20):
+        raise TinytrainError(f"the int32 accumulator could overflow while its bias trains "
+                             f"({w.size // w.shape[0]} products per output); freeze this bias", node=node.name,
+                             op=node.op)
+    return lim
 
 
 def autodiff(graph, qas=True):
@@ -104,8 +116,11 @@ def autodiff(graph, qas=True):
             shape = attrs.get("dw_shape", g.t(p).shape)
             d = early[k] if k in early else emit(gop, [operands[a] for a in args], f"d_{g.t(p).name}", attrs,
                                                  shape=shape)
-            g.add_node("sgd_update", [p, d], [], {"factor": _qas_factor(g, node, k, qas), "param_of": node.id,
-                                                   "role": "weight" if k == 1 else "bias"}, name=node.name)
+            attrs = {"factor": _qas_factor(g, node, k, qas), "param_of": node.id,
+                     "role": "weight" if k == 1 else "bias"}
+            if g.t(p).dtype == "int32":
+                attrs["limit"] = _bias_limit(g, node)
+            g.add_node("sgd_update", [p, d], [], attrs, name=node.name)
     g.outputs = [logits, loss.id]
     g.meta["training"] = {"qas": bool(qas), "forward": [n.id for n in forward],
                           "blocked": {int(t): n.name for t, n in blocked.items()}}

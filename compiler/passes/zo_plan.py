@@ -3,13 +3,15 @@
 For the sparse-update scheme (the same presets and JSON as backprop), in graph
 order: each trained weight (rows = output channels, the first channels of a
 partial update) and bias, with its perturbation size and its update factor (see
-compiler/ops/zo.py).  Trained weights are clipped to [-(127 - e), 127 - e] here
-so that perturbations restore exactly.
+compiler/ops/zo.py).  Trained weights are clipped to [-(127 - e), 127 - e] here,
+and trained biases to +-(L - a) (L: bias_limit, a: the bias perturbation), so that
+perturbations restore exactly.
 """
 import numpy as np
 
 from ..errors import TinytrainError
 from ..ops.conv import grad_update_shape
+from ..quant.qparams import bias_limit
 
 
 def zo_plan(graph, scheme, eps=1):
@@ -39,9 +41,19 @@ def zo_plan(graph, scheme, eps=1):
                               w_inner=int(w.size // w.shape[0]), w_k=int(w.shape[-1]),
                               factor=(1.0 / (e * s_w * s_w)).astype(np.float32), limit=127 - e))
         if n.id in scheme.biases:
+            # the bias saturates to +-L (the accumulator-safe range, quant/qparams.py bias_limit) and is
+            # kept inside +-(L - a) so that its perturbations by a restore exactly, like the weights
+            L = bias_limit(w.size // w.shape[0])
+            a = max(1, int(round(e / s_x)))
+            if L - a < (1 << 20):
+                raise TinytrainError(f"the int32 accumulator could overflow while its bias trains "
+                                     f"({w.size // w.shape[0]} products per output, perturbation {a})",
+                                     node=n.name, op=n.op)
+            b.data = np.clip(b.data, -(L - a), L - a).astype(np.int32)
             items.append(dict(kind="bias", tid=b.id, node=n.name,
-                              amount=np.full(b.shape, max(1, int(round(e / s_x))), np.int32),
-                              factor=(1.0 / (e * s_w * s_w * s_x)).astype(np.float32)))
+                              amount=np.full(b.shape, a, np.int32),
+                              factor=(1.0 / (e * s_w * s_w * s_x)).astype(np.float32), limit=L - a,
+                              perturb_limit=L))
     if not items:
         raise TinytrainError("the scheme trains nothing")
     g.meta["zo"] = {"eps": e, "scheme": scheme.name, "items": items}

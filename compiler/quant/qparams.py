@@ -64,6 +64,18 @@ def quantize_bias(b, s_w, s_x):
     return q, QParams(s.astype(np.float32), np.zeros(s.shape, np.int32), 0 if s.ndim else None)
 
 
+PRODUCT_BOUND = 1 << 15      # |(x - x_zp) * w| and |x * w| + |x_zp * w| for any int8 x, x_zp, w
+
+
+def bias_limit(k):
+    """The largest |int32 bias| that training may leave in a layer with k products per
+    output: |bias| + k * 2^15 <= 2^31 - 1 keeps the accumulator (and the C pointwise
+    kernel's sum x w - zp sum w) free of overflow for every input and every int8
+    weight, even -128 (docs/architecture.md, Numerics).  A layer too large for that
+    gets 0 (its bias cannot be trained safely; training refuses it)."""
+    return max(0, (1 << 31) - 1 - int(k) * PRODUCT_BOUND)
+
+
 def act_qparams(lo, hi):
     """Asymmetric int8 parameters for the real range [lo, hi] (widened to hold 0)."""
     lo = min(float(lo), 0.0)

@@ -172,7 +172,9 @@ void tt_transpose_f32(const tt_dims *dims, const float *in, const int32_t *perm,
 
 /* ---- updates (in place) --------------------------------------------------
  * The caller skips an update whose gradient holds a NaN or an infinity (the
- * divergence guard): converting floor(NaN) to an integer is undefined in C. */
+ * divergence guard); a NaN step (0 * inf) is taken as 0 besides, so no
+ * float-to-int conversion sees a NaN.  Every int8/int32 kernel returns the number
+ * of elements that hit their clamp (the saturation counter of the context). */
 
 /**
  * update.py _sgd_s8_stochastic.  The gradient g covers g_rows output channels x g_inner
@@ -180,30 +182,34 @@ void tt_transpose_f32(const tt_dims *dims, const float *in, const int32_t *perm,
  * w has w_inner = KH*KW*w_k elements per output channel.  Element i of a gradient row
  * updates w[row][(i / g_k) * w_k + i % g_k].  One PRNG draw per element, rows then i.
  */
-void tt_sgd_s8_stochastic(int8_t *w, int32_t w_inner, int32_t w_k, const float *g, int32_t g_rows, int32_t g_inner,
-                          int32_t g_k, const float *factor, float lr, uint32_t *prng_state);
+int32_t tt_sgd_s8_stochastic(int8_t *w, int32_t w_inner, int32_t w_k, const float *g, int32_t g_rows,
+                             int32_t g_inner, int32_t g_k, const float *factor, float lr, uint32_t *prng_state);
 /** update.py _sgd_s8_shadow: as above with int16 shadow weights sh (same layout as w). */
-void tt_sgd_s8_shadow(int8_t *w, int16_t *sh, int32_t w_inner, int32_t w_k, const float *g, int32_t g_rows,
-                      int32_t g_inner, int32_t g_k, const float *factor, float lr);
-/** update.py _sgd_s32_stochastic. */
-void tt_sgd_s32_stochastic(int32_t *b, int32_t n, const float *g, const float *factor, float lr,
-                           uint32_t *prng_state);
+int32_t tt_sgd_s8_shadow(int8_t *w, int16_t *sh, int32_t w_inner, int32_t w_k, const float *g, int32_t g_rows,
+                         int32_t g_inner, int32_t g_k, const float *factor, float lr);
+/** update.py _sgd_s32_stochastic: biases saturate to [-limit, limit] (the layer's accumulator-safe range). */
+int32_t tt_sgd_s32_stochastic(int32_t *b, int32_t n, const float *g, const float *factor, float lr, int32_t limit,
+                              uint32_t *prng_state);
+/** update.py _clamp_sym_s32: b = clamp(b, -limit, limit); -> how many were outside. */
+int32_t tt_clamp_sym_s32(int32_t *b, int32_t n, int32_t limit);
 /** update.py _sgd_f32. */
 void tt_sgd_f32(float *w, int32_t n, const float *g, float lr);
 
 /* ---- zeroth-order training (tt_zo.c; compiler/ops/zo.py) ----------------- */
 
-/** w[row][(i / g_k) * w_k + i % g_k] += amount * z for the trained part (z: one Rademacher draw each). */
-void tt_zo_perturb_s8(int8_t *w, int32_t w_inner, int32_t w_k, int32_t rows, int32_t g_inner, int32_t g_k,
-                      int32_t amount, uint32_t *zstate);
-/** b[c] += sign * amount[c] * z. */
-void tt_zo_perturb_s32(int32_t *b, int32_t n, const int32_t *amount, int32_t sign, uint32_t *zstate);
+/** w[row][(i / g_k) * w_k + i % g_k] += amount * z for the trained part (z: one Rademacher draw each),
+ *  saturated to [-127, 127]. */
+int32_t tt_zo_perturb_s8(int8_t *w, int32_t w_inner, int32_t w_k, int32_t rows, int32_t g_inner, int32_t g_k,
+                         int32_t amount, uint32_t *zstate);
+/** b[c] += sign * amount[c] * z, saturated to [-limit, limit]. */
+int32_t tt_zo_perturb_s32(int32_t *b, int32_t n, const int32_t *amount, int32_t sign, int32_t limit,
+                          uint32_t *zstate);
 /** w -= floor((scaled_p * factor[row]) * z + u), kept inside [-limit, limit]. */
-void tt_zo_update_s8(int8_t *w, int32_t w_inner, int32_t w_k, int32_t rows, int32_t g_inner, int32_t g_k,
-                     const float *factor, float scaled_p, int32_t limit, uint32_t *zstate, uint32_t *srstate);
-/** b -= floor((scaled_p * factor[c]) * z + u), saturated to int32. */
-void tt_zo_update_s32(int32_t *b, int32_t n, const float *factor, float scaled_p, uint32_t *zstate,
-                      uint32_t *srstate);
+int32_t tt_zo_update_s8(int8_t *w, int32_t w_inner, int32_t w_k, int32_t rows, int32_t g_inner, int32_t g_k,
+                        const float *factor, float scaled_p, int32_t limit, uint32_t *zstate, uint32_t *srstate);
+/** b -= floor((scaled_p * factor[c]) * z + u), kept inside [-limit, limit]. */
+int32_t tt_zo_update_s32(int32_t *b, int32_t n, const float *factor, float scaled_p, int32_t limit, uint32_t *zstate,
+                         uint32_t *srstate);
 
 #ifdef __cplusplus
 }

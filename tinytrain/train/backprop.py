@@ -3,7 +3,9 @@
 import numpy as np
 
 from ..compiler.errors import TinytrainError
+from ..compiler.hparams import check_accumulate, check_lr, check_momentum
 from ..compiler.ops import get_op
+from ..compiler.ops import update as update_ops
 from ..compiler.quant.prng import prng_seed
 from ..sim.simulator import Simulator
 
@@ -14,18 +16,16 @@ class TrainContext:
     def __init__(self, lr, rounding="stochastic", seed=0, momentum=0.0, accumulate=1):
         if rounding not in ("stochastic", "shadow"):
             raise TinytrainError(f"unknown rounding '{rounding}' (stochastic or shadow)", field="rounding")
-        if not (np.isfinite(lr) and lr > 0):
-            raise TinytrainError(f"learning rate {lr} must be a positive number", field="lr")
+        lr = check_lr(lr)
+        momentum = check_momentum(momentum)
+        accumulate = check_accumulate(accumulate)
         self.lr = np.float32(lr)
         self.rounding = rounding
         self.prng = np.zeros(1, np.uint32)
         prng_seed(self.prng, np.uint32(seed))
         self.shadow = {}
         self.skipped = 0            # steps or updates skipped by the divergence guard
-        if not 0.0 <= momentum < 1.0:
-            raise TinytrainError(f"momentum {momentum} must be in [0, 1)", field="momentum")
-        if int(accumulate) < 1:
-            raise TinytrainError(f"accumulate {accumulate} must be >= 1", field="accumulate")
+        self.saturated = 0          # updated elements that hit their clamp (int8 +-127, the bias limit)
         self.momentum = float(momentum)
         self.velocity = {}
         self.accumulate = int(accumulate)
@@ -41,6 +41,15 @@ class BackpropTrainer:
         self.forward_nodes = [n for n in train_graph.nodes if n.id in fwd]
         self.sim = Simulator(train_graph, self.forward_nodes)
         self.steps = 0
+        # trained int32 biases and their accumulator-safe limits (the C's <name>_guard)
+        self.bias_limits = sorted({n.inputs[0]: int(n.attrs["limit"]) for n in train_graph.nodes
+                                   if n.op == "sgd_update" and "limit" in n.attrs}.items())
+
+    def guard(self):
+        """Trained biases back inside their accumulator-safe range (a restored or modified state),
+        before any forward, counted as saturations: mirrors the C's <name>_guard."""
+        for tid, lim in self.bias_limits:
+            self.ctx.saturated += update_ops.clamp_sym_s32(self.graph.t(tid).data, np.int32(lim))
 
     def step(self, x_onnx, label):
         """One sample: forward, loss, backward with in-place updates.  -> (loss, logits)"""
@@ -62,6 +71,7 @@ class BackpropTrainer:
         if x.ndim == len(g.meta["input_shape"]) - 1:
             x = x[None]
         xq = self.sim.quantize_input(x)
+        self.guard()
         n_cls = g.t(g.outputs[0]).size         # the logits of one sample, flattened: one per class
         label = int(label)
         if not 0 <= label < n_cls:
@@ -96,6 +106,11 @@ class BackpropTrainer:
     def skipped(self):
         return self.ctx.skipped
 
+    @property
+    def saturated(self):
+        return self.ctx.saturated
+
     def evaluate(self, x, y, batch=256):
+        self.guard()
         pred = self.sim.predict(x, batch)
         return float(np.mean(pred == np.asarray(y)))

@@ -7,7 +7,9 @@ by MeZO."""
 import numpy as np
 
 from ..compiler.errors import TinytrainError
+from ..compiler.hparams import check_eps, check_lr, check_queries
 from ..compiler.ops import zo
+from ..compiler.ops.update import clamp_sym_s32
 from ..compiler.passes.zo_plan import zo_plan
 from ..compiler.quant.fmath import softmax_xent
 from ..compiler.quant.prng import prng_next, prng_seed
@@ -17,10 +19,9 @@ from ..sim.simulator import Simulator
 
 class MezoTrainer:
     def __init__(self, graph_int8, update="sparse", lr=0.01, eps=1, queries=1, seed=0, hybrid=False, bp_lr=0.02):
-        if not (np.isfinite(lr) and lr > 0):
-            raise TinytrainError(f"learning rate {lr} must be a positive number", field="lr")
-        if int(queries) < 1:
-            raise TinytrainError(f"queries {queries} must be >= 1", field="queries")
+        lr, eps, queries = check_lr(lr), check_eps(eps), check_queries(queries)
+        if hybrid:
+            bp_lr = check_lr(bp_lr, field="bp_lr")
         scheme = resolve(graph_int8, update)
         self.backprop = None
         if hybrid:
@@ -45,7 +46,8 @@ class MezoTrainer:
                 if t.kind == "const" and tid in self.graph.tensors:
                     t.data = self.graph.t(tid).data
             self.backprop = BackpropTrainer(tg, lr=bp_lr, seed=seed + 1)
-        self.skipped = 0
+        self.skipped = 0            # estimates skipped by the divergence guard (a non-finite loss difference)
+        self.saturated = 0          # perturbed / updated elements that hit their clamp
         self.steps = 0
         self.n_cls = self.graph.t(self.graph.outputs[0]).size
 
@@ -63,10 +65,10 @@ class MezoTrainer:
         for it in self.items:
             t = self.graph.t(it["tid"])
             if it["kind"] == "weight":
-                zo.zo_perturb_s8(t.data, it["w_inner"], it["w_k"], it["rows"], it["g_inner"], it["g_k"],
-                                 sign * self.eps, zs)
+                self.saturated += zo.zo_perturb_s8(t.data, it["w_inner"], it["w_k"], it["rows"], it["g_inner"],
+                                                    it["g_k"], sign * self.eps, zs)
             else:
-                zo.zo_perturb_s32(t.data, it["amount"], sign, zs)
+                self.saturated += zo.zo_perturb_s32(t.data, it["amount"], sign, np.int32(it["perturb_limit"]), zs)
 
     def _update(self, seed, scaled_p):
         zs = np.zeros(1, np.uint32)
@@ -74,10 +76,11 @@ class MezoTrainer:
         for it in self.items:
             t = self.graph.t(it["tid"])
             if it["kind"] == "weight":
-                zo.zo_update_s8(t.data, it["w_inner"], it["w_k"], it["rows"], it["g_inner"], it["g_k"],
-                                it["factor"], scaled_p, it["limit"], zs, self.prng)
+                self.saturated += zo.zo_update_s8(t.data, it["w_inner"], it["w_k"], it["rows"], it["g_inner"],
+                                                   it["g_k"], it["factor"], scaled_p, it["limit"], zs, self.prng)
             else:
-                zo.zo_update_s32(t.data, it["factor"], scaled_p, zs, self.prng)
+                self.saturated += zo.zo_update_s32(t.data, it["factor"], scaled_p, np.int32(it["limit"]), zs,
+                                                    self.prng)
 
     def step(self, x, label):
         """One sample: `queries` two-point estimates, each applied at once. -> (loss, logits of the + pass)"""
@@ -88,6 +91,7 @@ class MezoTrainer:
         if not 0 <= label < self.n_cls:
             raise TinytrainError(f"label {label} is outside the model's {self.n_cls} classes", field="y")
         xq = self.sim.quantize_input(x)
+        self.guard()
         inv_q = np.float32(1.0 / self.queries)
         loss_sum, logits = np.float32(0.0), None
         for _ in range(self.queries):
@@ -110,5 +114,13 @@ class MezoTrainer:
         self.steps += 1
         return float(loss_sum * inv_q), logits
 
+    def guard(self):
+        """Trained biases back inside +-(L - a) (a restored or modified state), before any forward,
+        counted as saturations: mirrors the C's <name>_guard."""
+        for it in self.items:
+            if it["kind"] == "bias":
+                self.saturated += clamp_sym_s32(self.graph.t(it["tid"]).data, np.int32(it["limit"]))
+
     def evaluate(self, x, y, batch=256):
+        self.guard()
         return float(np.mean(self.sim.predict(x, batch) == np.asarray(y)))
