@@ -448,20 +448,23 @@ def _training_options(s):
                    help="full, bias, classifier, sparse, tte, last-<k>, TTE's published schemes tte-<net>-<kb> "
                         "(mbv2 49kb|73kb|99kb|123kb|138kb, proxyless 49kb|74kb|98kb|120kb|148kb, mcunet "
                         "49kb|74kb|99kb|124kb|148kb; tte-<kb> recognises the net), or a scheme.json (ours or "
-                        "TTE's backward_config), or auto: the preset with the most trainable parameters that fits --sram "
-                        "(default sparse)")
+                        "TTE's backward_config), or auto: the preset with the most trainable parameters that "
+                        "fits --sram (default sparse)")
     s.add_argument("--rounding", choices=["stochastic", "shadow"], default="stochastic",
                    help="how int8 updates below one step survive (default stochastic)")
     s.add_argument("--no-qas", action="store_true", help="turn quantization-aware scaling off (for comparison)")
     s.add_argument("--float-classifier", action="store_true",
                    help="keep the last layer in float32 (more accurate updates, 4x its weight memory)")
-    s.add_argument("--logit-range", type=argtype(hparams.check_logit_range, "--logit-range"), default=recipe.LOGIT_RANGE,
+    s.add_argument("--logit-range", type=argtype(hparams.check_logit_range, "--logit-range"),
+                   default=recipe.LOGIT_RANGE,
                    help="a float model's logits are quantized to [-R, R], room to grow while training (default 16)")
-    s.add_argument("--weight-headroom", type=argtype(hparams.check_headroom, "--weight-headroom"), default=recipe.WEIGHT_HEADROOM,
+    s.add_argument("--weight-headroom", type=argtype(hparams.check_headroom, "--weight-headroom"),
+                   default=recipe.WEIGHT_HEADROOM,
                    help="trained weights get their scale x H so they can grow without saturating (default 2)")
     s.add_argument("--eps", type=argtype(hparams.check_eps, "--eps", integer=True), default=recipe.MEZO_EPS,
                    help="MeZO perturbation in quantization steps, 1..16 (default 1)")
-    s.add_argument("--queries", type=argtype(hparams.check_queries, "--queries", integer=True), default=recipe.MEZO_QUERIES,
+    s.add_argument("--queries", type=argtype(hparams.check_queries, "--queries", integer=True),
+                   default=recipe.MEZO_QUERIES,
                    help="MeZO two-point estimates per step, 1..1024 (default 1)")
 
 
