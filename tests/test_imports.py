@@ -34,7 +34,7 @@ LAYERS = (
     ("commands", ("tinytrain.cli", "tinytrain.boards", "tinytrain.flash", "tinytrain.mezo_ort_cli")),
     ("runtime", ("tinytrain", "tinytrain.api", "tinytrain.train", "tinytrain.host", "tinytrain.qemu",
                  "tinytrain.sim", "tinytrain.data", "tinytrain.report", "tinytrain.memreport",
-                 "tinytrain.mezo_ort", "tinytrain.tools")),
+                 "tinytrain.mezo_ort", "tinytrain.tools", "tinytrain.pngdraw")),
     ("pipeline", ("tinytrain.compiler.pipeline",)),
     ("passes", ("tinytrain.compiler.frontend", "tinytrain.compiler.passes", "tinytrain.compiler.codegen",
                 "tinytrain.compiler.scheme", "tinytrain.compiler.tte_schemes", "tinytrain.compiler.verify",
@@ -47,7 +47,8 @@ LAYERS = (
 # modules that import nothing of the project (numpy and the standard library only)
 LEAVES = ("tinytrain.compiler", "tinytrain.compiler.errors", "tinytrain.compiler.cfmt",
           "tinytrain.compiler.layout", "tinytrain.compiler.quant.qparams", "tinytrain.compiler.quant.fixedpoint",
-          "tinytrain.compiler.quant.fmath", "tinytrain.compiler.quant.prng", "tinytrain.compiler.ops.base")
+          "tinytrain.compiler.quant.fmath", "tinytrain.compiler.quant.prng", "tinytrain.compiler.ops.base",
+          "tinytrain.compiler.recipe")
 
 
 def _private(name):

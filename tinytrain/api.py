@@ -5,11 +5,11 @@
     qmodel = tt.quantize(model, calib_x)                # int8 IR
     sim = tt.Simulator(qmodel); logits = sim.run(x)     # bit-exact int8 forward
 """
-from .compiler import serialize
+from .compiler import recipe, serialize
 from .compiler.pipeline import load as _load
 from .compiler.pipeline import quantize_graph
 from .sim.simulator import Simulator
-from .train.monitor import DivergenceError
+from .train.monitor import DivergenceError  # noqa: F401  (re-exported)
 
 
 def load(path, input_shape=None):
@@ -43,9 +43,18 @@ def quantize(model, calib_x, method="minmax", percentile=99.99, output_range=Non
     return quantize_graph(model, calib_x, method=method, percentile=percentile, output_range=output_range)
 
 
-def train(model, x, y, test=None, update="sparse", epochs=1, lr=0.02, qas=True, rounding="stochastic",
-          float_classifier=False, momentum=0.0, accumulate=1, seed=0, calib=None, logit_range=16.0,
-          weight_headroom=2.0, progress=True, layout=None, allow_one_class=False):
+def quantize_for_training(model, calib_x, logit_range=recipe.LOGIT_RANGE):
+    """The recipe's int8 model for training (compiler/recipe.py): calibrated on the first
+    data.CALIB_SAMPLES samples of calib_x (in the model's layout), the logits' range fixed to
+    [-logit_range, logit_range].  The CLI's train and compile and `train` below use it."""
+    from .data import CALIB_SAMPLES
+    return quantize_graph(model, calib_x[:CALIB_SAMPLES], output_range=(-logit_range, logit_range))
+
+
+def train(model, x, y, test=None, update=recipe.UPDATE, epochs=1, lr=recipe.LR["backprop"], qas=True,
+          rounding=recipe.ROUNDING, float_classifier=False, momentum=0.0, accumulate=1, seed=0, calib=None,
+          logit_range=recipe.LOGIT_RANGE, weight_headroom=recipe.WEIGHT_HEADROOM, progress=True, layout=None,
+          allow_one_class=False):
     """Train a model on (x, y) in the bit-exact simulator, as the device would.
 
     model: an ONNX path, a float IR (quantized on `calib` or x first: their first
@@ -69,7 +78,6 @@ def train(model, x, y, test=None, update="sparse", epochs=1, lr=0.02, qas=True, 
     from .compiler import hparams
     from .compiler.passes.autodiff import strip_training
     from .compiler.pipeline import training_graph
-    from .data import CALIB_SAMPLES
     from .train.backprop import BackpropTrainer
     from .train.loop import fit
     # every hyper-parameter is checked before any work (compiler/hparams.py)
@@ -87,7 +95,7 @@ def train(model, x, y, test=None, update="sparse", epochs=1, lr=0.02, qas=True, 
         test = (_in_layout(model, test[0], layout, field="test"), test[1])
     if model.t(model.inputs[0]).dtype != "int8":
         cx = x if calib is None else _in_layout(model, calib, layout, field="calib")
-        model = quantize_graph(model, cx[:CALIB_SAMPLES], output_range=(-logit_range, logit_range))
+        model = quantize_for_training(model, cx, logit_range)
     tg = training_graph(model, update, qas=qas, float_classifier=float_classifier, weight_headroom=weight_headroom)
     trainer = BackpropTrainer(tg, lr=lr, rounding=rounding, seed=seed, momentum=momentum, accumulate=accumulate)
     try:

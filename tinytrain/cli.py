@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .compiler import hparams
+from .compiler import hparams, recipe
 from .compiler.errors import TinytrainError
 from .compiler.hparams import argtype
 
@@ -43,17 +43,24 @@ def cmd_inspect(args):
     if support:
         print("\nONNX ops:")
         print(format_table(["op", "count", "supported"], [(o, c, "yes" if s else "NO") for o, c, s in support]))
+    from .data import model_layout
     g = load(args.model, args.input_shape)
     rows = layer_table(g)
+    layout = model_layout(g.meta.get("input_shape"), g.meta.get("input_layout"))
     print(f"\ntinytrain IR ({g.t(g.inputs[0]).dtype}): input {g.meta.get('input_name')} "
-          f"{g.meta.get('input_shape')} (stored as {list(g.t(g.inputs[0]).shape)}, NHWC)")
-    print(format_table(["#", "layer", "op", "output (NHWC)", "params", "MACs", "fused act"],
-                       [(i, r["node"], r["op"], "x".join(map(str, r["output"])), r["params"], r["macs"],
-                         "" if r["act"] is None else f"clamp{tuple(r['act'])}") for i, r in enumerate(rows)]))
+          f"{g.meta.get('input_shape')}, layout {(layout or 'flat').upper()} (data files in this layout, or "
+          f"--layout; stored as {list(g.t(g.inputs[0]).shape)}, NHWC)")
+    geo = lambda r, k: "x".join(map(str, r[k])) if k in r else ""
+    print(format_table(["#", "layer", "op", "kernel", "stride", "groups", "output (NHWC)", "params", "MACs",
+                        "fused act"],
+                       [(i, r["node"], r["op"] + (" (depthwise)" if r.get("depthwise") else ""), geo(r, "kernel"),
+                         geo(r, "stride"), r.get("groups", ""), "x".join(map(str, r["output"])), r["params"],
+                         r["macs"], "" if r["act"] is None else f"clamp{tuple(r['act'])}")
+                        for i, r in enumerate(rows)]))
     print(f"\ntotal: {len(rows)} layers, {sum(r['params'] for r in rows)} parameters, "
           f"{sum(r['macs'] for r in rows)} MACs per sample")
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": str(args.model), "layers": rows,
+        Path(args.json).write_text(json.dumps({"model": str(args.model), "input_layout": layout, "layers": rows,
                                                "onnx_ops": support}, indent=1, default=str))
     unsupported = [o for o, _, s in (support or []) if not s]
     return 2 if unsupported else 0
@@ -121,19 +128,20 @@ cmd_quantize = _staged(_quantize)
 
 
 def _train(args, out):
-    from .api import load, quantize, save
+    from .api import load, quantize_for_training, save
     from .compiler.pipeline import training_graph
     from .compiler.passes.autodiff import strip_training
     from .compiler.scheme import resolve
-    from .data import CALIB_SAMPLES
     from .train.backprop import BackpropTrainer
     from .train.loop import fit
     g = load(args.model, args.input_shape)
     x, y = _data(args, g, args.data, need_labels=True)
     test = _data(args, g, args.test, need_labels=True) if args.test else None
     if g.t(g.inputs[0]).dtype != "int8":
-        cx = _data(args, g, args.calib, calibration=True)[0] if args.calib else x[:CALIB_SAMPLES]
-        g = quantize(g, cx, output_range=(-args.logit_range, args.logit_range))
+        cx = _data(args, g, args.calib, calibration=True)[0] if args.calib else x
+        g = quantize_for_training(g, cx, args.logit_range)
+    if args.lr is None:
+        args.lr = recipe.default_lr(args.trainer)
     n_cls = g.t(g.outputs[0]).size
     for name, labels in (("--data", y), ("--test", None if test is None else test[1])):
         if labels is not None and (labels.min() < 0 or labels.max() >= n_cls):
@@ -141,6 +149,10 @@ def _train(args, out):
     if not args.allow_one_class and len(y) and (y == y[0]).all():
         raise TinytrainError(f"every label is {int(y[0])}: a classifier cannot learn from one class (it learns "
                              f"to always answer {int(y[0])}); pass --allow-one-class to train anyway", file=args.data)
+    if args.update == "auto":
+        kw = dict(qas=not args.no_qas, float_classifier=args.float_classifier, weight_headroom=args.weight_headroom)
+        args.update, why = _choose_scheme(g, args, _size(args, "--sram"), kw)
+        print(f"update: {args.update} ({why})")
     scheme = resolve(g, args.update)
     final = Path(args.output)
     if args.trainer in ("mezo", "hybrid"):
@@ -233,6 +245,16 @@ cmd_train = _staged(_train)
 AUTO_SCHEMES = ("full", "last-8", "sparse", "last-4", "tte", "last-2", "bias", "classifier")
 
 
+def _size(args, flag):
+    """A --sram / --flash value in bytes (None when not given); a bad one is a one-line error."""
+    from .memreport import parse_size
+    text = getattr(args, flag.lstrip("-"), None)
+    try:
+        return parse_size(text) if text is not None else None
+    except ValueError as e:
+        raise TinytrainError(str(e), field=flag) from None
+
+
 def _scheme_need(g, update, args, sram, kw, stack=2048):
     """SRAM a backprop build of this scheme needs, as `compile` would plan it (arena + trainable
     state + context + stack), and its trainable parameter count; None if the scheme cannot be
@@ -243,7 +265,7 @@ def _scheme_need(g, update, args, sram, kw, stack=2048):
         tg = training_graph(g, update, **kw)
     except TinytrainError:
         return None
-    arena = memory_plan(tg, in_place=not args.no_in_place, sram=sram)[1].arena_size
+    arena = memory_plan(tg, in_place=not getattr(args, "no_in_place", False), sram=sram)[1].arena_size
     return arena + state_bytes(tg)[0] + 40 + stack, sum(tg.t(t).size for t in tg.meta["training"]["trainable"])
 
 
@@ -271,22 +293,66 @@ def _choose_scheme(g, args, sram, kw):
                   + (f"; also fit: {others}" if others else ""))
 
 
+def _mezo_need(g, update, args, stack=2048):
+    """SRAM a MeZO build of this scheme needs (arena of the forward with the input kept for
+    the second pass + trainable state + context + stack), as compile_mezo plans it; None if
+    MeZO cannot train it."""
+    from .compiler.passes.plan_memory import plan_memory, state_bytes
+    from .compiler.passes.zo_plan import zo_plan
+    from .compiler.scheme import resolve
+    try:
+        gz = zo_plan(g, resolve(g, update), args.eps)
+    except TinytrainError:
+        return None
+    gz.outputs = list(gz.outputs) + [gz.inputs[0]]
+    arena = plan_memory(gz).arena_size
+    gz.meta["training"] = {"trainable": [it["tid"] for it in gz.meta["zo"]["items"]]}
+    return arena + state_bytes(gz)[0] + 40 + stack
+
+
 def _choose_trainer(g, args, sram, kw):
-    """--trainer auto: backprop when its plan fits the budget, MeZO otherwise."""
+    """--trainer auto: backprop when its plan fits the budget, else MeZO when its plan fits;
+    neither: one line with what both need."""
     from .compiler.pipeline import training_graph
+    kb = lambda v: f"~{v / 1024:.0f} KB"
     try:
         training_graph(g, args.update, **kw)
+        need, why = _scheme_need(g, args.update, args, sram, kw)[0], None
     except TinytrainError as e:
-        return "mezo", f"backprop cannot train this scheme: {e.problem}"
-    need = _scheme_need(g, args.update, args, sram, kw)[0]
-    if sram is not None and need > sram:
-        return "mezo", f"backprop needs ~{need / 1024:.0f} KB, more than the {sram / 1024:.0f} KB budget"
-    return "backprop", f"it fits: ~{need / 1024:.0f} KB" + ("" if sram is None else f" of {sram / 1024:.0f} KB")
+        need, why = None, f"backprop cannot train this scheme: {e.problem}"
+    if need is not None and (sram is None or need <= sram):
+        return "backprop", f"it fits: {kb(need)}" + ("" if sram is None else f" of {sram / 1024:.0f} KB")
+    why = why or f"backprop needs {kb(need)}, more than the {sram / 1024:.0f} KB budget"
+    mezo = _mezo_need(g, args.update, args)
+    if mezo is None:
+        raise TinytrainError(f"--trainer auto: {why}, and MeZO cannot train scheme '{args.update}' either",
+                             field="--trainer")
+    if sram is not None and mezo > sram:
+        raise TinytrainError(f"neither trainer fits {sram / 1024:.0f} KB of SRAM: backprop needs "
+                             f"{'-' if need is None else kb(need)}, MeZO {kb(mezo)} (scheme '{args.update}'); "
+                             f"try a smaller --update, e.g. classifier or bias", field="--sram")
+    return "mezo", f"{why}; MeZO fits: {kb(mezo)}" + ("" if sram is None else f" of {sram / 1024:.0f} KB")
+
+
+class _Phases:
+    """`compile` says what it did as it goes: one line per phase with its time."""
+
+    def __init__(self):
+        import time
+        self.clock = time.perf_counter
+        self.last = self.clock()
+
+    def __call__(self, what):
+        now = self.clock()
+        print(f"[{now - self.last:5.1f} s] {what}", flush=True)
+        self.last = now
 
 
 def _compile(args, out):
-    from .api import load, quantize
-    from .compiler.pipeline import compile_graph
+    from .api import load, quantize_for_training
+    from .compiler.codegen.emit_c import emit
+    from .compiler.passes.plan_memory import check_budget
+    from .compiler.pipeline import memory_plan, training_graph
     from .host import stack_estimate
     from .memreport import memory_summary, parse_size, write_reports
     from .compiler.codegen.cformat import check_name
@@ -300,12 +366,15 @@ def _compile(args, out):
     sram, flash = sizes["--sram"], sizes["--flash"]
     from .compiler.codegen.packages import describe, parse_kinds, write_packages
     packages = parse_kinds(args.package)
+    phase = _Phases()
     g = load(args.model, args.input_shape)
+    phase(f"import: {args.model}, {len(g.nodes)} layers")
     if g.t(g.inputs[0]).dtype != "int8":
         if not args.calib:
             raise TinytrainError("a float model needs calibration samples: pass --calib data.npz", file=args.model)
         cx = _data(args, g, args.calib, calibration=True)[0]
-        g = quantize(g, cx, output_range=(-args.logit_range, args.logit_range))
+        g = quantize_for_training(g, cx, args.logit_range)
+        phase(f"quantize: int8, calibrated on {len(cx)} samples of {args.calib}")
     final = Path(args.output)
     kw = dict(qas=not args.no_qas, float_classifier=args.float_classifier, weight_headroom=args.weight_headroom)
     if args.update == "auto":
@@ -318,13 +387,23 @@ def _compile(args, out):
     if trainer == "mezo":
         from .compiler.pipeline import compile_mezo
         tg, plan, facts = compile_mezo(g, out, name=args.name, update=args.update, eps=args.eps, queries=args.queries)
-    else:
-        tg, plan, facts = compile_graph(g, out, name=args.name, update=args.update, rounding=args.rounding,
-                                        in_place=not args.no_in_place, plan_sram=sram, **kw)
+        phase(f"MeZO graph, memory plan and C: arena {plan.arena_size} B")
+    else:                                   # compiler/pipeline.py compile_graph, phase by phase
+        tg = training_graph(g, args.update, **kw)
+        phase(f"training graph: {len(tg.nodes)} steps, scheme {tg.meta['training']['scheme']}")
+        tg, plan = memory_plan(tg, in_place=not args.no_in_place, sram=sram)
+        check_budget(tg, plan, None)
+        phase(f"memory plan: arena {plan.arena_size} B ({plan.algorithm})")
+        facts = emit(tg, plan, out, name=args.name, rounding=args.rounding)
+        phase(f"emit C: {out / (args.name + '.c')}")
     written = write_packages(out, facts, tg, packages, version=__version__)
+    if written:
+        phase(f"packages: {describe(out, written)}")
     stack = stack_estimate(out, args.name)
+    phase(f"stack estimate: {stack} B (gcc -fstack-usage)")
     summary = memory_summary(tg, plan, facts, stack, sram, flash)
     text = write_reports(out, tg, plan, facts, summary)
+    phase(f"reports: report.txt (with the memory timeline), report.json, memory.png")
     print(text, end="")
     problems = []
     if sram is not None and summary["sram_total_bytes"] > sram:
@@ -369,21 +448,37 @@ def _training_options(s):
                    help="full, bias, classifier, sparse, tte, last-<k>, TTE's published schemes tte-<net>-<kb> "
                         "(mbv2 49kb|73kb|99kb|123kb|138kb, proxyless 49kb|74kb|98kb|120kb|148kb, mcunet "
                         "49kb|74kb|99kb|124kb|148kb; tte-<kb> recognises the net), or a scheme.json (ours or "
-                        "TTE's backward_config) (default sparse); "
-                        "compile also takes auto: the preset with the most trainable parameters that fits --sram")
+                        "TTE's backward_config), or auto: the preset with the most trainable parameters that "
+                        "fits --sram (default sparse)")
     s.add_argument("--rounding", choices=["stochastic", "shadow"], default="stochastic",
                    help="how int8 updates below one step survive (default stochastic)")
     s.add_argument("--no-qas", action="store_true", help="turn quantization-aware scaling off (for comparison)")
     s.add_argument("--float-classifier", action="store_true",
                    help="keep the last layer in float32 (more accurate updates, 4x its weight memory)")
-    s.add_argument("--logit-range", type=argtype(hparams.check_logit_range, "--logit-range"), default=16.0,
+    s.add_argument("--logit-range", type=argtype(hparams.check_logit_range, "--logit-range"),
+                   default=recipe.LOGIT_RANGE,
                    help="a float model's logits are quantized to [-R, R], room to grow while training (default 16)")
-    s.add_argument("--weight-headroom", type=argtype(hparams.check_headroom, "--weight-headroom"), default=2.0,
+    s.add_argument("--weight-headroom", type=argtype(hparams.check_headroom, "--weight-headroom"),
+                   default=recipe.WEIGHT_HEADROOM,
                    help="trained weights get their scale x H so they can grow without saturating (default 2)")
-    s.add_argument("--eps", type=argtype(hparams.check_eps, "--eps", integer=True), default=1,
+    s.add_argument("--eps", type=argtype(hparams.check_eps, "--eps", integer=True), default=recipe.MEZO_EPS,
                    help="MeZO perturbation in quantization steps, 1..16 (default 1)")
-    s.add_argument("--queries", type=argtype(hparams.check_queries, "--queries", integer=True), default=1,
+    s.add_argument("--queries", type=argtype(hparams.check_queries, "--queries", integer=True),
+                   default=recipe.MEZO_QUERIES,
                    help="MeZO two-point estimates per step, 1..1024 (default 1)")
+
+
+
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, unless it has none (None, a switch) or
+    already names it."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        if "default" in h or action.default is None or action.default is False or not action.option_strings \
+                or action.default == argparse.SUPPRESS:
+            return h
+        return h + " (default: %(default)s)"
 
 
 class _UsageError(Exception):
@@ -391,8 +486,66 @@ class _UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
+    """Errors as one line (main); every option's default in its help."""
+
+    def __init__(self, *a, **kw):
+        kw.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*a, **kw)
+
     def error(self, message):
         raise _UsageError(f"{self.prog.split(' ', 1)[-1] + ': ' if ' ' in self.prog else ''}{message}")
+
+    def add_argument(self, *a, **kw):
+        action = super().add_argument(*a, **kw)
+        if action.help is None and action.option_strings and action.default is not None \
+                and action.default is not False:
+            action.help = "(default: %(default)s)"          # an option without help still shows its default
+        return action
+
+
+# Commands whose modules pull numpy/onnx in: registered from their module only when one of
+# them runs (or its --help is asked); otherwise as a name and help line, so `tinytrain
+# --help` imports neither.  tests/test_first_hour.py checks these lines are the modules' own.
+OPTIONAL_COMMANDS = {
+    "build": ("boards", "add_board_commands",
+              "cross-compile a compiled C project for a board: flash, RAM, stack"),
+    "run": ("boards", "add_board_commands",
+            "train on a board under QEMU: per-step loss, accuracy, instructions"),
+    "flash": ("flash", "add_flash_command",
+              "build and flash a real board (pyOCD): stm32f746g-disco, nrf52840-dk"),
+    "mezo": ("mezo_ort_cli", "add_commands",
+             "zeroth-order (MeZO) training of a float ONNX model on onnxruntime, at inference memory; "
+             "--replay rebuilds the trained model from its seeds"),
+}
+
+
+def _optional_module(module):
+    """Imported here, statically, so the import graph (tests/test_imports.py) sees them."""
+    if module == "boards":
+        from . import boards as m
+    elif module == "flash":
+        from . import flash as m
+    else:
+        from . import mezo_ort_cli as m
+    return m
+
+
+def _add_optional_commands(sub, argv):
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    wanted = words[0] if words else None
+    done = set()
+    for name, (module, fn, text) in OPTIONAL_COMMANDS.items():
+        if (module, fn) in done:
+            continue
+        if wanted is not None and OPTIONAL_COMMANDS.get(wanted, (None, None))[:2] == (module, fn):
+            try:
+                add = getattr(_optional_module(module), fn)
+            except ImportError:
+                continue
+            add(sub)
+            done.add((module, fn))
+        else:
+            sub.add_parser(name, help=text, add_help=False).set_defaults(func=None)
 
 
 def _force_option(s):
@@ -401,14 +554,16 @@ def _force_option(s):
                         "(only the files tinytrain writes are replaced; nothing else is deleted)")
 
 
-def build_parser():
+def build_parser(argv=None):
+    """The CLI's parser; argv (default sys.argv[1:]): the command line it is for, so that only
+    the command that runs imports its module."""
     p = _Parser(prog="tinytrain", description="On-device training compiler for int8 models.")
     p.add_argument("--version", action="version", version=f"tinytrain {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("inspect", help="ops, shapes, parameters and MACs per layer, and what is not supported")
     s.add_argument("model", help="model.onnx (or a .tt.npz saved by tinytrain)")
-    s.add_argument("--input-shape", type=_shape, help="override the input shape, e.g. 1,3,32,32")
+    s.add_argument("--input-shape", type=_shape, help="override the input shape, e.g. 1,3,32,32 (default: the model's)")
     s.add_argument("--json", help="also write the report as JSON to this file")
     s.set_defaults(func=cmd_inspect)
 
@@ -416,12 +571,14 @@ def build_parser():
     s.add_argument("model", help="model.onnx")
     s.add_argument("--calib", required=True, help="calibration samples (.npz with x[, y], .npy, .csv)")
     s.add_argument("--test", help="labelled test data for the float-vs-int8 accuracy report")
-    s.add_argument("--method", choices=["minmax", "percentile"], default="minmax")
-    s.add_argument("--percentile", type=argtype(hparams.check_percentile, "--percentile"), default=99.99)
+    s.add_argument("--method", choices=["minmax", "percentile"], default="minmax",
+                   help="activation ranges: min/max of the calibration, or a percentile of |x| (clips outliers)")
+    s.add_argument("--percentile", type=argtype(hparams.check_percentile, "--percentile"), default=99.99,
+                   help="the percentile of --method percentile")
     s.add_argument("--max-calib", type=int, default=500,
                    help="read only the first N calibration samples (default 500; 0: the whole file)")
     s.add_argument("--report-samples", type=int, default=100, help="samples for the per-layer error report")
-    s.add_argument("--input-shape", type=_shape, help="override the input shape, e.g. 1,3,32,32")
+    s.add_argument("--input-shape", type=_shape, help="override the input shape, e.g. 1,3,32,32 (default: the model's)")
     _data_options(s)
     s.add_argument("-o", "--output", required=True, help="output folder")
     _force_option(s)
@@ -435,22 +592,24 @@ def build_parser():
                                    "the first 500 are used")
     _training_options(s)
     _data_options(s)
-    s.add_argument("--epochs", type=int, default=1)
-    s.add_argument("--lr", type=argtype(hparams.check_lr, "--lr"), default=0.02,
-                   help="learning rate, in (0, 1000] (default 0.02)")
+    s.add_argument("--epochs", type=int, default=1, help="passes over the training data")
+    s.add_argument("--lr", type=argtype(hparams.check_lr, "--lr"), default=None,
+                   help=f"learning rate, in (0, 1000] (default: {recipe.LR['backprop']} for backprop and hybrid, "
+                        f"{recipe.LR['mezo']} for mezo)")
     s.add_argument("--trainer", choices=["backprop", "mezo", "hybrid"], default="backprop",
-                   help="mezo: zeroth-order (two forward passes, use a much smaller --lr, e.g. 1e-4); hybrid: "
+                   help="mezo: zeroth-order (two forward passes, a much smaller --lr); hybrid: "
                         "backprop for the classifier, MeZO for the rest")
     s.add_argument("--momentum", type=argtype(hparams.check_momentum, "--momentum"), default=0.0,
                    help="SGD momentum in [0, 1) (default 0: TTE found it hurts at batch 1)")
     s.add_argument("--accumulate", type=argtype(hparams.check_accumulate, "--accumulate", integer=True), default=1,
                    help="average the gradients of N samples per update (1..65536)")
-    s.add_argument("--max-samples", type=int, default=0, help="use at most N training samples per epoch")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--max-samples", type=int, default=0, help="use at most N training samples per epoch (0: all)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the data order and stochastic rounding")
     s.add_argument("--backend", choices=["sim", "c"], default="sim",
                    help="sim: the numba simulator; c: compile to C, build with gcc, train through it (bit-exact)")
-    s.add_argument("--input-shape", type=_shape, help="override the input shape, e.g. 1,3,32,32")
+    s.add_argument("--input-shape", type=_shape, help="override the input shape, e.g. 1,3,32,32 (default: the model's)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--sram", help="SRAM budget for --update auto, e.g. 256k (the plan compile would make)")
     s.add_argument("--allow-one-class", action="store_true",
                    help="train even when every --data label is the same class (refused by default)")
     s.add_argument("-o", "--output", required=True, help="output folder")
@@ -470,37 +629,20 @@ def build_parser():
     s.add_argument("--trainer", choices=["backprop", "mezo", "auto"], default="backprop",
                    help="mezo: zeroth-order, two forward passes a step at inference memory; auto: backprop when "
                         "it fits --sram, else mezo")
-    s.add_argument("--input-shape", type=_shape)
+    s.add_argument("--input-shape", type=_shape, help="override the input shape, e.g. 1,3,32,32 (default: the model's)")
     s.add_argument("--package", default="all",
                    help="build files written beside the C: all (default), none, or a comma list of "
                         "cmake,make,platformio,zephyr,arduino")
     s.add_argument("-o", "--output", required=True, help="output folder for the C project")
     _force_option(s)
     s.set_defaults(func=cmd_compile)
-    try:                                   # build / run / flash for boards (tinytrain/boards.py)
-        from .boards import add_board_commands
-    except ImportError:
-        add_board_commands = None
-    if add_board_commands is not None:
-        add_board_commands(sub)
-    try:                                   # flash a real board with pyOCD (tinytrain/flash.py)
-        from .flash import add_flash_command
-    except ImportError:
-        add_flash_command = None
-    if add_flash_command is not None:
-        add_flash_command(sub)
-    try:                                   # zeroth-order training on onnxruntime (tinytrain/mezo_ort.py)
-        from .mezo_ort_cli import add_commands as add_mezo_commands
-    except ImportError:
-        add_mezo_commands = None
-    if add_mezo_commands is not None:
-        add_mezo_commands(sub)
+    _add_optional_commands(sub, argv)
     return p
 
 
 def main(argv=None):
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(argv).parse_args(argv)
     except _UsageError as e:              # one line, exit 2, like every other user mistake
         print(f"tinytrain: error: {TinytrainError._printable(e)}", file=sys.stderr)
         return 2

@@ -99,7 +99,8 @@ def write_reports(out, tg, plan, facts, summary):
                         r["sram_param_bytes"], r["activation_bytes"], r["state"], r["gradient_bytes"]) for r in rows])
     s = summary
     kb = lambda v: f"{v / 1024:.1f} KB"
-    lines = [f"model: {tg.meta.get('source')}  scheme: {tg.meta['training']['scheme']}  QAS: "
+    trainer = "MeZO (zeroth-order: two forward passes a step, no backward graph)" if tg.meta.get("zo") else "backprop"
+    lines = [f"model: {tg.meta.get('source')}  trainer: {trainer}  scheme: {tg.meta['training']['scheme']}  QAS: "
              f"{'on' if tg.meta['training']['qas'] else 'off'}",
              f"SRAM: arena {kb(s['arena_bytes'])} ({s['arena_algorithm']}) + state {kb(s['state_bytes'])} "
              f"+ context {s['context_bytes']} B + stack ~{kb(s['stack_estimate_bytes'])} = "
@@ -120,34 +121,175 @@ def write_reports(out, tg, plan, facts, summary):
     lines += [f"  {r['tensor']:<50} {r['dtype']:<8} {r['bytes']:>8} B  @ {r['offset']}" for r in s["live_at_peak"][:12]]
     text = "\n".join(lines) + "\n\nper layer:\n" + t1 + f"\n\ntotal: {sum(r['params'] for r in rows)} params, " \
         f"{sum(r['macs'] for r in rows)} forward MACs\n"
-    (out / "report.txt").write_text(text)
+    full = text + "\n" + timeline(tg, plan) + "\n"
+    (out / "report.txt").write_text(full)
     (out / "report.json").write_text(json.dumps({"summary": s, "layers": rows, "facts": facts}, indent=1))
-    _png(out / "memory.png", tg, plan)
+    _png(out / "memory.png", tg, plan, s)
     return text
 
 
-def _png(path, tg, plan):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    fig, ax = plt.subplots(figsize=(10, 5))
+_COLORS = {"int8": (70, 120, 200), "float32": (240, 150, 50), "int32": (80, 170, 90), "uint8": (150, 150, 150)}
+_EDGE = (40, 40, 40)
+
+
+def short_name(name, keep=18):
+    """/blocks/blocks.10/conv/conv.1/conv.1.0/Conv -> 'blocks.10/conv.1.0': the path's
+    meaningful tail (an ONNX op's own name and a folder repeated by the next part dropped)."""
+    parts = [p for p in str(name).split("/") if p]
+    if len(parts) > 1 and parts[-1][:1].isupper():
+        parts = parts[:-1]
+    parts = [p for k, p in enumerate(parts) if not (k + 1 < len(parts) and parts[k + 1].startswith(p))]
+    text = "/".join(parts[-2:]) or str(name)
+    return text if len(text) <= keep else text[-keep:]
+
+
+def step_label(tg, node):
+    """A schedule step's label: the layer for a forward node, the kind of backward work
+    (dX input gradient, dW weight gradient, upd update) and the layer for the rest."""
     fwd = set(tg.meta["training"]["forward"])
+    name = short_name(node.name)
+    if node.id in fwd:
+        return name
+    op = node.op
+    tag = ("dX" if "grad_input" in op else "dW" if "grad_weight" in op else "db" if "grad_bias" in op
+           else "upd" if "update" in op else "loss" if "loss" in op else "d")
+    return f"{tag} {name}"
+
+
+def timeline(tg, plan, width=48):
+    """The memory plan as text, one line per schedule step: the arena drawn `width`
+    characters wide, each live buffer as its letter over the bytes it holds ('.' free),
+    and the bytes live at that step; the peak step is marked; then the buffers' letters."""
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+    size = max(1, plan.arena_size)
+    order = sorted(plan.buffers, key=lambda b: (b.start, b.offset))
+    mark = {id(b): letters[k % len(letters)] for k, b in enumerate(order)}
+    fwd = set(tg.meta["training"]["forward"])
+    lines = [f"memory timeline: the arena ({size} B) {width} characters wide, a letter per live buffer "
+             f"('.' free; letters repeat after 62 buffers); F forward, B backward, * the peak"]
+    for step, node in enumerate(tg.nodes):
+        row = ["."] * width
+        live = [b for b in order if b.start <= step <= b.end]
+        for b in live:
+            a = b.offset * width // size
+            e = max(a + 1, -(-(b.offset + b.size) * width // size))
+            for c in range(a, min(e, width)):
+                row[c] = mark[id(b)]
+        total = sum(b.size for b in live)
+        lines.append(f"{step:>4} {'F' if node.id in fwd else 'B'}{'*' if step == plan.peak_step else ' '}"
+                     f"|{''.join(row)}| {total:>8} B  {node.op} {short_name(node.name, 40)}")
+    lines.append("buffers (letter: tensor, bytes, steps):")
+    for b in order:
+        t = tg.t(b.tensors[0])
+        lines.append(f"  {mark[id(b)]}: {t.name} ({t.dtype}), {b.size} B, steps {b.start}-{b.end}")
+    return "\n".join(lines)
+
+
+def _png(path, tg, plan, summary=None):
+    """The memory plan as a picture, drawn with tinytrain/pngdraw.py (no plotting library):
+    every arena buffer as a box over its lifetime (x: schedule step) and offsets (y), the
+    state blob and stack above the arena, the --sram budget, the peak, forward | backward,
+    and the layer of every step along the x axis."""
+    from .pngdraw import ADVANCE, Canvas, text_width
+    s = summary or {"state_bytes": 0, "context_bytes": 0, "stack_estimate_bytes": 0, "sram_budget_bytes": None,
+                    "peak_node": "", "sram_total_bytes": plan.arena_size}
+    kb = lambda v: f"{v / 1024:.1f} KB"
+    steps = max(1, len(tg.nodes))
+    sx = 8 if steps <= 200 else max(2, 1600 // steps)
+    left, right, top, plot_h = 70, 250, 48, 380
+    labels = max(text_width(step_label(tg, n)) for n in tg.nodes) + 10 if tg.nodes else 10
+    bottom = 22 + labels + 40
+    w = left + steps * sx + right
+    c = Canvas(max(w, 900), top + plot_h + bottom)
+    arena, state = plan.arena_size, s["state_bytes"]
+    extra = s["context_bytes"] + s["stack_estimate_bytes"]
+    total = arena + state + extra
+    budget = s.get("sram_budget_bytes")
+    ymax = max(total * 1.12, 1)
+    budget_on_scale = budget is not None and budget <= total * 1.6
+    if budget_on_scale:
+        ymax = max(ymax, budget * 1.06)
+    y_of = lambda b: top + plot_h - b * plot_h / ymax
+    x_of = lambda step: left + step * sx
+    # y grid and axis in KB
+    tick = next(t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10 ** 4, 10 ** 5, 10 ** 6)
+                if ymax / 1024 / t <= 8)
+    for k in range(0, int(ymax / 1024 / tick) + 1):
+        y = y_of(k * tick * 1024)
+        c.hline(left, x_of(steps), int(y), (225, 225, 225))
+        c.text(left - 8 - text_width(str(k * tick)), int(y) - 3, str(k * tick))
+    c.text(4, top - 14, "SRAM (KB)")
+    # the arena's buffers
     for b in plan.buffers:
         t = tg.t(b.tensors[0])
-        color = "tab:blue" if t.dtype == "int8" else ("tab:orange" if t.dtype == "float32" else "tab:gray")
-        ax.add_patch(plt.Rectangle((b.start, b.offset / 1024), b.end - b.start + 1, b.size / 1024,
-                                   facecolor=color, edgecolor="black", linewidth=0.2, alpha=0.8))
+        x0, x1 = x_of(b.start), x_of(b.end + 1)
+        y0, y1 = y_of(b.offset + b.size), y_of(b.offset)
+        c.rect(x0, y0, x1, y1, _COLORS.get(t.dtype, (120, 120, 120)))
+        if y1 - y0 >= 3 and x1 - x0 >= 3:
+            c.frame(x0, y0, x1, y1 + 1, _EDGE)
+    # the state blob and the context + stack, live all the time
+    for lo, hi, color, what in ((arena, arena + state, (150, 90, 190), f"state blob {kb(state)}"),
+                                (arena + state, total, (200, 200, 200), f"stack + context {kb(extra)}")):
+        if hi > lo:
+            c.rect(x_of(0), y_of(hi), x_of(steps), y_of(lo), color)
+            c.frame(x_of(0), y_of(hi), x_of(steps), y_of(lo) + 1, _EDGE)
+            c.text(x_of(steps) + 6, int((y_of(hi) + y_of(lo)) / 2) - 3, what)
+    c.text(x_of(steps) + 6, int(y_of(arena / 2)) - 3, f"arena {kb(arena)}")
+    c.frame(left, top, x_of(steps) + 1, top + plot_h + 1, (0, 0, 0))
+    # forward | backward
+    fwd = set(tg.meta["training"]["forward"])
     n_fwd = sum(1 for n in tg.nodes if n.id in fwd)
-    ax.axvline(n_fwd, color="red", linewidth=0.8)
-    ax.set_xlim(0, len(tg.nodes) + 1)
-    ax.set_ylim(0, plan.arena_size / 1024 * 1.05)
-    ax.set_xlabel("schedule step (red line: forward | backward)")
-    ax.set_ylabel("arena offset (KB)")
-    ax.set_title(f"arena {plan.arena_size / 1024:.1f} KB ({plan.algorithm}); blue int8, orange float32, grey masks")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    c.vline(x_of(n_fwd), top, top + plot_h, (210, 30, 30), width=2)
+    c.text(x_of(n_fwd) - 6 - text_width("forward"), top + 4, "forward", (210, 30, 30))
+    c.text(x_of(n_fwd) + 6, top + 4, "backward", (210, 30, 30))
+    # the budget
+    red = (200, 0, 0)
+    if budget is not None:
+        if budget_on_scale:
+            c.hline(left, x_of(steps), int(y_of(budget)), red, dash=6)
+            c.rect(left, int(y_of(budget)) - 1, x_of(steps), int(y_of(budget)), red)
+            c.text(x_of(steps) + 6, int(y_of(budget)) - 3, f"budget {kb(budget)}", red)
+        else:
+            c.text(x_of(steps) + 6, top - 3, f"budget {kb(budget)}", red)
+            c.text(x_of(steps) + 6, top + 7, f"(above: {kb(budget - total)} free)", red)
+    # the peak
+    pk = min(plan.peak_step, steps - 1)
+    xp = x_of(pk) + sx // 2
+    c.vline(xp, top, top + plot_h, (0, 0, 0), dash=3)
+    yp = int(y_of(arena))
+    for k in range(6):                              # a triangle pointing down at the peak
+        c.rect(xp - 6 + k, yp - 8 + k, xp + 7 - k, yp - 7 + k, (0, 0, 0))
+    peak_text = f"peak: arena {kb(arena)}, SRAM {kb(total)} at step {pk}"
+    px = min(max(left, xp - text_width(peak_text) // 2), c.w - text_width(peak_text) - 4)
+    c.text(px, max(top + 16, yp - 20), peak_text)
+    # title and legend
+    c.text(left, 8, f"memory plan of {short_name(tg.meta.get('source') or 'model', 40)}: "
+                    f"scheme {tg.meta['training'].get('scheme')}, arena {kb(arena)} ({plan.algorithm}) + state "
+                    f"{kb(state)} + stack/context {kb(extra)} = {kb(total)}"
+                    + (f" of {kb(budget)}" if budget else ""), scale=1)
+    c.text(left, 22, f"peak at step {pk}: {s.get('peak_node', '')}"[:160])
+    # x axis: step numbers and every step's layer, written upwards
+    y_axis = top + plot_h
+    for k in range(0, steps + 1, 10):
+        c.vline(x_of(k), y_axis, y_axis + 4, (0, 0, 0))
+        c.text(x_of(k) - text_width(str(k)) // 2, y_axis + 6, str(k))
+    if sx >= ADVANCE + 1:
+        for k, n in enumerate(tg.nodes):
+            color = (0, 0, 0) if n.id in fwd else (110, 110, 110)
+            if k == pk:
+                color = red
+            label = step_label(tg, n)
+            c.text(x_of(k) + (sx - 7) // 2, y_axis + 20 + text_width(label), label, color, vertical=True)
+    ly = c.h - 16
+    x = left
+    for dtype, what in (("int8", "int8 activations"), ("float32", "float32 gradients"), ("int32", "int32"),
+                        ("uint8", "masks (1 bit)")):
+        c.rect(x, ly, x + 12, ly + 8, _COLORS[dtype])
+        c.text(x + 16, ly, what)
+        x += 16 + text_width(what) + 18
+    c.rect(x, ly, x + 12, ly + 8, (150, 90, 190))
+    c.text(x + 16, ly, "trained parameters (state blob)")
+    x += 16 + text_width("trained parameters (state blob)") + 18
+    c.text(x, ly, "x: schedule step, its layer below (grey: backward)")
+    c.save(path)
     return path

@@ -21,13 +21,32 @@ def onnx_op_support(path):
     return [(op, c, op in known) for op, c in sorted(counts.items())]
 
 
+def conv_geometry(graph, node):
+    """A convolution's (or pool's) kernel, stride, groups and whether it is depthwise (one
+    filter per input channel): {"kernel": [kh, kw], "stride": [..], "groups": g,
+    "depthwise": bool}; {} for other ops.  Weights are stored OHWI (O, kh, kw, I/groups)."""
+    if "stride" not in node.attrs:
+        return {}
+    out = {"stride": list(node.attrs["stride"])}
+    if "kernel" in node.attrs:
+        out["kernel"] = list(node.attrs["kernel"])
+    elif len(node.inputs) > 1 and graph.t(node.inputs[1]).kind == "const":
+        out["kernel"] = list(graph.t(node.inputs[1]).shape[1:-1])
+    if "groups" in node.attrs:
+        groups = int(node.attrs["groups"])
+        cin = graph.t(node.inputs[0]).shape[-1]
+        out["groups"] = groups
+        out["depthwise"] = groups > 1 and groups == cin
+    return out
+
+
 def layer_table(graph):
     rows = []
     for n in graph.nodes:
         op = get_op(n.op)
         y = graph.t(n.outputs[0])
         rows.append({"node": n.name, "op": n.op, "output": list(y.shape), "params": op.params(n, graph),
-                     "macs": op.macs(n, graph), "act": n.attrs.get("act")})
+                     "macs": op.macs(n, graph), "act": n.attrs.get("act"), **conv_geometry(graph, n)})
     return rows
 
 

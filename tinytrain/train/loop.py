@@ -36,6 +36,16 @@ def fit(trainer, x, y, epochs=1, seed=0, test=None, progress=True, out=sys.stder
     return history
 
 
+def rate_eta(done, total, seconds):
+    """'123.4 samples/s, ETA 0:42' (the epoch's remaining time at the rate so far)."""
+    if done <= 0 or seconds <= 0:
+        return "-- samples/s, ETA --"
+    rate = done / seconds
+    left = int(round((total - done) / rate))
+    eta = f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}" if left >= 3600 else f"{left // 60}:{left % 60:02d}"
+    return f"{rate:.1f} samples/s, ETA {eta}"
+
+
 def _epochs(trainer, x, y, epochs, rng, test, progress, out, n, tty, mon, history):
     for ep in range(epochs):
         t0 = time.perf_counter()
@@ -53,7 +63,7 @@ def _epochs(trainer, x, y, epochs, rng, test, progress, out, n, tty, mon, histor
             if progress and (tty or (k + 1) % max(1, n // 4) == 0 or k + 1 == n):
                 bar = "#" * int(30 * (k + 1) / n)
                 line = (f"epoch {ep + 1}/{epochs} [{bar:<30}] {k + 1}/{n}  loss {loss_sum / max(seen, 1):.4f}  "
-                        f"acc {100 * correct / (k + 1):.1f}%")
+                        f"acc {100 * correct / (k + 1):.1f}%  {rate_eta(k + 1, n, time.perf_counter() - t0)}")
                 print(("\r" + line) if tty else line, end="" if tty else "\n", file=out, flush=True)
         if tty:
             print(file=out)
