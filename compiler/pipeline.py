@@ -97,19 +97,24 @@ def memory_plan(graph, in_place=True, patch=True, sram=None):
 
 def compile_graph(graph_int8, out, name="model", update="sparse", qas=True, float_classifier=False,
                   rounding="stochastic", sram=None, in_place=True, weight_headroom=2.0, chunk_bytes=8192,
-                  patch=True, plan_sram=None):
+                  patch=True, plan_sram=None, progress=None):
     """int8 IR -> training graph -> memory plan (checked against `sram` bytes) -> C.
     `plan_sram` only steers the plan (the cheapest patching that fits) without the check.
+    `progress(text)`, if given, hears of each phase as it ends (the CLI prints them).
     -> (training graph as compiled, plan, facts)"""
     from .codegen.cformat import check_name
     from .codegen.emit_c import emit
     from .passes.plan_memory import check_budget
     check_name(name)
+    say = progress or (lambda text: None)
     tg = training_graph(graph_int8, update, qas=qas, float_classifier=float_classifier,
                         weight_headroom=weight_headroom, chunk_bytes=chunk_bytes)
+    say(f"training graph: {len(tg.nodes)} steps, scheme {tg.meta['training']['scheme']}")
     tg, plan = memory_plan(tg, in_place=in_place, patch=patch, sram=sram if sram is not None else plan_sram)
     check_budget(tg, plan, sram)
+    say(f"memory plan: arena {plan.arena_size} B ({plan.algorithm})")
     facts = emit(tg, plan, out, name=name, rounding=rounding)
+    say(f"emit C: {name}.c, {name}.h, runtime/")
     return tg, plan, facts
 
 

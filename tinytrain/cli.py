@@ -350,9 +350,7 @@ class _Phases:
 
 def _compile(args, out):
     from .api import load, quantize_for_training
-    from .compiler.codegen.emit_c import emit
-    from .compiler.passes.plan_memory import check_budget
-    from .compiler.pipeline import memory_plan, training_graph
+    from .compiler.pipeline import compile_graph
     from .host import stack_estimate
     from .memreport import memory_summary, parse_size, write_reports
     from .compiler.codegen.cformat import check_name
@@ -388,14 +386,9 @@ def _compile(args, out):
         from .compiler.pipeline import compile_mezo
         tg, plan, facts = compile_mezo(g, out, name=args.name, update=args.update, eps=args.eps, queries=args.queries)
         phase(f"MeZO graph, memory plan and C: arena {plan.arena_size} B")
-    else:                                   # compiler/pipeline.py compile_graph, phase by phase
-        tg = training_graph(g, args.update, **kw)
-        phase(f"training graph: {len(tg.nodes)} steps, scheme {tg.meta['training']['scheme']}")
-        tg, plan = memory_plan(tg, in_place=not args.no_in_place, sram=sram)
-        check_budget(tg, plan, None)
-        phase(f"memory plan: arena {plan.arena_size} B ({plan.algorithm})")
-        facts = emit(tg, plan, out, name=args.name, rounding=args.rounding)
-        phase(f"emit C: {out / (args.name + '.c')}")
+    else:
+        tg, plan, facts = compile_graph(g, out, name=args.name, update=args.update, rounding=args.rounding,
+                                        in_place=not args.no_in_place, plan_sram=sram, progress=phase, **kw)
     written = write_packages(out, facts, tg, packages, version=__version__)
     if written:
         phase(f"packages: {describe(out, written)}")
