@@ -267,6 +267,8 @@ def worker_torch(out, only, timeout):
         if only and not re.search(only, name):
             continue
         path = out / f"{name}.onnx"
+        for stale in (path, path.with_name(path.name + ".data")):
+            stale.unlink(missing_ok=True)
         torch.manual_seed(SEED)
         e = {"name": name, "environment": "torch", "versions": versions, "input_shape": list(shape),
              "variant": variant}
@@ -331,6 +333,7 @@ def worker_tf(out, only, timeout):
         if only and not re.search(only, name):
             continue
         path = out / f"{name}.onnx"
+        tf.keras.backend.clear_session()   # layer-name counters restart: names do not depend on --only
         tf.keras.utils.set_random_seed(SEED)
         try:
             model, shape = keras_nets.NETS[net]()
@@ -506,6 +509,14 @@ def describe(path, e):
     e["batchnorm_nodes"] = ops.get("BatchNormalization", 0)
     e["bn"] = "kept" if e["batchnorm_nodes"] else "folded (or none)"
     e["parameters"] = int(sum(int(np.prod(i.dims)) for i in m.graph.initializer))
+    # a name-independent fingerprint: tf2onnx's bytes are not reproducible run to run (the names
+    # it gives folded constants vary, even with PYTHONHASHSEED fixed), its weights and ops are
+    from onnx import numpy_helper
+    h = hashlib.sha256()
+    for b in sorted(numpy_helper.to_array(i).tobytes() for i in m.graph.initializer):
+        h.update(hashlib.sha256(b).digest())
+    e["weights_sha256"] = h.hexdigest()
+    e["reproducible_bytes"] = e.get("environment") != "tf" and "tf2onnx" not in e.get("derived_from", "")
     try:
         so = ort.SessionOptions()
         so.intra_op_num_threads = 1
@@ -581,6 +592,8 @@ def main(argv=None):
     ap.add_argument("--out", default=str(FILES))
     ap.add_argument("--only", help="regex: rebuild only the files whose names match")
     ap.add_argument("--timeout", type=int, default=60, help="seconds per export (default 60)")
+    ap.add_argument("--describe-only", action="store_true",
+                    help="rebuild nothing: recompute sha256, op counts and references of the files there")
     ap.add_argument("--skip", default="", help="comma list of torch,tf,wheels,qdq,down to skip")
     a = ap.parse_args(argv)
     out = Path(a.out)
@@ -592,19 +605,28 @@ def main(argv=None):
     skip = set(a.skip.split(",")) - {""}
     old = json.loads(MANIFEST.read_text()) if MANIFEST.exists() else {"files": []}
     entries = []
+    if a.describe_only:   # the files are there: recompute the manifest's facts and references only
+        skip |= {"torch", "tf", "wheels", "qdq", "down"}
+        entries = [e for e in old["files"] if not a.only or re.search(a.only, e["name"])]
     for env, py in (("torch", a.torch_python), ("tf", a.tf_python)):
         if env in skip:
             continue
         print(f"[{env}] {py}", flush=True)
-        cmd = [py, str(Path(__file__).resolve()), "--worker", env, "--out", str(out), "--timeout", str(a.timeout)]
-        if a.only:
-            cmd += ["--only", a.only]
-        r = subprocess.run(cmd)
-        wf = out / f"_worker_{env}.json"
-        if r.returncode or not wf.exists():
-            print(f"build.py: the {env} worker failed (exit {r.returncode})", file=sys.stderr)
-            continue
-        entries += json.loads(wf.read_text())
+        # tf2onnx numbers its generated names with process-wide counters: one process per file
+        # keeps a file's bytes independent of what else was built
+        selections = [a.only] if env == "torch" else \
+            [f"^{n}$" for n in (f"{net}_tf2onnx{o}" for net, o in KERAS) if not a.only or re.search(a.only, n)]
+        for sel in selections:
+            cmd = [py, str(Path(__file__).resolve()), "--worker", env, "--out", str(out), "--timeout", str(a.timeout)]
+            if sel:
+                cmd += ["--only", sel]
+            wf = out / f"_worker_{env}.json"
+            wf.unlink(missing_ok=True)
+            r = subprocess.run(cmd)
+            if r.returncode or not wf.exists():
+                print(f"build.py: the {env} worker failed (exit {r.returncode})", file=sys.stderr)
+                continue
+            entries += json.loads(wf.read_text())
     if "wheels" not in skip:
         print("[wheels]", flush=True)
         entries += build_wheels(out, a.only)
