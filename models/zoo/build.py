@@ -590,8 +590,9 @@ def main(argv=None):
     ap.add_argument("--torch-python", default="/work/zoo-venv/bin/python")
     ap.add_argument("--tf-python", default="/work/tf-venv/bin/python")
     ap.add_argument("--out", default=str(FILES))
+    ap.add_argument("--manifest", default=str(MANIFEST))
     ap.add_argument("--only", help="regex: rebuild only the files whose names match")
-    ap.add_argument("--timeout", type=int, default=60, help="seconds per export (default 60)")
+    ap.add_argument("--timeout", type=int, default=120, help="seconds per export, wall clock (default 120)")
     ap.add_argument("--describe-only", action="store_true",
                     help="rebuild nothing: recompute sha256, op counts and references of the files there")
     ap.add_argument("--skip", default="", help="comma list of torch,tf,wheels,qdq,down to skip")
@@ -603,7 +604,8 @@ def main(argv=None):
         (out / f"_worker_{a.worker}.json").write_text(json.dumps(entries, indent=1))
         return 0
     skip = set(a.skip.split(",")) - {""}
-    old = json.loads(MANIFEST.read_text()) if MANIFEST.exists() else {"files": []}
+    manifest_path = Path(a.manifest)
+    old = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"files": []}
     entries = []
     if a.describe_only:   # the files are there: recompute the manifest's facts and references only
         skip |= {"torch", "tf", "wheels", "qdq", "down"}
@@ -653,8 +655,8 @@ def main(argv=None):
                 "counts": {"files": sum(e["status"] == "ok" for e in merged),
                            "export_failed": sum(e["status"] != "ok" for e in merged)},
                 "files": merged}
-    MANIFEST.write_text(json.dumps(manifest, indent=1) + "\n")
-    print(f"manifest: {MANIFEST} ({manifest['counts']['files']} files, {manifest['counts']['export_failed']} "
+    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+    print(f"manifest: {manifest_path} ({manifest['counts']['files']} files, {manifest['counts']['export_failed']} "
           f"export failures)")
     return 0
 
