@@ -68,7 +68,7 @@ def classify(error):
     else:
         m = re.match(r"(?:\S+\.onnx)?(?:, node '[^']*')?(?:, op (\w+))?(?:(?:, )?field '[^']*')?: (.*)", error)
         op, text = (m.group(1) or "model", m.group(2)) if m else ("model", error)
-    text = re.sub(r"\S+\.onnx", "FILE", text)
+    text = re.sub(r"(?<!\S)(?!ai\.onnx)\S+\.onnx", "FILE", text)
     text = text.split("; supported:")[0]
     text = re.sub(r"'[^']*'", "'..'", text)
     text = re.sub(r"\[[^\]]*\]", "[..]", text)
@@ -188,7 +188,9 @@ def write_md(rows, manifest, args, path):
             if r.get(key):
                 classes[(step, classify(r[key]))].append(r["name"])
     cmd = "python benchmarks/coverage.py" + (" --subset" if args.subset else "") + \
-          (" --no-quant" if args.no_quant else "") + (" --no-compile" if args.no_compile else "")
+          (" --no-quant" if args.no_quant else "") + (" --no-compile" if args.no_compile else "") + \
+          (f" --rows {args.rows}" if args.rows else "") + \
+          (" --assemble " + " ".join(args.assemble) if args.assemble is not None else "")
     out = ["# Coverage of the zoo (issue 12)", "",
            f"    {cmd}", "",
            f"Corpus: models/zoo/manifest.json ({manifest['counts']['files']} files built by models/zoo/build.py, "
@@ -199,9 +201,13 @@ def write_md(rows, manifest, args, path):
            "classes float gives on them; with 1, agreement says little); rel err = ||int8 - float|| / ||float||. "
            "Compile: `tinytrain compile FILE --calib calib.npz --sram 256k --update auto`.", "",
            f"**imports: {imp}/{n} ({100 * imp / max(n, 1):.0f}%)**; int8 measured on {len(quant)}; "
-           f"**compiles under 256 KB: {comp_ok}/{n} ({100 * comp_ok / max(n, 1):.0f}%)**"
+           f"**compiles under 256 KB: {comp_ok}/{len(comp)} of those measured ({comp_ok}/{n} of all)**"
            + ("" if len(comp) >= imp else f"; compile measured on {len(comp)} of the {imp} that import "
               f"({imp - len(comp)} not measured, out of time: their compile column shows '-')"), "",
+           ("This table was assembled (`--assemble`) from resumable runs (`--rows`): a full row (import, int8, "
+            "compile) where one was measured, else the row of a `--no-compile` run, else of a `--no-quant "
+            "--no-compile` run; the 2-core machine was shared with other jobs (load 4-7), which made compiles "
+            "slow (60-150 s each), so compile was measured on a part only.\n") if args.assemble is not None else "",
            ("Not measured at all (out of time): " + ", ".join(r["name"] for r in unmeasured) + "\n")
            if unmeasured else "",
            "## Failure classes (what the next step fixes)", "",
