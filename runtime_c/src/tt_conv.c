@@ -1,125 +1,310 @@
 /**
- * @file tt_backward.c
- * @brief The float32 backward kernels of tt_kernels.h.
- *
- * Each function gives every output element the same float32 operations in the
- * same order as the numba kernel named in its comment, one rounding per
- * operation (build with -ffp-contract=off, never -ffast-math), so the results
- * are identical bit for bit.  Loops over independent elements may run in another
- * order than numba's (for speed: channels innermost, several terms per pass);
- * each kernel's comment says why its per-element order is unchanged.  `a += b * c` in numba is written
- * `a = a + b * c` here: a separate multiply and add.  Integer operands are
- * converted to float exactly (|x - zp| <= 255, |w| <= 127).
- *
- * Portable C99: no allocation, no globals, no libm; int32_t indices (every
- * tensor has fewer than 2^31 elements).
+ * @file tt_conv.c
+ * @brief Convolutions (full, grouped, depthwise, pointwise): the int8 forward and the float32
+ *        gradients (input, weight, bias).  Conventions: tt_internal.h.
  */
-#include "tt_kernels.h"
-#include "tt_arm_dsp.h" /* TT_RESTRICT */
+#include "tt_internal.h"
 
-#include <float.h>
-#include <string.h>
+/* ---- conv2d, int8 forward -------------------------------------------------- */
 
-#if defined(FLT_EVAL_METHOD) && (FLT_EVAL_METHOD != 0)
-#error "tt_backward.c needs float arithmetic evaluated in float (FLT_EVAL_METHOD == 0)"
+/*
+ * conv.py _conv2d_s8 (any groups) and _depthwise_conv2d_s8.  Integer sums are exact, so any
+ * order of the taps gives the same accumulator: the loop nests here are chosen for speed.
+ * Accumulator bound: |x - in_zp| <= 255, |w| <= 127, so with K = KH*KW*cg
+ * |acc| <= K * 32385 + |bias| <= K * 32512 + |bias| < 2^31, which quantize() guarantees (it refuses
+ * or rescales layers that could reach 2^31): int32 never overflows, in any order.
+ *
+ * Padding: instead of testing every tap, each output pixel first computes its range of valid
+ * kernel rows and columns (tap_range); padded taps contribute 0 and are skipped.
+ */
+
+/* The valid taps (rows x cols) of a depthwise conv for four adjacent channels: the inputs of a
+ * tap are four adjacent bytes, xrow / xcol bytes apart between kernel rows / columns; the weights
+ * of a channel are `taps` apart, wrow apart between kernel rows. */
+TT_NOINLINE static void dw_taps4(const int8_t *TT_RESTRICT xs, int32_t xrow, int32_t xcol, const int8_t *TT_RESTRICT ws,
+                                 int32_t wrow, int32_t taps, int32_t rows, int32_t cols, int32_t zp,
+                                 int32_t *TT_RESTRICT acc)
+{
+    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+    for (int32_t r = 0; r < rows; ++r) {
+        const int8_t *TT_RESTRICT x = xs + r * xrow;
+        const int8_t *TT_RESTRICT wj = ws + r * wrow;
+        for (int32_t j = 0; j < cols; ++j) {
+#if TT_USE_DSP
+            /* the four channels' inputs in one word, minus the zero point as halfword pairs;
+             * SMLABB / SMLATB multiply the matching halfword by the weight */
+            const uint32_t xw = tt_dsp_load4(x);
+            const uint32_t nzp = ((uint32_t)(-zp) & 0xFFFFu) * 0x00010001u;
+            const uint32_t xe = tt_dsp_sadd16(tt_dsp_sxtb16(xw), nzp);
+            const uint32_t xo = tt_dsp_sadd16(tt_dsp_sxtb16_ror8(xw), nzp);
+            a0 = tt_dsp_smlabb(xe, (uint32_t)(int32_t)wj[0], a0);
+            a1 = tt_dsp_smlabb(xo, (uint32_t)(int32_t)wj[taps], a1);
+            a2 = tt_dsp_smlatb(xe, (uint32_t)(int32_t)wj[2 * taps], a2);
+            a3 = tt_dsp_smlatb(xo, (uint32_t)(int32_t)wj[3 * taps], a3);
+#else
+            a0 += ((int32_t)x[0] - zp) * (int32_t)wj[0];
+            a1 += ((int32_t)x[1] - zp) * (int32_t)wj[taps];
+            a2 += ((int32_t)x[2] - zp) * (int32_t)wj[2 * taps];
+            a3 += ((int32_t)x[3] - zp) * (int32_t)wj[3 * taps];
 #endif
-#ifdef __FAST_MATH__
-#error "tt_backward.c must not be compiled with -ffast-math: results would differ from the simulator"
-#endif
-
-static int32_t dims_size(const tt_dims *d)
-{
-    return d->n * d->h * d->w * d->c;
-}
-
-static void zero_f32(float *x, int32_t n)
-{
-    int32_t i;
-    for (i = 0; i < n; ++i) {
-        x[i] = 0.0f;
-    }
-}
-
-/* train.py _mask_grad_f32 */
-void tt_mask_grad_f32(int32_t n, const float *dy, const uint8_t *mask, float *out)
-{
-    /* a mask byte at a time (eight elements; out may be dy itself: element i is read before it is written) */
-    int32_t i = 0, j;
-    for (; i + 8 <= n; i += 8) {
-        const uint32_t m = mask[i >> 3];
-        uint32_t v[8];
-        memcpy(v, dy + i, sizeof v); /* the bits of dy, kept (bit set) or cleared to +0.0f */
-        for (j = 0; j < 8; ++j) {
-            v[j] &= 0u - ((m >> j) & 1u);
+            x += xcol;
+            ++wj;
         }
-        memcpy(out + i, v, sizeof v);
     }
-    for (; i < n; ++i) {
-        out[i] = tt_mask_get(mask, i) != 0 ? dy[i] : 0.0f;
-    }
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    acc[3] = a3;
 }
 
-/* train.py _add_f32 */
-void tt_add_f32(int32_t n, const float *a, const float *b, float *out)
+#if (defined(__SSE2__) || defined(__ARM_NEON)) && !TT_USE_DSP
+/* Hosts with SIMD: depthwise with the channels as the vector: the weights transposed once per
+ * call into wt[tap][c] (int16), per pixel acc[c] += (x[c] - zp) * wt[tap][c] over the valid taps,
+ * 16 channels at a time.  Exact integer sums: the same results. */
+#define DWS_MAX_W 4096
+#define DWS_MAX_C 256
+static int depthwise_simd_s8(const tt_conv_params *p, const tt_quant_params *q, const int32_t *mult,
+                             const int32_t *shift, const tt_dims *in_dims, const int8_t *in,
+                             const tt_dims *filter_dims, const int8_t *w, const int32_t *bias, const tt_dims *out_dims,
+                             int8_t *out, uint8_t *mask)
 {
-    int32_t i;
-    for (i = 0; i < n; ++i) {
-        out[i] = a[i] + b[i];
+    const int32_t kh_n = filter_dims->h, kw_n = filter_dims->w, c_n = out_dims->c, taps = kh_n * kw_n;
+    int16_t wt[DWS_MAX_W];
+    int32_t acc[DWS_MAX_C];
+    if (c_n % 16 != 0 || c_n > DWS_MAX_C || taps * c_n > DWS_MAX_W) {
+        return 0;
     }
+    for (int32_t c = 0; c < c_n; ++c) {
+        for (int32_t t = 0; t < taps; ++t) {
+            wt[t * c_n + c] = (int16_t)w[c * taps + t];
+        }
+    }
+    for (int32_t n = 0; n < out_dims->n; ++n) {
+        for (int32_t oh = 0; oh < out_dims->h; ++oh) {
+            const int32_t h0 = oh * p->stride_h - p->pad_t;
+            int32_t kh0, kh1;
+            tap_range(h0, p->dil_h, kh_n, in_dims->h, &kh0, &kh1);
+            for (int32_t ow = 0; ow < out_dims->w; ++ow) {
+                const int32_t w0 = ow * p->stride_w - p->pad_l;
+                int32_t kw0, kw1;
+                tap_range(w0, p->dil_w, kw_n, in_dims->w, &kw0, &kw1);
+                for (int32_t c = 0; c < c_n; ++c) {
+                    acc[c] = bias[c];
+                }
+                for (int32_t kh = kh0; kh < kh1; ++kh) {
+                    for (int32_t kw = kw0; kw < kw1; ++kw) {
+                        const int8_t *TT_RESTRICT xs = in + nhwc(in_dims, n, h0 + kh * p->dil_h, w0 + kw * p->dil_w, 0);
+                        const int16_t *TT_RESTRICT wk = wt + (kh * kw_n + kw) * c_n;
+                        const int16_t z = (int16_t)q->in_zp;
+                        for (int32_t c0 = 0; c0 < c_n; c0 += 16) {
+                            int32_t *TT_RESTRICT a = acc + c0;
+                            for (int32_t j = 0; j < 16; ++j) {
+                                a[j] += (int32_t)(int16_t)((int16_t)xs[c0 + j] - z) * (int32_t)wk[c0 + j];
+                            }
+                        }
+                    }
+                }
+                requant_store(acc, c_n, mult, shift, q, out, mask, nhwc(out_dims, n, oh, ow, 0));
+            }
+        }
+    }
+    return 1;
 }
+#endif
 
-/* train.py _sum_to_4d_f32: out[a, b, c_, cc] += d[n, h, w, c] in d's memory order,
- * an output index is 0 on an axis where dims_out has 1. */
-void tt_sum_to_f32(const tt_dims *dims, const float *d, const tt_dims *dims_out, float *out)
+/* Depthwise (one input and one output channel per group): per output pixel, four channels at a
+ * time keep their accumulators in registers over the valid taps (the four inputs of a tap are
+ * adjacent bytes), then one channel at a time for the rest. */
+static void depthwise_s8(const tt_conv_params *p, const tt_quant_params *q, const int32_t *mult,
+                         const int32_t *shift, const tt_dims *in_dims, const int8_t *in, const tt_dims *filter_dims,
+                         const int8_t *w, const int32_t *bias, const tt_dims *out_dims, int8_t *out, uint8_t *mask)
 {
-    const int32_t on = dims_out->n > 1, oh = dims_out->h > 1, ow = dims_out->w > 1, oc = dims_out->c > 1;
-    int32_t n, h, w, c;
-    int32_t i = 0;
-    zero_f32(out, dims_size(dims_out));
-    for (n = 0; n < dims->n; ++n) {
-        const int32_t a = on ? n : 0;
-        for (h = 0; h < dims->h; ++h) {
-            const int32_t b = oh ? h : 0;
-            for (w = 0; w < dims->w; ++w) {
-                const int32_t c_ = ow ? w : 0;
-                float *row = out + ((a * dims_out->h + b) * dims_out->w + c_) * dims_out->c;
-                for (c = 0; c < dims->c; ++c) {
-                    const int32_t j = oc ? c : 0;
-                    row[j] = row[j] + d[i];
-                    ++i;
+    const int32_t kh_n = filter_dims->h, kw_n = filter_dims->w, c_n = out_dims->c, taps = kh_n * kw_n;
+    const int32_t zp = q->in_zp;
+    const int32_t xstep = p->dil_w * in_dims->c;
+#if (defined(__SSE2__) || defined(__ARM_NEON)) && !TT_USE_DSP
+    if (depthwise_simd_s8(p, q, mult, shift, in_dims, in, filter_dims, w, bias, out_dims, out, mask)) {
+        return;
+    }
+#endif
+    for (int32_t n = 0; n < out_dims->n; ++n) {
+        for (int32_t oh = 0; oh < out_dims->h; ++oh) {
+            const int32_t h0 = oh * p->stride_h - p->pad_t;
+            int32_t kh0, kh1;
+            tap_range(h0, p->dil_h, kh_n, in_dims->h, &kh0, &kh1);
+            for (int32_t ow = 0; ow < out_dims->w; ++ow) {
+                const int32_t w0 = ow * p->stride_w - p->pad_l;
+                int32_t kw0, kw1;
+                tap_range(w0, p->dil_w, kw_n, in_dims->w, &kw0, &kw1);
+                const int32_t o = nhwc(out_dims, n, oh, ow, 0);
+                const int32_t xpix = nhwc(in_dims, n, h0, w0, 0); /* may be negative: an offset, not a pointer */
+                int32_t c = 0;
+                int32_t acc[16]; /* four blocks of four channels requantized per call */
+                for (; c + 4 <= c_n; c += 4) {
+                    int32_t *a = acc + (c & 15);
+                    a[0] = bias[c];
+                    a[1] = bias[c + 1];
+                    a[2] = bias[c + 2];
+                    a[3] = bias[c + 3];
+                    if (kh1 > kh0 && kw1 > kw0) {
+                        dw_taps4(in + (xpix + (kh0 * p->dil_h * in_dims->w + kw0 * p->dil_w) * in_dims->c + c),
+                                 p->dil_h * in_dims->w * in_dims->c, xstep, w + c * taps + kh0 * kw_n + kw0, kw_n,
+                                 taps, kh1 - kh0, kw1 - kw0, zp, a);
+                    }
+                    if ((c & 15) == 12 || c + 8 > c_n) {
+                        const int32_t c0 = c & ~15;
+                        requant_store(acc, c + 4 - c0, mult + c0, shift + c0, q, out, mask, o + c0);
+                    }
+                }
+                for (; c < c_n; ++c) {
+                    int32_t a1 = bias[c];
+                    for (int32_t kh = kh0; kh < kh1; ++kh) {
+                        const int8_t *xs = in + (xpix + (kh * p->dil_h * in_dims->w + kw0 * p->dil_w) * in_dims->c + c);
+                        const int8_t *ws = w + c * taps + kh * kw_n + kw0;
+                        for (int32_t j = 0, xo = 0; j < kw1 - kw0; ++j, xo += xstep) {
+                            a1 += ((int32_t)xs[xo] - zp) * (int32_t)ws[j];
+                        }
+                    }
+                    requant_store(&a1, 1, mult + c, shift + c, q, out, mask, o + c);
                 }
             }
         }
     }
 }
 
-/** The taps k in [*k0, *k1) of a kernel of k_n taps with 0 <= start + k * dil < size. */
-static void tap_range(int32_t start, int32_t dil, int32_t k_n, int32_t size, int32_t *k0, int32_t *k1)
+#if (defined(__SSE2__) || defined(__ARM_NEON)) && !TT_USE_DSP
+/* Hosts with SIMD: a convolution with few inputs per output (K = KH*KW*Cin < 16, e.g. an RGB stem
+ * or a pointwise expansion of 8 channels) leaves the dot products too short to vectorize, so here
+ * the output channels are the vector: the weights transposed once per call into wt[k][co]
+ * (int16), and per pixel acc[co] += (x[k] - zp) * wt[k][co] over the valid taps, 16 channels at a
+ * time (constant trip count).  Exact integer sums: the same results. */
+#define SK_MAX_W 1024
+#define SK_MAX_CO 64
+static int small_k_s8(const tt_conv_params *p, const tt_quant_params *q, const int32_t *mult, const int32_t *shift,
+                      const tt_dims *in_dims, const int8_t *in, const tt_dims *filter_dims, const int8_t *w,
+                      const int32_t *bias, const tt_dims *out_dims, int8_t *out, uint8_t *mask)
 {
-    int32_t a = 0, b = k_n;
-    while (a < b && start + a * dil < 0) {
-        ++a;
+    const int32_t kh_n = filter_dims->h, kw_n = filter_dims->w, cg = filter_dims->c, co_n = filter_dims->n;
+    const int32_t k_n = kh_n * kw_n * cg;
+    int16_t wt[SK_MAX_W];
+    int32_t acc[SK_MAX_CO];
+    if (p->groups != 1 || cg >= 16 || co_n % 16 != 0 || co_n > SK_MAX_CO || k_n * co_n > SK_MAX_W) {
+        return 0;
     }
-    while (b > a && start + (b - 1) * dil >= size) {
-        --b;
+    for (int32_t co = 0; co < co_n; ++co) {
+        for (int32_t k = 0; k < k_n; ++k) {
+            wt[k * co_n + co] = (int16_t)w[co * k_n + k];
+        }
     }
-    *k0 = a;
-    *k1 = b;
+    for (int32_t n = 0; n < out_dims->n; ++n) {
+        for (int32_t oh = 0; oh < out_dims->h; ++oh) {
+            const int32_t h0 = oh * p->stride_h - p->pad_t;
+            int32_t kh0, kh1;
+            tap_range(h0, p->dil_h, kh_n, in_dims->h, &kh0, &kh1);
+            for (int32_t ow = 0; ow < out_dims->w; ++ow) {
+                const int32_t w0 = ow * p->stride_w - p->pad_l;
+                int32_t kw0, kw1;
+                tap_range(w0, p->dil_w, kw_n, in_dims->w, &kw0, &kw1);
+                for (int32_t co = 0; co < co_n; ++co) {
+                    acc[co] = bias[co];
+                }
+                for (int32_t kh = kh0; kh < kh1; ++kh) {
+                    for (int32_t kw = kw0; kw < kw1; ++kw) {
+                        const int8_t *xs = in + nhwc(in_dims, n, h0 + kh * p->dil_h, w0 + kw * p->dil_w, 0);
+                        for (int32_t ci = 0; ci < cg; ++ci) {
+                            const int16_t xv = (int16_t)((int16_t)xs[ci] - (int16_t)q->in_zp);
+                            const int16_t *TT_RESTRICT wk = wt + ((kh * kw_n + kw) * cg + ci) * co_n;
+                            for (int32_t c0 = 0; c0 < co_n; c0 += 16) {
+                                int32_t *TT_RESTRICT a = acc + c0;
+                                for (int32_t j = 0; j < 16; ++j) {
+                                    a[j] += (int32_t)xv * (int32_t)wk[c0 + j];
+                                }
+                            }
+                        }
+                    }
+                }
+                requant_store(acc, co_n, mult, shift, q, out, mask, nhwc(out_dims, n, oh, ow, 0));
+            }
+        }
+    }
+    return 1;
+}
+#endif
+
+/* Any other convolution (pointwise, full, grouped): per output pixel and group, TT_COB output
+ * channels at a time share every input load (dot4_s8 over the cg contiguous input channels of each
+ * valid tap), then one channel at a time for the rest. */
+void tt_conv2d_s8(const tt_conv_params *p, const tt_quant_params *q, const int32_t *mult, const int32_t *shift,
+                  const tt_dims *in_dims, const int8_t *in, const tt_dims *filter_dims, const int8_t *w,
+                  const int32_t *bias, const tt_dims *out_dims, int8_t *out, uint8_t *mask)
+{
+    const int32_t kh_n = filter_dims->h, kw_n = filter_dims->w, cg = filter_dims->c;
+    const int32_t cog = filter_dims->n / p->groups;
+    const int32_t w_stride = kh_n * kw_n * cg; /* one output channel's weights */
+    const int32_t zp = q->in_zp;
+    const int32_t merge = p->dil_w == 1 && cg == in_dims->c;
+    if (cg == 1 && cog == 1) {
+        depthwise_s8(p, q, mult, shift, in_dims, in, filter_dims, w, bias, out_dims, out, mask);
+        return;
+    }
+#if (defined(__SSE2__) || defined(__ARM_NEON)) && !TT_USE_DSP
+    if (small_k_s8(p, q, mult, shift, in_dims, in, filter_dims, w, bias, out_dims, out, mask)) {
+        return;
+    }
+#endif
+    for (int32_t n = 0; n < out_dims->n; ++n) {
+        for (int32_t oh = 0; oh < out_dims->h; ++oh) {
+            const int32_t h0 = oh * p->stride_h - p->pad_t;
+            int32_t kh0, kh1;
+            tap_range(h0, p->dil_h, kh_n, in_dims->h, &kh0, &kh1);
+            for (int32_t ow = 0; ow < out_dims->w; ++ow) {
+                const int32_t w0 = ow * p->stride_w - p->pad_l;
+                int32_t kw0, kw1;
+                tap_range(w0, p->dil_w, kw_n, in_dims->w, &kw0, &kw1);
+                const int32_t o = nhwc(out_dims, n, oh, ow, 0);
+                for (int32_t g = 0; g < p->groups; ++g) {
+                    const int32_t c0 = g * cg;
+                    const int32_t co_end = (g + 1) * cog;
+                    int32_t co = g * cog, done = co, nb = 0;
+                    int32_t acc[16]; /* up to 16 outputs requantized per call */
+                    for (; co < co_end; co += (co + TT_COB <= co_end) ? TT_COB : 1) {
+                        const int32_t four = co + TT_COB <= co_end;
+                        int32_t *a = acc + nb;
+                        a[0] = bias[co];
+                        if (four) {
+                            a[1] = bias[co + 1];
+                            a[2] = bias[co + 2];
+                            a[3] = bias[co + 3];
+                        }
+                        for (int32_t kh = kh0; kh < kh1; ++kh) {
+                            const int8_t *xr = in + nhwc(in_dims, n, h0 + kh * p->dil_h, 0, c0);
+                            const int8_t *wr = w + (co * kh_n + kh) * kw_n * cg;
+                            /* contiguous taps (dilation 1, all channels): one dot product per kernel row */
+                            const int32_t step = merge ? kw1 - kw0 : 1;
+                            const int32_t len = step * cg;
+                            for (int32_t kw = kw0; kw < kw1; kw += step) {
+                                const int8_t *xs = xr + (w0 + kw * p->dil_w) * in_dims->c;
+                                if (four) {
+                                    dot4_s8(xs, zp, wr + kw * cg, w_stride, len, a);
+                                } else {
+                                    a[0] = dot1_s8(xs, zp, wr + kw * cg, len, a[0]);
+                                }
+                            }
+                        }
+                        nb += four ? TT_COB : 1;
+                        if (nb > 16 - TT_COB || co + (four ? TT_COB : 1) >= co_end) {
+                            requant_store(acc, nb, mult + done, shift + done, q, out, mask, o + done);
+                            done += nb;
+                            nb = 0;
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
-/** The outputs o in [*o0, *o1) of o_n with 0 <= o * stride + off < size (off = k * dil - pad). */
-static void out_range(int32_t off, int32_t stride, int32_t o_n, int32_t size, int32_t *o0, int32_t *o1)
-{
-    int32_t a = 0, b = o_n;
-    while (a < b && a * stride + off < 0) {
-        ++a;
-    }
-    while (b > a && (b - 1) * stride + off >= size) {
-        --b;
-    }
-    *o0 = a;
-    *o1 = b;
-}
+/* ---- conv2d, float32 gradients -------------------------------------------- */
 
 /* conv.py _conv2d_grad_input_f32: dx[n, ih, iw, c0 + ci] += (dpre[n, oh, ow, co] * s_w[co]) * w[co, kh, kw, ci],
  * scattered in the order n, oh, ow, co, kh, kw, ci.
@@ -492,247 +677,5 @@ void tt_bias_grad_f32(int32_t positions, int32_t channels, const float *dpre, fl
             acc = acc + dpre[i * channels + c];
         }
         db[c] = acc;
-    }
-}
-
-/* linear.py _fc_grad_input_f32: dx[n, kk] = sum_m (dpre[n, m] * s_w[m]) * w[m, kk], m ascending. */
-void tt_fc_grad_input_f32(int32_t batch, int32_t k, int32_t m, const float *dpre, const int8_t *w,
-                          const float *w_scale, float *dx)
-{
-    int32_t n, kk, j;
-    for (n = 0; n < batch; ++n) {
-        for (kk = 0; kk < k; ++kk) {
-            float acc = 0.0f;
-            for (j = 0; j < m; ++j) {
-                acc = acc + (dpre[n * m + j] * w_scale[j]) * (float)w[j * k + kk];
-            }
-            dx[n * k + kk] = acc;
-        }
-    }
-}
-
-/* linear.py _fc_grad_weight_f32: dwt[j, kk] = (sum_n dpre[n, j] * (x[n, kk] - x_zp)) * s_x, kk < k_n. */
-void tt_fc_grad_weight_f32(int32_t batch, int32_t k, int32_t m, int32_t k_n, const float *dpre, const int8_t *x,
-                           int32_t x_zp, float x_scale, float *dwt)
-{
-    int32_t j, kk, n;
-    for (j = 0; j < m; ++j) {
-        for (kk = 0; kk < k_n; ++kk) {
-            float acc = 0.0f;
-            for (n = 0; n < batch; ++n) {
-                acc = acc + dpre[n * m + j] * (float)((int32_t)x[n * k + kk] - x_zp);
-            }
-            dwt[j * k_n + kk] = acc * x_scale;
-        }
-    }
-}
-
-/* linear.py _fc_f32_grad_input: dx[n, kk] = sum_m dy[n, m] * w[m, kk], m ascending. */
-void tt_fc_f32_grad_input(int32_t batch, int32_t k, int32_t m, const float *dy, const float *w, float *dx)
-{
-    int32_t n, kk, j;
-    for (n = 0; n < batch; ++n) {
-        for (kk = 0; kk < k; ++kk) {
-            float acc = 0.0f;
-            for (j = 0; j < m; ++j) {
-                acc = acc + dy[n * m + j] * w[j * k + kk];
-            }
-            dx[n * k + kk] = acc;
-        }
-    }
-}
-
-/* eltwise.py _mul_grad_4d_f32: out[.] += d[n, h, w, c] * ((other[.] - o_zp) * s_o), d in memory order;
- * other and out are indexed with 0 on their axes of size 1. */
-void tt_mul_grad_f32(const tt_dims *dims, const float *d, const tt_dims *other_dims, const int8_t *other,
-                     int32_t o_zp, float o_scale, const tt_dims *dims_out, float *out)
-{
-    const int32_t xn = other_dims->n > 1, xh = other_dims->h > 1, xw = other_dims->w > 1, xc = other_dims->c > 1;
-    const int32_t on = dims_out->n > 1, oh = dims_out->h > 1, ow = dims_out->w > 1, oc = dims_out->c > 1;
-    int32_t n, h, w, c;
-    int32_t i = 0;
-    zero_f32(out, dims_size(dims_out));
-    for (n = 0; n < dims->n; ++n) {
-        for (h = 0; h < dims->h; ++h) {
-            for (w = 0; w < dims->w; ++w) {
-                const int8_t *orow = other + (((xn ? n : 0) * other_dims->h + (xh ? h : 0)) * other_dims->w +
-                                              (xw ? w : 0)) * other_dims->c;
-                float *row = out + (((on ? n : 0) * dims_out->h + (oh ? h : 0)) * dims_out->w + (ow ? w : 0)) *
-                                       dims_out->c;
-                for (c = 0; c < dims->c; ++c) {
-                    const float v = (float)((int32_t)orow[xc ? c : 0] - o_zp) * o_scale;
-                    const int32_t j = oc ? c : 0;
-                    row[j] = row[j] + d[i] * v;
-                    ++i;
-                }
-            }
-        }
-    }
-}
-
-/* pool.py _avg_pool_grad_f32: each output's gradient times inv_count[count], scattered to its window
- * in the order n, oh, ow, c, kh, kw.  Like the numba kernel, avg pooling has no dilation. */
-void tt_avg_pool_grad_f32(const tt_pool_params *p, const tt_dims *d_dims, const float *d, const float *inv_count,
-                          const tt_dims *dx_dims, float *dx)
-{
-    const int32_t n_b = dx_dims->n, h = dx_dims->h, wd = dx_dims->w, c_n = dx_dims->c;
-    const int32_t kh_n = p->kernel_h, kw_n = p->kernel_w;
-    const int32_t oh_n = d_dims->h, ow_n = d_dims->w, dc = d_dims->c;
-    int32_t n, oh, ow, c, kh, kw;
-    zero_f32(dx, dims_size(dx_dims));
-    for (n = 0; n < n_b; ++n) {
-        for (oh = 0; oh < oh_n; ++oh) {
-            for (ow = 0; ow < ow_n; ++ow) {
-                for (c = 0; c < c_n; ++c) {
-                    int32_t count = 0;
-                    float g;
-                    for (kh = 0; kh < kh_n; ++kh) {
-                        const int32_t ih = oh * p->stride_h - p->pad_t + kh;
-                        for (kw = 0; kw < kw_n; ++kw) {
-                            const int32_t iw = ow * p->stride_w - p->pad_l + kw;
-                            if (ih >= 0 && ih < h && iw >= 0 && iw < wd) {
-                                count += 1;
-                            }
-                        }
-                    }
-                    if (p->count_include_pad != 0) {
-                        count = kh_n * kw_n;
-                    }
-                    g = d[((n * oh_n + oh) * ow_n + ow) * dc + c] * inv_count[count];
-                    for (kh = 0; kh < kh_n; ++kh) {
-                        const int32_t ih = oh * p->stride_h - p->pad_t + kh;
-                        if (ih < 0 || ih >= h) {
-                            continue;
-                        }
-                        for (kw = 0; kw < kw_n; ++kw) {
-                            const int32_t iw = ow * p->stride_w - p->pad_l + kw;
-                            float *xp;
-                            if (iw < 0 || iw >= wd) {
-                                continue;
-                            }
-                            xp = dx + ((n * h + ih) * wd + iw) * c_n + c;
-                            *xp = *xp + g;
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/* pool.py _max_pool_grad_f32: each output's gradient goes to the first position (kh, then kw
- * ascending) holding the window's maximum; a window entirely in the padding passes nothing. */
-void tt_max_pool_grad_f32(const tt_pool_params *p, const tt_dims *d_dims, const float *d, const int8_t *x,
-                          const tt_dims *dx_dims, float *dx)
-{
-    const int32_t n_b = dx_dims->n, h = dx_dims->h, wd = dx_dims->w, c_n = dx_dims->c;
-    const int32_t kh_n = p->kernel_h, kw_n = p->kernel_w;
-    const int32_t oh_n = d_dims->h, ow_n = d_dims->w, dc = d_dims->c;
-    int32_t n, oh, ow, c, kh, kw;
-    zero_f32(dx, dims_size(dx_dims));
-    for (n = 0; n < n_b; ++n) {
-        for (oh = 0; oh < oh_n; ++oh) {
-            for (ow = 0; ow < ow_n; ++ow) {
-                for (c = 0; c < c_n; ++c) {
-                    int32_t best = -1000;
-                    int32_t bi = -1, bj = -1;
-                    for (kh = 0; kh < kh_n; ++kh) {
-                        const int32_t ih = oh * p->stride_h - p->pad_t + kh * p->dil_h;
-                        if (ih < 0 || ih >= h) {
-                            continue;
-                        }
-                        for (kw = 0; kw < kw_n; ++kw) {
-                            const int32_t iw = ow * p->stride_w - p->pad_l + kw * p->dil_w;
-                            int32_t v;
-                            if (iw < 0 || iw >= wd) {
-                                continue;
-                            }
-                            v = (int32_t)x[((n * h + ih) * wd + iw) * c_n + c];
-                            if (v > best) {
-                                best = v;
-                                bi = ih;
-                                bj = iw;
-                            }
-                        }
-                    }
-                    if (bi >= 0) {
-                        float *xp = dx + ((n * h + bi) * wd + bj) * c_n + c;
-                        *xp = *xp + d[((n * oh_n + oh) * ow_n + ow) * dc + c];
-                    }
-                }
-            }
-        }
-    }
-}
-
-/* pool.py _global_avg_pool_grad_f32 */
-void tt_global_avg_pool_grad_f32(const tt_dims *dx_dims, const float *d, float inv_hw, float *dx)
-{
-    int32_t n, i, j, c;
-    int32_t k = 0;
-    for (n = 0; n < dx_dims->n; ++n) {
-        for (i = 0; i < dx_dims->h; ++i) {
-            for (j = 0; j < dx_dims->w; ++j) {
-                for (c = 0; c < dx_dims->c; ++c) {
-                    dx[k] = d[n * dx_dims->c + c] * inv_hw;
-                    ++k;
-                }
-            }
-        }
-    }
-}
-
-/* activation.py _lut_grad_f32 */
-void tt_lut_grad_f32(int32_t n, const float *dy, const int8_t *x, const float *dtable, float *dx)
-{
-    int32_t i;
-    for (i = 0; i < n; ++i) {
-        dx[i] = dy[i] * dtable[(int32_t)x[i] + 128];
-    }
-}
-
-/* shape.py Slice: [start, stop) of one axis (any of 0..3; the graph uses 1..3). */
-void tt_slice_f32(const tt_dims *dims, const float *in, int32_t axis, int32_t start, int32_t stop, float *out)
-{
-    const int32_t d[4] = {dims->n, dims->h, dims->w, dims->c};
-    int32_t outer = 1, inner = 1;
-    int32_t a, o, i;
-    int32_t k = 0;
-    int32_t len;
-    for (a = 0; a < axis; ++a) {
-        outer *= d[a];
-    }
-    for (a = axis + 1; a < 4; ++a) {
-        inner *= d[a];
-    }
-    len = (stop - start) * inner;
-    for (o = 0; o < outer; ++o) {
-        const float *src = in + (o * d[axis] + start) * inner;
-        for (i = 0; i < len; ++i) {
-            out[k] = src[i];
-            ++k;
-        }
-    }
-}
-
-/* shape.py Transpose (np.transpose(x, perm)): out axis i is input axis perm[i]; out in memory order. */
-void tt_transpose_f32(const tt_dims *dims, const float *in, const int32_t *perm, float *out)
-{
-    const int32_t d[4] = {dims->n, dims->h, dims->w, dims->c};
-    const int32_t st[4] = {dims->h * dims->w * dims->c, dims->w * dims->c, dims->c, 1};
-    const int32_t od0 = d[perm[0]], od1 = d[perm[1]], od2 = d[perm[2]], od3 = d[perm[3]];
-    const int32_t s0 = st[perm[0]], s1 = st[perm[1]], s2 = st[perm[2]], s3 = st[perm[3]];
-    int32_t i0, i1, i2, i3;
-    int32_t k = 0;
-    for (i0 = 0; i0 < od0; ++i0) {
-        for (i1 = 0; i1 < od1; ++i1) {
-            for (i2 = 0; i2 < od2; ++i2) {
-                const float *src = in + i0 * s0 + i1 * s1 + i2 * s2;
-                for (i3 = 0; i3 < od3; ++i3) {
-                    out[k] = src[i3 * s3];
-                    ++k;
-                }
-            }
-        }
     }
 }
