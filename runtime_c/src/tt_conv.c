@@ -324,33 +324,31 @@ static void grad_input_depthwise(const tt_conv_params *p, const tt_dims *dpre_di
     const int32_t h = dx_dims->h, wd = dx_dims->w, c_n = dx_dims->c;
     const int32_t kh_n = filter_dims->h, kw_n = filter_dims->w, taps = kh_n * kw_n;
     const int32_t oh_n = dpre_dims->h, ow_n = dpre_dims->w, dc = dpre_dims->c;
-    int32_t n, oh, ow, kh, kw, c;
 #if defined(__SSE2__) || defined(__ARM_NEON)
     /* SIMD hosts: the weights as float in [tap][channel] order (the same exact values as
      * (float)w), so that the channel loop is contiguous and vectorizes; the same operations */
     float wt[4096];
     const int32_t transposed = taps * c_n <= 4096 && c_n % 16 == 0;
     if (transposed) {
-        for (c = 0; c < c_n; ++c) {
-            int32_t t;
-            for (t = 0; t < taps; ++t) {
+        for (int32_t c = 0; c < c_n; ++c) {
+            for (int32_t t = 0; t < taps; ++t) {
                 wt[t * c_n + c] = (float)w[c * taps + t];
             }
         }
     }
 #endif
-    for (n = 0; n < dx_dims->n; ++n) {
-        for (oh = 0; oh < oh_n; ++oh) {
+    for (int32_t n = 0; n < dx_dims->n; ++n) {
+        for (int32_t oh = 0; oh < oh_n; ++oh) {
             const int32_t h0 = oh * p->stride_h - p->pad_t;
             int32_t kh0, kh1;
             tap_range(h0, p->dil_h, kh_n, h, &kh0, &kh1);
-            for (ow = 0; ow < ow_n; ++ow) {
+            for (int32_t ow = 0; ow < ow_n; ++ow) {
                 const int32_t w0 = ow * p->stride_w - p->pad_l;
                 const float *dp = dpre + ((n * oh_n + oh) * ow_n + ow) * dc;
                 int32_t kw0, kw1;
                 tap_range(w0, p->dil_w, kw_n, wd, &kw0, &kw1);
-                for (kh = kh0; kh < kh1; ++kh) {
-                    for (kw = kw0; kw < kw1; ++kw) {
+                for (int32_t kh = kh0; kh < kh1; ++kh) {
+                    for (int32_t kw = kw0; kw < kw1; ++kw) {
                         float *TT_RESTRICT xp = dx + ((n * h + h0 + kh * p->dil_h) * wd + w0 + kw * p->dil_w) * c_n;
                         const int8_t *TT_RESTRICT wp = w + kh * kw_n + kw;
 #if defined(__SSE2__) || defined(__ARM_NEON)
@@ -358,10 +356,9 @@ static void grad_input_depthwise(const tt_conv_params *p, const tt_dims *dpre_di
                             const float *TT_RESTRICT wk = wt + (kh * kw_n + kw) * c_n;
                             const float *TT_RESTRICT dr = dp;
                             const float *TT_RESTRICT sr = w_scale;
-                            int32_t c0, j;
-                            for (c0 = 0; c0 < c_n; c0 += 16) {
+                            for (int32_t c0 = 0; c0 < c_n; c0 += 16) {
                                 float *TT_RESTRICT xb = xp + c0;
-                                for (j = 0; j < 16; ++j) {
+                                for (int32_t j = 0; j < 16; ++j) {
                                     const float d = dr[c0 + j] * sr[c0 + j];
                                     xb[j] = xb[j] + d * wk[c0 + j];
                                 }
@@ -369,7 +366,7 @@ static void grad_input_depthwise(const tt_conv_params *p, const tt_dims *dpre_di
                             continue;
                         }
 #endif
-                        for (c = 0; c < c_n; ++c) {
+                        for (int32_t c = 0; c < c_n; ++c) {
                             const float d = dp[c] * w_scale[c];
                             xp[c] = xp[c] + d * (float)wp[c * taps];
                         }
@@ -393,23 +390,22 @@ static void grad_input_pointwise(const tt_conv_params *p, const tt_dims *dpre_di
     const int32_t co_n = filter_dims->n;
     const int32_t oh_n = dpre_dims->h, ow_n = dpre_dims->w, dc = dpre_dims->c;
     float wf[4][16];
-    int32_t co, c0, j, i, n, oh, ow;
-    for (co = 0; co < co_n; co += 4) {
+    for (int32_t co = 0; co < co_n; co += 4) {
         const int32_t cnt = co_n - co < 4 ? co_n - co : 4;
-        for (c0 = 0; c0 < cg; c0 += 16) {
+        for (int32_t c0 = 0; c0 < cg; c0 += 16) {
             const int32_t len = cg - c0 < 16 ? cg - c0 : 16;
-            for (j = 0; j < cnt; ++j) {
-                for (i = 0; i < len; ++i) {
+            for (int32_t j = 0; j < cnt; ++j) {
+                for (int32_t i = 0; i < len; ++i) {
                     wf[j][i] = (float)w[(co + j) * cg + c0 + i];
                 }
             }
-            for (n = 0; n < dx_dims->n; ++n) {
-                for (oh = 0; oh < oh_n; ++oh) {
+            for (int32_t n = 0; n < dx_dims->n; ++n) {
+                for (int32_t oh = 0; oh < oh_n; ++oh) {
                     const int32_t ih = oh * p->stride_h - p->pad_t;
                     if (ih < 0 || ih >= h) {
                         continue;
                     }
-                    for (ow = 0; ow < ow_n; ++ow) {
+                    for (int32_t ow = 0; ow < ow_n; ++ow) {
                         const int32_t iw = ow * p->stride_w - p->pad_l;
                         const float *dp = dpre + ((n * oh_n + oh) * ow_n + ow) * dc + co;
                         float *TT_RESTRICT xp = dx + ((n * h + ih) * wd + iw) * cg + c0;
@@ -421,7 +417,7 @@ static void grad_input_pointwise(const tt_conv_params *p, const tt_dims *dpre_di
                             const float d1 = dp[1] * w_scale[co + 1];
                             const float d2 = dp[2] * w_scale[co + 2];
                             const float d3 = dp[3] * w_scale[co + 3];
-                            for (i = 0; i < 16; ++i) {
+                            for (int32_t i = 0; i < 16; ++i) {
                                 float t = xp[i];
                                 t = t + d0 * wf[0][i];
                                 t = t + d1 * wf[1][i];
@@ -434,7 +430,7 @@ static void grad_input_pointwise(const tt_conv_params *p, const tt_dims *dpre_di
                             const float d1 = dp[1] * w_scale[co + 1];
                             const float d2 = dp[2] * w_scale[co + 2];
                             const float d3 = dp[3] * w_scale[co + 3];
-                            for (i = 0; i < len; ++i) {
+                            for (int32_t i = 0; i < len; ++i) {
                                 float t = xp[i];
                                 t = t + d0 * wf[0][i];
                                 t = t + d1 * wf[1][i];
@@ -443,9 +439,9 @@ static void grad_input_pointwise(const tt_conv_params *p, const tt_dims *dpre_di
                                 xp[i] = t;
                             }
                         } else {
-                            for (j = 0; j < cnt; ++j) {
+                            for (int32_t j = 0; j < cnt; ++j) {
                                 const float d = dp[j] * w_scale[co + j];
-                                for (i = 0; i < len; ++i) {
+                                for (int32_t i = 0; i < len; ++i) {
                                     xp[i] = xp[i] + d * wf[j][i];
                                 }
                             }
@@ -466,7 +462,7 @@ void tt_conv2d_grad_input_f32(const tt_conv_params *p, const tt_dims *dpre_dims,
     const int32_t oh_n = dpre_dims->h, ow_n = dpre_dims->w, dc = dpre_dims->c;
     const int32_t cog = co_n / p->groups;
     const int32_t w_stride = kh_n * kw_n * cg;
-    int32_t n, oh, ow, co, kh, kw, ci, g;
+    int32_t co, ci;
     zero_f32(dx, dims_size(dx_dims));
     if (cg == 1 && cog == 1) {
         grad_input_depthwise(p, dpre_dims, dpre, filter_dims, w, w_scale, dx_dims, dx);
@@ -476,20 +472,20 @@ void tt_conv2d_grad_input_f32(const tt_conv_params *p, const tt_dims *dpre_dims,
         grad_input_pointwise(p, dpre_dims, dpre, filter_dims, w, w_scale, dx_dims, dx);
         return;
     }
-    for (n = 0; n < n_b; ++n) {
-        for (oh = 0; oh < oh_n; ++oh) {
+    for (int32_t n = 0; n < n_b; ++n) {
+        for (int32_t oh = 0; oh < oh_n; ++oh) {
             const int32_t h0 = oh * p->stride_h - p->pad_t;
             int32_t kh0, kh1;
             tap_range(h0, p->dil_h, kh_n, h, &kh0, &kh1);
-            for (ow = 0; ow < ow_n; ++ow) {
+            for (int32_t ow = 0; ow < ow_n; ++ow) {
                 const int32_t w0 = ow * p->stride_w - p->pad_l;
                 const float *dp = dpre + ((n * oh_n + oh) * ow_n + ow) * dc;
                 int32_t kw0, kw1;
                 tap_range(w0, p->dil_w, kw_n, wd, &kw0, &kw1);
-                for (kh = kh0; kh < kh1; ++kh) {
-                    for (kw = kw0; kw < kw1; ++kw) {
+                for (int32_t kh = kh0; kh < kh1; ++kh) {
+                    for (int32_t kw = kw0; kw < kw1; ++kw) {
                         float *xrow = dx + ((n * h + h0 + kh * p->dil_h) * wd + w0 + kw * p->dil_w) * c_in;
-                        for (g = 0; g < p->groups; ++g) {
+                        for (int32_t g = 0; g < p->groups; ++g) {
                             float *TT_RESTRICT xp = xrow + g * cg;
                             const int32_t co_end = (g + 1) * cog;
                             co = g * cog;
@@ -505,8 +501,7 @@ void tt_conv2d_grad_input_f32(const tt_conv_params *p, const tt_dims *dpre_dims,
                                 ci = 0;
                                 for (; ci + 16 <= cg; ci += 16) { /* constant trip count: vectorized at -O2 */
                                     float *TT_RESTRICT xb = xp + ci;
-                                    int32_t j;
-                                    for (j = 0; j < 16; ++j) {
+                                    for (int32_t j = 0; j < 16; ++j) {
                                         float t = xb[j];
                                         t = t + d0 * (float)w0p[ci + j];
                                         t = t + d1 * (float)w1p[ci + j];
@@ -556,31 +551,30 @@ static void grad_weight_depthwise(const tt_conv_params *p, const tt_dims *dpre_d
     const int32_t h = in_dims->h, wd = in_dims->w, c_x = in_dims->c;
     const int32_t co_n = dw_dims->n, kh_n = dw_dims->h, kw_n = dw_dims->w, taps = kh_n * kw_n;
     const int32_t oh_n = dpre_dims->h, ow_n = dpre_dims->w, dc = dpre_dims->c;
-    int32_t kh, kw, n, oh, ow, co;
-    for (kh = 0; kh < kh_n; ++kh) {
+    for (int32_t kh = 0; kh < kh_n; ++kh) {
         int32_t oh0, oh1;
         out_range(kh * p->dil_h - p->pad_t, p->stride_h, oh_n, h, &oh0, &oh1);
-        for (kw = 0; kw < kw_n; ++kw) {
+        for (int32_t kw = 0; kw < kw_n; ++kw) {
             float *TT_RESTRICT acc = dwt + kh * kw_n + kw;
             int32_t ow0, ow1;
             out_range(kw * p->dil_w - p->pad_l, p->stride_w, ow_n, wd, &ow0, &ow1);
-            for (co = 0; co < co_n; ++co) {
+            for (int32_t co = 0; co < co_n; ++co) {
                 acc[co * taps] = 0.0f;
             }
-            for (n = 0; n < in_dims->n; ++n) {
-                for (oh = oh0; oh < oh1; ++oh) {
+            for (int32_t n = 0; n < in_dims->n; ++n) {
+                for (int32_t oh = oh0; oh < oh1; ++oh) {
                     const int32_t ih = oh * p->stride_h - p->pad_t + kh * p->dil_h;
-                    for (ow = ow0; ow < ow1; ++ow) {
+                    for (int32_t ow = ow0; ow < ow1; ++ow) {
                         const int32_t iw = ow * p->stride_w - p->pad_l + kw * p->dil_w;
                         const float *TT_RESTRICT d = dpre + ((n * oh_n + oh) * ow_n + ow) * dc;
                         const int8_t *TT_RESTRICT xs = x + ((n * h + ih) * wd + iw) * c_x;
-                        for (co = 0; co < co_n; ++co) {
+                        for (int32_t co = 0; co < co_n; ++co) {
                             acc[co * taps] = acc[co * taps] + d[co] * (float)((int32_t)xs[co] - x_zp);
                         }
                     }
                 }
             }
-            for (co = 0; co < co_n; ++co) {
+            for (int32_t co = 0; co < co_n; ++co) {
                 acc[co * taps] = acc[co * taps] * x_scale;
             }
         }
@@ -596,25 +590,25 @@ void tt_conv2d_grad_weight_f32(const tt_conv_params *p, const tt_dims *dpre_dims
     const int32_t oh_n = dpre_dims->h, ow_n = dpre_dims->w, dc = dpre_dims->c;
     const int32_t cog = dc / p->groups;
     const int32_t cg = c_x / p->groups;
-    int32_t co, kh, kw, ci, n, oh, ow;
+    int32_t ci, ow;
     if (cg == 1 && cog == 1 && ci_n == 1) {
         grad_weight_depthwise(p, dpre_dims, dpre, in_dims, x, x_zp, x_scale, dw_dims, dwt);
         return;
     }
-    for (co = 0; co < co_n; ++co) {
+    for (int32_t co = 0; co < co_n; ++co) {
         const int32_t c0 = (co / cog) * cg;
-        for (kh = 0; kh < kh_n; ++kh) {
+        for (int32_t kh = 0; kh < kh_n; ++kh) {
             int32_t oh0, oh1;
             out_range(kh * p->dil_h - p->pad_t, p->stride_h, oh_n, h, &oh0, &oh1);
-            for (kw = 0; kw < kw_n; ++kw) {
+            for (int32_t kw = 0; kw < kw_n; ++kw) {
                 float *TT_RESTRICT acc = dwt + ((co * kh_n + kh) * kw_n + kw) * ci_n;
                 int32_t ow0, ow1;
                 out_range(kw * p->dil_w - p->pad_l, p->stride_w, ow_n, wd, &ow0, &ow1);
                 for (ci = 0; ci < ci_n; ++ci) {
                     acc[ci] = 0.0f;
                 }
-                for (n = 0; n < n_b; ++n) {
-                    for (oh = oh0; oh < oh1; ++oh) {
+                for (int32_t n = 0; n < n_b; ++n) {
+                    for (int32_t oh = oh0; oh < oh1; ++oh) {
                         const int32_t ih = oh * p->stride_h - p->pad_t + kh * p->dil_h;
                         const float *drow = dpre + (n * oh_n + oh) * ow_n * dc + co;
                         const int8_t *xrow = x + (n * h + ih) * wd * c_x + c0;
@@ -631,8 +625,7 @@ void tt_conv2d_grad_weight_f32(const tt_conv_params *p, const tt_dims *dpre_dims
                             const int8_t *TT_RESTRICT x3 = x0 + 3 * xstep;
                             ci = 0;
                             for (; ci + 16 <= ci_n; ci += 16) { /* constant trip count: vectorized at -O2 */
-                                int32_t j;
-                                for (j = ci; j < ci + 16; ++j) {
+                                for (int32_t j = ci; j < ci + 16; ++j) {
                                     float t = acc[j];
                                     t = t + d0 * (float)((int32_t)x0[j] - x_zp);
                                     t = t + d1 * (float)((int32_t)x1[j] - x_zp);
@@ -670,10 +663,9 @@ void tt_conv2d_grad_weight_f32(const tt_conv_params *p, const tt_dims *dpre_dims
 /* conv.py _bias_grad_f32 */
 void tt_bias_grad_f32(int32_t positions, int32_t channels, const float *dpre, float *db)
 {
-    int32_t c, i;
-    for (c = 0; c < channels; ++c) {
+    for (int32_t c = 0; c < channels; ++c) {
         float acc = 0.0f;
-        for (i = 0; i < positions; ++i) {
+        for (int32_t i = 0; i < positions; ++i) {
             acc = acc + dpre[i * channels + c];
         }
         db[c] = acc;

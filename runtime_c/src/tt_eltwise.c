@@ -114,12 +114,12 @@ void tt_quantize_f32_s8(int32_t n, const float *x, float scale, int32_t zp, int8
 void tt_mask_grad_f32(int32_t n, const float *dy, const uint8_t *mask, float *out)
 {
     /* a mask byte at a time (eight elements; out may be dy itself: element i is read before it is written) */
-    int32_t i = 0, j;
+    int32_t i = 0;
     for (; i + 8 <= n; i += 8) {
         const uint32_t m = mask[i >> 3];
         uint32_t v[8];
         memcpy(v, dy + i, sizeof v); /* the bits of dy, kept (bit set) or cleared to +0.0f */
-        for (j = 0; j < 8; ++j) {
+        for (int32_t j = 0; j < 8; ++j) {
             v[j] &= 0u - ((m >> j) & 1u);
         }
         memcpy(out + i, v, sizeof v);
@@ -132,8 +132,7 @@ void tt_mask_grad_f32(int32_t n, const float *dy, const uint8_t *mask, float *ou
 /* train.py _add_f32 */
 void tt_add_f32(int32_t n, const float *a, const float *b, float *out)
 {
-    int32_t i;
-    for (i = 0; i < n; ++i) {
+    for (int32_t i = 0; i < n; ++i) {
         out[i] = a[i] + b[i];
     }
 }
@@ -143,17 +142,16 @@ void tt_add_f32(int32_t n, const float *a, const float *b, float *out)
 void tt_sum_to_f32(const tt_dims *dims, const float *d, const tt_dims *dims_out, float *out)
 {
     const int32_t on = dims_out->n > 1, oh = dims_out->h > 1, ow = dims_out->w > 1, oc = dims_out->c > 1;
-    int32_t n, h, w, c;
     int32_t i = 0;
     zero_f32(out, dims_size(dims_out));
-    for (n = 0; n < dims->n; ++n) {
+    for (int32_t n = 0; n < dims->n; ++n) {
         const int32_t a = on ? n : 0;
-        for (h = 0; h < dims->h; ++h) {
+        for (int32_t h = 0; h < dims->h; ++h) {
             const int32_t b = oh ? h : 0;
-            for (w = 0; w < dims->w; ++w) {
+            for (int32_t w = 0; w < dims->w; ++w) {
                 const int32_t c_ = ow ? w : 0;
                 float *row = out + ((a * dims_out->h + b) * dims_out->w + c_) * dims_out->c;
-                for (c = 0; c < dims->c; ++c) {
+                for (int32_t c = 0; c < dims->c; ++c) {
                     const int32_t j = oc ? c : 0;
                     row[j] = row[j] + d[i];
                     ++i;
@@ -170,17 +168,16 @@ void tt_mul_grad_f32(const tt_dims *dims, const float *d, const tt_dims *other_d
 {
     const int32_t xn = other_dims->n > 1, xh = other_dims->h > 1, xw = other_dims->w > 1, xc = other_dims->c > 1;
     const int32_t on = dims_out->n > 1, oh = dims_out->h > 1, ow = dims_out->w > 1, oc = dims_out->c > 1;
-    int32_t n, h, w, c;
     int32_t i = 0;
     zero_f32(out, dims_size(dims_out));
-    for (n = 0; n < dims->n; ++n) {
-        for (h = 0; h < dims->h; ++h) {
-            for (w = 0; w < dims->w; ++w) {
+    for (int32_t n = 0; n < dims->n; ++n) {
+        for (int32_t h = 0; h < dims->h; ++h) {
+            for (int32_t w = 0; w < dims->w; ++w) {
                 const int8_t *orow = other + (((xn ? n : 0) * other_dims->h + (xh ? h : 0)) * other_dims->w +
                                               (xw ? w : 0)) * other_dims->c;
                 float *row = out + (((on ? n : 0) * dims_out->h + (oh ? h : 0)) * dims_out->w + (ow ? w : 0)) *
                                        dims_out->c;
-                for (c = 0; c < dims->c; ++c) {
+                for (int32_t c = 0; c < dims->c; ++c) {
                     const float v = (float)((int32_t)orow[xc ? c : 0] - o_zp) * o_scale;
                     const int32_t j = oc ? c : 0;
                     row[j] = row[j] + d[i] * v;
@@ -194,8 +191,7 @@ void tt_mul_grad_f32(const tt_dims *dims, const float *d, const tt_dims *other_d
 /* activation.py _lut_grad_f32 */
 void tt_lut_grad_f32(int32_t n, const float *dy, const int8_t *x, const float *dtable, float *dx)
 {
-    int32_t i;
-    for (i = 0; i < n; ++i) {
+    for (int32_t i = 0; i < n; ++i) {
         dx[i] = dy[i] * dtable[(int32_t)x[i] + 128];
     }
 }

@@ -53,11 +53,10 @@ void tt_fully_connected_f32(int32_t batch, int32_t k, int32_t m, const int8_t *i
 void tt_fc_grad_input_f32(int32_t batch, int32_t k, int32_t m, const float *dpre, const int8_t *w,
                           const float *w_scale, float *dx)
 {
-    int32_t n, kk, j;
-    for (n = 0; n < batch; ++n) {
-        for (kk = 0; kk < k; ++kk) {
+    for (int32_t n = 0; n < batch; ++n) {
+        for (int32_t kk = 0; kk < k; ++kk) {
             float acc = 0.0f;
-            for (j = 0; j < m; ++j) {
+            for (int32_t j = 0; j < m; ++j) {
                 acc = acc + (dpre[n * m + j] * w_scale[j]) * (float)w[j * k + kk];
             }
             dx[n * k + kk] = acc;
@@ -69,11 +68,10 @@ void tt_fc_grad_input_f32(int32_t batch, int32_t k, int32_t m, const float *dpre
 void tt_fc_grad_weight_f32(int32_t batch, int32_t k, int32_t m, int32_t k_n, const float *dpre, const int8_t *x,
                            int32_t x_zp, float x_scale, float *dwt)
 {
-    int32_t j, kk, n;
-    for (j = 0; j < m; ++j) {
-        for (kk = 0; kk < k_n; ++kk) {
+    for (int32_t j = 0; j < m; ++j) {
+        for (int32_t kk = 0; kk < k_n; ++kk) {
             float acc = 0.0f;
-            for (n = 0; n < batch; ++n) {
+            for (int32_t n = 0; n < batch; ++n) {
                 acc = acc + dpre[n * m + j] * (float)((int32_t)x[n * k + kk] - x_zp);
             }
             dwt[j * k_n + kk] = acc * x_scale;
@@ -84,11 +82,10 @@ void tt_fc_grad_weight_f32(int32_t batch, int32_t k, int32_t m, int32_t k_n, con
 /* linear.py _fc_f32_grad_input: dx[n, kk] = sum_m dy[n, m] * w[m, kk], m ascending. */
 void tt_fc_f32_grad_input(int32_t batch, int32_t k, int32_t m, const float *dy, const float *w, float *dx)
 {
-    int32_t n, kk, j;
-    for (n = 0; n < batch; ++n) {
-        for (kk = 0; kk < k; ++kk) {
+    for (int32_t n = 0; n < batch; ++n) {
+        for (int32_t kk = 0; kk < k; ++kk) {
             float acc = 0.0f;
-            for (j = 0; j < m; ++j) {
+            for (int32_t j = 0; j < m; ++j) {
                 acc = acc + dy[n * m + j] * w[j * k + kk];
             }
             dx[n * k + kk] = acc;

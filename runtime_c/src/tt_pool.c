@@ -106,17 +106,16 @@ void tt_avg_pool_grad_f32(const tt_pool_params *p, const tt_dims *d_dims, const 
     const int32_t n_b = dx_dims->n, h = dx_dims->h, wd = dx_dims->w, c_n = dx_dims->c;
     const int32_t kh_n = p->kernel_h, kw_n = p->kernel_w;
     const int32_t oh_n = d_dims->h, ow_n = d_dims->w, dc = d_dims->c;
-    int32_t n, oh, ow, c, kh, kw;
     zero_f32(dx, dims_size(dx_dims));
-    for (n = 0; n < n_b; ++n) {
-        for (oh = 0; oh < oh_n; ++oh) {
-            for (ow = 0; ow < ow_n; ++ow) {
-                for (c = 0; c < c_n; ++c) {
+    for (int32_t n = 0; n < n_b; ++n) {
+        for (int32_t oh = 0; oh < oh_n; ++oh) {
+            for (int32_t ow = 0; ow < ow_n; ++ow) {
+                for (int32_t c = 0; c < c_n; ++c) {
                     int32_t count = 0;
                     float g;
-                    for (kh = 0; kh < kh_n; ++kh) {
+                    for (int32_t kh = 0; kh < kh_n; ++kh) {
                         const int32_t ih = oh * p->stride_h - p->pad_t + kh;
-                        for (kw = 0; kw < kw_n; ++kw) {
+                        for (int32_t kw = 0; kw < kw_n; ++kw) {
                             const int32_t iw = ow * p->stride_w - p->pad_l + kw;
                             if (ih >= 0 && ih < h && iw >= 0 && iw < wd) {
                                 count += 1;
@@ -127,12 +126,12 @@ void tt_avg_pool_grad_f32(const tt_pool_params *p, const tt_dims *d_dims, const 
                         count = kh_n * kw_n;
                     }
                     g = d[((n * oh_n + oh) * ow_n + ow) * dc + c] * inv_count[count];
-                    for (kh = 0; kh < kh_n; ++kh) {
+                    for (int32_t kh = 0; kh < kh_n; ++kh) {
                         const int32_t ih = oh * p->stride_h - p->pad_t + kh;
                         if (ih < 0 || ih >= h) {
                             continue;
                         }
-                        for (kw = 0; kw < kw_n; ++kw) {
+                        for (int32_t kw = 0; kw < kw_n; ++kw) {
                             const int32_t iw = ow * p->stride_w - p->pad_l + kw;
                             float *xp;
                             if (iw < 0 || iw >= wd) {
@@ -156,20 +155,19 @@ void tt_max_pool_grad_f32(const tt_pool_params *p, const tt_dims *d_dims, const 
     const int32_t n_b = dx_dims->n, h = dx_dims->h, wd = dx_dims->w, c_n = dx_dims->c;
     const int32_t kh_n = p->kernel_h, kw_n = p->kernel_w;
     const int32_t oh_n = d_dims->h, ow_n = d_dims->w, dc = d_dims->c;
-    int32_t n, oh, ow, c, kh, kw;
     zero_f32(dx, dims_size(dx_dims));
-    for (n = 0; n < n_b; ++n) {
-        for (oh = 0; oh < oh_n; ++oh) {
-            for (ow = 0; ow < ow_n; ++ow) {
-                for (c = 0; c < c_n; ++c) {
+    for (int32_t n = 0; n < n_b; ++n) {
+        for (int32_t oh = 0; oh < oh_n; ++oh) {
+            for (int32_t ow = 0; ow < ow_n; ++ow) {
+                for (int32_t c = 0; c < c_n; ++c) {
                     int32_t best = -1000;
                     int32_t bi = -1, bj = -1;
-                    for (kh = 0; kh < kh_n; ++kh) {
+                    for (int32_t kh = 0; kh < kh_n; ++kh) {
                         const int32_t ih = oh * p->stride_h - p->pad_t + kh * p->dil_h;
                         if (ih < 0 || ih >= h) {
                             continue;
                         }
-                        for (kw = 0; kw < kw_n; ++kw) {
+                        for (int32_t kw = 0; kw < kw_n; ++kw) {
                             const int32_t iw = ow * p->stride_w - p->pad_l + kw * p->dil_w;
                             int32_t v;
                             if (iw < 0 || iw >= wd) {
@@ -196,12 +194,11 @@ void tt_max_pool_grad_f32(const tt_pool_params *p, const tt_dims *d_dims, const 
 /* pool.py _global_avg_pool_grad_f32 */
 void tt_global_avg_pool_grad_f32(const tt_dims *dx_dims, const float *d, float inv_hw, float *dx)
 {
-    int32_t n, i, j, c;
     int32_t k = 0;
-    for (n = 0; n < dx_dims->n; ++n) {
-        for (i = 0; i < dx_dims->h; ++i) {
-            for (j = 0; j < dx_dims->w; ++j) {
-                for (c = 0; c < dx_dims->c; ++c) {
+    for (int32_t n = 0; n < dx_dims->n; ++n) {
+        for (int32_t i = 0; i < dx_dims->h; ++i) {
+            for (int32_t j = 0; j < dx_dims->w; ++j) {
+                for (int32_t c = 0; c < dx_dims->c; ++c) {
                     dx[k] = d[n * dx_dims->c + c] * inv_hw;
                     ++k;
                 }

@@ -59,19 +59,18 @@ void tt_slice_f32(const tt_dims *dims, const float *in, int32_t axis, int32_t st
 {
     const int32_t d[4] = {dims->n, dims->h, dims->w, dims->c};
     int32_t outer = 1, inner = 1;
-    int32_t a, o, i;
     int32_t k = 0;
     int32_t len;
-    for (a = 0; a < axis; ++a) {
+    for (int32_t a = 0; a < axis; ++a) {
         outer *= d[a];
     }
-    for (a = axis + 1; a < 4; ++a) {
+    for (int32_t a = axis + 1; a < 4; ++a) {
         inner *= d[a];
     }
     len = (stop - start) * inner;
-    for (o = 0; o < outer; ++o) {
+    for (int32_t o = 0; o < outer; ++o) {
         const float *src = in + (o * d[axis] + start) * inner;
-        for (i = 0; i < len; ++i) {
+        for (int32_t i = 0; i < len; ++i) {
             out[k] = src[i];
             ++k;
         }
@@ -85,13 +84,12 @@ void tt_transpose_f32(const tt_dims *dims, const float *in, const int32_t *perm,
     const int32_t st[4] = {dims->h * dims->w * dims->c, dims->w * dims->c, dims->c, 1};
     const int32_t od0 = d[perm[0]], od1 = d[perm[1]], od2 = d[perm[2]], od3 = d[perm[3]];
     const int32_t s0 = st[perm[0]], s1 = st[perm[1]], s2 = st[perm[2]], s3 = st[perm[3]];
-    int32_t i0, i1, i2, i3;
     int32_t k = 0;
-    for (i0 = 0; i0 < od0; ++i0) {
-        for (i1 = 0; i1 < od1; ++i1) {
-            for (i2 = 0; i2 < od2; ++i2) {
+    for (int32_t i0 = 0; i0 < od0; ++i0) {
+        for (int32_t i1 = 0; i1 < od1; ++i1) {
+            for (int32_t i2 = 0; i2 < od2; ++i2) {
                 const float *src = in + i0 * s0 + i1 * s1 + i2 * s2;
-                for (i3 = 0; i3 < od3; ++i3) {
+                for (int32_t i3 = 0; i3 < od3; ++i3) {
                     out[k] = src[i3 * s3];
                     ++k;
                 }
