@@ -9,6 +9,8 @@ import cffi
 
 ROOT = Path(__file__).resolve().parent.parent
 INCLUDE = ROOT / "runtime_c" / "include"
+# every runtime source file (one truth: the folder, as the emitted packages and the host build glob it)
+RUNTIME_SOURCES = sorted((ROOT / "runtime_c" / "src").glob("*.c"))
 CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", "-ffp-contract=off", "-fPIC", "-shared"]
 
 

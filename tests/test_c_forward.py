@@ -1,5 +1,5 @@
-"""The C forward kernels (runtime_c/src/tt_forward.c) against the numba kernels
-of the simulator (compiler/ops): identical int8 outputs, identical clamp masks
+"""The C forward kernels (runtime_c/src: tt_conv.c, tt_fc.c, tt_pool.c, tt_eltwise.c, tt_shape.c)
+against the numba kernels of the simulator (compiler/ops): identical int8 outputs, identical clamp masks
 (C packs them in bits), bit-identical floats; then the shipped MNIST model run
 node by node through C.
 
@@ -22,9 +22,8 @@ from tinytrain.compiler.ops.conv import conv_out_size
 from tinytrain.compiler.quant.fixedpoint import quantize_multiplier, quantize_multipliers
 from tinytrain.sim.simulator import quantize_input
 
-from .cbuild import CFLAGS, INCLUDE, ROOT, build, header_cdef
+from .cbuild import CFLAGS, INCLUDE, ROOT, RUNTIME_SOURCES, build, header_cdef
 
-SOURCE = ROOT / "runtime_c" / "src" / "tt_forward.c"
 SANITIZE = os.environ.get("TT_FWD_SANITIZE") == "1"
 SAN_FLAGS = ["-fsanitize=address,undefined,float-cast-overflow", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
 
@@ -39,7 +38,7 @@ _CTYPES = {np.dtype(np.int8): "int8_t", np.dtype(np.uint8): "uint8_t", np.dtype(
 # ---------------------------------------------------------------------------
 
 class CForward:
-    """tt_forward.c through cffi.  Every wrapper hands C exactly-sized buffers
+    """The runtime's kernels through cffi.  Every wrapper hands C exactly-sized buffers
     (so ASan sees any overrun), a mask pre-filled with random bits (so each bit
     must be written, 0 as well as 1), and returns the mask unpacked to uint8."""
 
@@ -178,7 +177,7 @@ class CForward:
 
 @pytest.fixture(scope="module")
 def c(tmp_path_factory):
-    ffi, lib = build([SOURCE], CDEF, tmp_path_factory.mktemp("fwd"), name="ttforward",
+    ffi, lib = build(RUNTIME_SOURCES, CDEF, tmp_path_factory.mktemp("fwd"), name="ttforward",
                      extra=SAN_FLAGS if SANITIZE else ())
     return CForward(ffi, lib)
 
@@ -729,10 +728,11 @@ def test_mnist_model_chained_in_c(c, mnist):
 @pytest.mark.parametrize("opt", ["-O0", "-O3", "-Os"])
 def test_compiles_warning_free(tmp_path, opt):
     flags = [f for f in CFLAGS if f not in ("-O2", "-shared", "-fPIC")]
-    cmd = ["gcc", *flags, opt, "-Wshadow", "-Wconversion", "-Wstrict-prototypes", "-Wcast-qual",
-           f"-I{INCLUDE}", "-c", str(SOURCE), "-o", str(tmp_path / "fwd.o")]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 0 and not res.stderr, res.stderr
+    for src in RUNTIME_SOURCES:
+        cmd = ["gcc", *flags, opt, "-Wshadow", "-Wconversion", "-Wstrict-prototypes", "-Wcast-qual",
+               f"-I{INCLUDE}", "-c", str(src), "-o", str(tmp_path / (src.stem + ".o"))]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        assert res.returncode == 0 and not res.stderr, res.stderr
 
 
 def _libasan():

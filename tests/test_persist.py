@@ -13,7 +13,7 @@ import zlib
 import numpy as np
 import pytest
 
-from .cbuild import ROOT, build
+from .cbuild import INCLUDE, ROOT, build, header_cdef
 
 CDEF = """
 void shim_reset(uint32_t slot_size);
@@ -24,8 +24,7 @@ long shim_reads(int bytes);
 uint8_t *shim_flash(void);
 int shim_save(const uint8_t *state, uint32_t size, uint32_t signature);
 int shim_load(uint8_t *state, uint32_t size, uint32_t signature);
-uint32_t tt_crc32(uint32_t crc, const uint8_t *data, uint32_t size);
-"""
+""" + header_cdef(INCLUDE / "tt_persist.h")      # tt_crc32, tt_state_save / _load as declared
 SIZE, SLOT, SIG = 600, 1024, 0x1234ABCD
 
 
@@ -275,7 +274,8 @@ def model(tmp_path_factory):
     out = tmp_path_factory.mktemp("model")
     tg, plan, facts = compile_graph(gq, out, name="m", update="classifier")
     hm = HostModel(out, "m", tg, facts, lr=0.05, seed=1)
-    hm.ffi.cdef("int tt_state_save(const tt_flash *f, const uint8_t *state, uint32_t size, uint32_t signature);")
+    hm.ffi.cdef(next(line for line in header_cdef(INCLUDE / "tt_persist.h").splitlines()   # tt_flash: host.cdef's
+                     if line.startswith("int tt_state_save(")))
     return hm, x, y
 
 

@@ -266,7 +266,7 @@ def _conv2d_grad_input_f32(dpre, w, w_scale, dx, sh, sw, pt, pl, dh, dw, groups)
     That order is what each dx element sees: for one output pixel (oh, ow) an element is
     reached by at most one tap, so it receives its terms in the order (oh, ow), then co
     ascending.  The loops keep exactly that while running, per output pixel, the valid taps
-    outside and the output channels inside (runtime_c/src/tt_backward.c has the same nest)."""
+    outside and the output channels inside (runtime_c/src/tt_conv.c has the same nest)."""
     n_b, h, wd, _ = dx.shape
     co_n, kh_n, kw_n, cg = w.shape
     cog = co_n // groups
@@ -304,7 +304,7 @@ def _conv2d_grad_weight_f32(dpre, x, x_zp, x_scale, dwt, sh, sw, pt, pl, dh, dw,
 
     Each element: 0, then += over the valid (n, oh, ow) in that order, then * s_x.  The loops
     run the positions outside and the channels inside (independent accumulators, the same
-    sequence per element; runtime_c/src/tt_backward.c has the same nests)."""
+    sequence per element; runtime_c/src/tt_conv.c has the same nests)."""
     n_b, h, wd, _ = x.shape
     _, kh_n, kw_n, ci_n = dwt.shape
     cog = dpre.shape[3] // groups

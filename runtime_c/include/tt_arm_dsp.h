@@ -1,7 +1,7 @@
 /**
  * @file tt_arm_dsp.h
  * @brief Cortex-M DSP-extension (SXTB16 + SMLAD) forms of the int8 dot products of
- *        tt_forward.c, and the portability macros those kernels use.
+ *        tt_internal.h (tt_conv.c, tt_fc.c), and the portability macros those kernels use.
  *
  * Compiled in when the compiler targets a core with the DSP extension
  * (__ARM_FEATURE_DSP: -mcpu=cortex-m4, cortex-m7, cortex-m33, cortex-m55, ...) unless
@@ -15,7 +15,7 @@
  * pairs of int16 with SXTB16 (b0, b2) and SXTB16 ROR #8 (b1, b3); the input pairs get
  * the zero point subtracted with SADD16 (|x - zp| <= 255 fits int16); SMLAD adds both
  * products of a pair to a 32-bit accumulator.  Its addition is modulo 2^32 (an overflow
- * only sets the Q flag) and the accumulator bound of tt_forward.c (K * 32512 + |bias| <
+ * only sets the Q flag) and the accumulator bound of tt_conv.c (K * 32512 + |bias| <
  * 2^31) holds for every partial sum, so the final sum is the exact one in any order.
  */
 #ifndef TT_ARM_DSP_H
@@ -31,9 +31,10 @@
 #define TT_RESTRICT
 #endif
 
-/** Keep a helper out of line (register pressure in the big loop nests; gcc/clang only). */
+/** Keep a helper out of line (register pressure in the big loop nests; gcc/clang only).  Such
+ *  helpers live in headers (tt_internal.h): a file that does not call one gets no warning. */
 #if defined(__GNUC__)
-#define TT_NOINLINE __attribute__((noinline))
+#define TT_NOINLINE __attribute__((noinline, unused))
 #else
 #define TT_NOINLINE
 #endif
@@ -45,7 +46,7 @@
 #define TT_USE_DSP 0
 #endif
 
-#if TT_USE_DSP && defined(TT_DSP_KERNELS) /* the kernels: only in tt_forward.c */
+#if TT_USE_DSP && defined(TT_DSP_KERNELS) /* the kernels: only in the files of tt_internal.h */
 
 /** Four int8 at p (any alignment: Cortex-M3/M4/M7/M33 load words unaligned) as a word. */
 static inline uint32_t tt_dsp_load4(const int8_t *p)
@@ -103,7 +104,7 @@ static inline int32_t tt_dsp_smlatb(uint32_t a, uint32_t b, int32_t acc)
     return r;
 }
 
-/** acc[j] += sum_i (x[i] - zp) * w[j * w_stride + i], j = 0..3 (tt_forward.c dot4_s8). */
+/** acc[j] += sum_i (x[i] - zp) * w[j * w_stride + i], j = 0..3 (tt_internal.h dot4_s8). */
 TT_NOINLINE static void tt_dsp_dot4_s8(const int8_t *TT_RESTRICT x, int32_t zp, const int8_t *TT_RESTRICT w,
                                   int32_t w_stride, int32_t n, int32_t *TT_RESTRICT acc)
 {
@@ -148,7 +149,7 @@ TT_NOINLINE static void tt_dsp_dot4_s8(const int8_t *TT_RESTRICT x, int32_t zp, 
     acc[3] = a3;
 }
 
-/** acc + sum_i (x[i] - zp) * w[i] (tt_forward.c dot1_s8). */
+/** acc + sum_i (x[i] - zp) * w[i] (tt_internal.h dot1_s8). */
 TT_NOINLINE static int32_t tt_dsp_dot1_s8(const int8_t *TT_RESTRICT x, int32_t zp, const int8_t *TT_RESTRICT w,
                                      int32_t n, int32_t acc)
 {

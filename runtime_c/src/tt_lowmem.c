@@ -9,8 +9,7 @@ void tt_crop_s8(const tt_dims *in_dims, const int8_t *in, int32_t y0, int32_t x0
                 int8_t *out)
 {
     const size_t row = (size_t)out_dims->w * (size_t)out_dims->c;
-    int32_t y;
-    for (y = 0; y < out_dims->h; ++y) {
+    for (int32_t y = 0; y < out_dims->h; ++y) {
         memcpy(out + (size_t)y * row, in + ((size_t)(y0 + y) * (size_t)in_dims->w + (size_t)x0) * (size_t)in_dims->c,
                row);
     }
@@ -20,8 +19,7 @@ void tt_quantize_crop_f32_s8(const tt_dims *in_dims, const float *in, int32_t y0
                              const tt_dims *out_dims, float scale, int32_t zp, int8_t *out)
 {
     const int32_t row = out_dims->w * out_dims->c;
-    int32_t y;
-    for (y = 0; y < out_dims->h; ++y) {
+    for (int32_t y = 0; y < out_dims->h; ++y) {
         tt_quantize_f32_s8(row, in + ((size_t)(y0 + y) * (size_t)in_dims->w + (size_t)x0) * (size_t)in_dims->c, scale,
                            zp, out + (size_t)y * (size_t)row);
     }
@@ -31,8 +29,7 @@ void tt_paste_s8(const tt_dims *patch_dims, const int8_t *patch, int32_t y0, int
                  int8_t *full)
 {
     const size_t row = (size_t)patch_dims->w * (size_t)patch_dims->c;
-    int32_t y;
-    for (y = 0; y < patch_dims->h; ++y) {
+    for (int32_t y = 0; y < patch_dims->h; ++y) {
         memcpy(full + ((size_t)(y0 + y) * (size_t)full_dims->w + (size_t)x0) * (size_t)full_dims->c,
                patch + (size_t)y * row, row);
     }
@@ -53,8 +50,7 @@ void tt_depthwise_conv2d_inplace_s8(const tt_conv_params *p, const tt_quant_para
     const size_t out_row = (size_t)out_dims->w * (size_t)c_n;
     const int32_t span = (filter_dims->h - 1) * p->dil_h + 1;
     int32_t first = 0, count = 0; /* input rows [first, first + count) are in the window */
-    int32_t oh;
-    for (oh = 0; oh < out_dims->h; ++oh) {
+    for (int32_t oh = 0; oh < out_dims->h; ++oh) {
         const int32_t r0 = oh * p->stride_h - p->pad_t;
         const int32_t a = r0 < 0 ? 0 : r0;
         const int32_t b = r0 + span > h ? h : r0 + span;
@@ -89,21 +85,20 @@ void tt_depthwise_conv2d_grad_input_inplace_f32(const tt_conv_params *p, const t
 {
     const int32_t h = dims->h, wd = dims->w, c_n = dims->c;
     const int32_t kh_n = filter_dims->h, kw_n = filter_dims->w;
-    int32_t c, oh, ow, kh, kw, i;
-    for (c = 0; c < c_n; ++c) {
+    for (int32_t c = 0; c < c_n; ++c) {
         const int8_t *wc = w + c * kh_n * kw_n;
-        for (i = 0; i < h * wd; ++i) {
+        for (int32_t i = 0; i < h * wd; ++i) {
             scratch[i] = 0.0f;
         }
-        for (oh = 0; oh < h; ++oh) {
-            for (ow = 0; ow < wd; ++ow) {
+        for (int32_t oh = 0; oh < h; ++oh) {
+            for (int32_t ow = 0; ow < wd; ++ow) {
                 const float d = dpre_dx[((size_t)oh * (size_t)wd + (size_t)ow) * (size_t)c_n + (size_t)c] * w_scale[c];
-                for (kh = 0; kh < kh_n; ++kh) {
+                for (int32_t kh = 0; kh < kh_n; ++kh) {
                     const int32_t ih = oh * p->stride_h - p->pad_t + kh * p->dil_h;
                     if (ih < 0 || ih >= h) {
                         continue;
                     }
-                    for (kw = 0; kw < kw_n; ++kw) {
+                    for (int32_t kw = 0; kw < kw_n; ++kw) {
                         const int32_t iw = ow * p->stride_w - p->pad_l + kw * p->dil_w;
                         if (iw < 0 || iw >= wd) {
                             continue;
@@ -113,7 +108,7 @@ void tt_depthwise_conv2d_grad_input_inplace_f32(const tt_conv_params *p, const t
                 }
             }
         }
-        for (i = 0; i < h * wd; ++i) {
+        for (int32_t i = 0; i < h * wd; ++i) {
             dpre_dx[(size_t)i * (size_t)c_n + (size_t)c] = scratch[i];
         }
     }

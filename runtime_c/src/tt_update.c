@@ -54,11 +54,11 @@ static float clip_step(float step)
 int32_t tt_sgd_s8_stochastic(int8_t *w, int32_t w_inner, int32_t w_k, const float *g, int32_t g_rows,
                              int32_t g_inner, int32_t g_k, const float *factor, float lr, uint32_t *prng_state)
 {
-    int32_t co, i, sat = 0;
-    for (co = 0; co < g_rows; ++co) {
+    int32_t sat = 0;
+    for (int32_t co = 0; co < g_rows; ++co) {
         const float *grow = g + co * g_inner;
         int8_t *wrow = w + co * w_inner;
-        for (i = 0; i < g_inner; ++i) {
+        for (int32_t i = 0; i < g_inner; ++i) {
             const float step = clip_step((grow[i] * factor[co]) * lr);
             const int32_t d = (int32_t)floorf(step + tt_prng_uniform(prng_state));
             const int32_t j = (i / g_k) * w_k + i % g_k;
@@ -74,12 +74,12 @@ int32_t tt_sgd_s8_stochastic(int8_t *w, int32_t w_inner, int32_t w_k, const floa
 int32_t tt_sgd_s8_shadow(int8_t *w, int16_t *sh, int32_t w_inner, int32_t w_k, const float *g, int32_t g_rows,
                          int32_t g_inner, int32_t g_k, const float *factor, float lr)
 {
-    int32_t co, i, sat = 0;
-    for (co = 0; co < g_rows; ++co) {
+    int32_t sat = 0;
+    for (int32_t co = 0; co < g_rows; ++co) {
         const float *grow = g + co * g_inner;
         int8_t *wrow = w + co * w_inner;
         int16_t *srow = sh + co * w_inner;
-        for (i = 0; i < g_inner; ++i) {
+        for (int32_t i = 0; i < g_inner; ++i) {
             const float step = clip_step((grow[i] * factor[co]) * lr);
             const int32_t d = (int32_t)floorf(step * 256.0f + 0.5f);     /* |d| <= 2^28 + 1 */
             const int32_t j = (i / g_k) * w_k + i % g_k;
@@ -97,8 +97,8 @@ int32_t tt_sgd_s8_shadow(int8_t *w, int16_t *sh, int32_t w_inner, int32_t w_k, c
 int32_t tt_sgd_s32_stochastic(int32_t *b, int32_t n, const float *g, const float *factor, float lr, int32_t limit,
                               uint32_t *prng_state)
 {
-    int32_t c, sat = 0;
-    for (c = 0; c < n; ++c) {
+    int32_t sat = 0;
+    for (int32_t c = 0; c < n; ++c) {
         const float step = clip_step((g[c] * factor[c]) * lr);
         const int64_t d = (int64_t)floorf(step + tt_prng_uniform(prng_state));
         int64_t v = (int64_t)b[c] - d;                  /* |b| < 2^31, |d| <= 2^20 + 1 */
@@ -117,8 +117,7 @@ int32_t tt_sgd_s32_stochastic(int32_t *b, int32_t n, const float *g, const float
 /* update.py _sgd_f32 */
 void tt_sgd_f32(float *w, int32_t n, const float *g, float lr)
 {
-    int32_t i;
-    for (i = 0; i < n; ++i) {
+    for (int32_t i = 0; i < n; ++i) {
         w[i] = w[i] - g[i] * lr;
     }
 }
@@ -127,8 +126,8 @@ void tt_sgd_f32(float *w, int32_t n, const float *g, float lr)
    brought back inside the accumulator-safe range before a forward). */
 int32_t tt_clamp_sym_s32(int32_t *b, int32_t n, int32_t limit)
 {
-    int32_t c, sat = 0;
-    for (c = 0; c < n; ++c) {
+    int32_t sat = 0;
+    for (int32_t c = 0; c < n; ++c) {
         if (b[c] > limit) {
             b[c] = limit;
             sat += 1;

@@ -11,7 +11,8 @@ FIXEDPOINT_H = "runtime_c/include/tt_fixedpoint.h"
 PRNG = "compiler/quant/prng.py"
 PRNG_H = "runtime_c/include/tt_prng.h"
 LINEAR = "compiler/ops/linear.py"
-BACKWARD_C = "runtime_c/src/tt_backward.c"
+FC_C = "runtime_c/src/tt_fc.c"
+ELTWISE_C = "runtime_c/src/tt_eltwise.c"
 TRAIN_OPS = "compiler/ops/train.py"
 PERSIST_C = "runtime_c/src/tt_persist.c"
 
@@ -57,11 +58,11 @@ MUTANTS = [
     dict(id="fc-grad-input-py", side="py", why="fc input gradient with the weight's sign flipped (Python)",
          edits=[[LINEAR, *PY_FC_GI]], tests=["tests/test_c_backward.py", "-k", "fc_grad_input"]),
     dict(id="fc-grad-weight-c", side="c", why="fc weight gradient negated (C)",
-         edits=[[BACKWARD_C, *C_FC_GW]], tests=["tests/test_c_backward.py", "-k", "fc_grad_weight"]),
+         edits=[[FC_C, *C_FC_GW]], tests=["tests/test_c_backward.py", "-k", "fc_grad_weight"]),
     dict(id="fc-grad-weight-both", side="both", why="fc weight gradient negated in both twins",
-         edits=[[LINEAR, *PY_FC_GW], [BACKWARD_C, *C_FC_GW]], tests=GRADIENT_TESTS),
+         edits=[[LINEAR, *PY_FC_GW], [FC_C, *C_FC_GW]], tests=GRADIENT_TESTS),
     dict(id="fc-grad-input-both", side="both", why="fc input gradient sign flipped in both twins",
-         edits=[[LINEAR, *PY_FC_GI], [BACKWARD_C, *C_FC_GI]], tests=GRADIENT_TESTS),
+         edits=[[LINEAR, *PY_FC_GI], [FC_C, *C_FC_GI]], tests=GRADIENT_TESTS),
     # ---- quantization-aware scaling
     dict(id="qas-weight", side="py", why="the weight's QAS factor is s_w instead of 1/s_w",
          edits=[["compiler/passes/autodiff.py", "    return (1.0 / s if qas else s).astype(np.float32)",
@@ -103,9 +104,9 @@ MUTANTS = [
                  "mask[i] = np.uint8(not (lo <= v <= hi))"]],
          tests=["tests/test_c_forward.py", "-k", "clamp_s8"]),
     dict(id="mask-grad-c", side="c", why="the mask gradient keeps the masked-out elements (C, bytewise path)",
-         edits=[[BACKWARD_C, *C_MASK_GRAD_BYTES]], tests=["tests/test_c_backward.py", "-k", "mask_grad"]),
+         edits=[[ELTWISE_C, *C_MASK_GRAD_BYTES]], tests=["tests/test_c_backward.py", "-k", "mask_grad"]),
     dict(id="mask-grad-both", side="both", why="mask polarity inverted in both twins",
-         edits=[[TRAIN_OPS, *PY_MASK_GRAD], [BACKWARD_C, *C_MASK_GRAD_BYTES], [BACKWARD_C, *C_MASK_GRAD_TAIL]],
+         edits=[[TRAIN_OPS, *PY_MASK_GRAD], [ELTWISE_C, *C_MASK_GRAD_BYTES], [ELTWISE_C, *C_MASK_GRAD_TAIL]],
          tests=GRADIENT_TESTS),
     # ---- PRNG
     dict(id="xorshift-py", side="py", why="xorshift32 (13, 15, 5) in Python", edits=[[PRNG, *PY_XORSHIFT]],
