@@ -32,6 +32,7 @@ def test_restore_refuses_a_same_sized_blob_of_another_model(fmnist, tmp_path):
     b = HostModel(tmp_path / "b", "m", tgb, fb, lr=0.05, seed=1)
     for i in range(3):
         a.train_step(x[i], y[i])
+    assert a.lib.m_state_seal(a.ctx) == 0                # a blob kept by the caller is sealed first
     saved = a.state_bytes()
     S = fa["state"]
 
