@@ -1,5 +1,6 @@
-"""Loading the data people bring: .npz (arrays x and y), .npy (x only) and
-.csv (one sample a row; a final extra column is the label).
+"""Loading the data people bring: .npz (arrays x and y), .npy (x only),
+.csv (one sample a row; a final extra column is the label) and folders of
+images (one subfolder per class, as image data sets come: `read_image_folder`).
 
 Limits, checked on the file's headers before anything is decompressed or read:
 - at most MAX_BYTES (2 GiB; the environment variable TINYTRAIN_MAX_DATA_BYTES
@@ -319,6 +320,8 @@ def load_dataset(path, input_shape=None, need_labels=False, layout=None, model_l
     are in (default: the model's); model_layout: the model's, when the importer recorded
     one; max_samples: read only the first N samples."""
     path = Path(path)
+    if path.is_dir():
+        return read_image_folder(path, input_shape, model_layout, max_samples, need_labels)
     if not path.is_file():
         raise TinytrainError("no such file", file=path)
     suffix = path.suffix.lower()
@@ -350,6 +353,56 @@ def load_dataset(path, input_shape=None, need_labels=False, layout=None, model_l
         y = check_y(y, len(x), path)
     if need_labels and y is None:
         raise TinytrainError("this command needs labels: an array 'y'", file=path, field="y")
+    return x, y
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def read_image_folder(path, input_shape, recorded_layout=None, max_samples=None, need_labels=False):
+    """A folder with one subfolder per class (`cats/`, `dogs/`: labels 0, 1, ... in the
+    subfolders' sorted name order) of image files, or a folder of images alone (no labels).
+    Each image is converted to the model's channels (1: grey, 3: RGB), resized to its H x W
+    (bilinear) and scaled to [0, 1] (x / 255), in the model's layout; files are taken in
+    sorted order.  -> (x float32, y int64 or None).  Needs Pillow."""
+    if input_shape is None or len(input_shape) != 4:
+        raise TinytrainError("a folder of images needs a model with an image input (N, C, H, W or N, H, W, C)",
+                             file=path)
+    try:
+        from PIL import Image
+    except ImportError:
+        raise TinytrainError("reading a folder of images needs Pillow: pip install pillow", file=path) from None
+    layout = model_layout(input_shape, recorded_layout)
+    last = LAYOUTS[layout][1]
+    c, h, w = (input_shape[3], input_shape[1], input_shape[2]) if last else input_shape[1:]
+    if c not in (1, 3):
+        raise TinytrainError(f"the model takes {c} channels: images are read as 1 (grey) or 3 (RGB)", file=path)
+    classes = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    groups = [(k, d) for k, d in enumerate(classes)] if classes else [(None, path)]
+    files = [(k, f) for k, d in groups for f in sorted(d.iterdir())
+             if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise TinytrainError("no images found (one subfolder per class of .png/.jpg/... files)", file=path)
+    limit = min(MAX_SAMPLES, max_bytes() // (4 * c * h * w))
+    if max_samples:
+        files = files[:max_samples]
+    if len(files) > limit:
+        raise TinytrainError(f"{len(files)} images are over the limit of {limit} for this input size "
+                             f"(the environment variable {LIMIT_ENV} raises it)", file=path)
+    x = np.empty((len(files), c, h, w), np.float32)
+    for i, (_, f) in enumerate(files):
+        try:
+            with Image.open(f) as im:
+                im = im.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+                a = np.asarray(im, np.float32) / np.float32(255.0)
+        except Exception as e:
+            raise TinytrainError(f"cannot read the image: {type(e).__name__}: {e}", file=f) from None
+        x[i] = a[None] if c == 1 else a.transpose(2, 0, 1)
+    if last:
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    y = None if groups[0][0] is None else np.array([k for k, _ in files], np.int64)
+    if need_labels and y is None:
+        raise TinytrainError("this command needs labels: put the images in one subfolder per class", file=path)
     return x, y
 
 
