@@ -171,7 +171,7 @@ def main():
           "on `sparse` it trains the partial weights whole: more gradient work than the C does, NOT like for like; "
           "only its `full` rows are.")
     print("- C predict runs the C library's predict (the training forward as compiled: patched tiles, in-place "
-          "depthwise, no mask bits kept); ORT inference is an InferenceSession of the float ONNX file (all graph "
+          "depthwise, mask bits); ORT inference is an InferenceSession of the float ONNX file (all graph "
           "optimizations, 1 thread). The C is int8, PyTorch and ORT float32.")
     print("- Every C build is bit-exact with the simulator (tests/test_compile.py, test_c_bit_exact_built_for_this_cpu "
           "for -O3 and -march=native).\n")
