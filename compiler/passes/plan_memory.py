@@ -20,7 +20,6 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import njit
 
 from ..errors import TinytrainError
 from ..layout import ALIGN             # the arena's and the state blob's alignment (one owner)
@@ -113,34 +112,20 @@ def lifetimes(graph, in_place=True):
     return bufs
 
 
-@njit(cache=True)
-def _first_fit(start, end, size):
-    """Offsets for buffers given in placement order: each at the lowest offset (0 or the end
-    of a placed buffer, scanned by offset) where it overlaps no placed buffer whose lifetime
-    meets its own."""
-    n = len(start)
-    off = np.empty(n, np.int64)
-    lo, hi = np.empty(n, np.int64), np.empty(n, np.int64)
-    for k in range(n):
-        m = 0
-        for j in range(k):
-            if not (end[j] < start[k] or end[k] < start[j]):
-                lo[m], hi[m] = off[j], off[j] + size[j]
-                m += 1
-        o = 0
-        for i in np.argsort(lo[:m], kind="mergesort"):
-            if o + size[k] <= lo[i]:
-                break
-            o = max(o, hi[i])
-        off[k] = o
-    return off
-
-
 def _place(bufs, order):
-    off = _first_fit(np.array([b.start for b in order], np.int64), np.array([b.end for b in order], np.int64),
-                     np.array([b.size for b in order], np.int64))
-    for b, o in zip(order, off.tolist()):
-        b.offset = o
+    """First fit: each buffer, in `order`, at the lowest offset where its bytes meet no
+    placed buffer whose lifetime meets its own (the lowest such offset is 0 or the end of
+    one of those buffers: all of them are tried at once)."""
+    n = len(order)
+    start, end = np.empty(n, np.int64), np.empty(n, np.int64)
+    lo, hi = np.empty(n, np.int64), np.empty(n, np.int64)
+    for k, b in enumerate(order):
+        live = np.flatnonzero(~((end[:k] < b.start) | (b.end < start[:k])))
+        plo, phi = lo[live], hi[live]
+        cand = np.concatenate((np.zeros(1, np.int64), phi))[:, None]
+        free = ((cand + b.size <= plo) | (cand >= phi)).all(axis=1)
+        b.offset = int(cand[free, 0].min())
+        start[k], end[k], lo[k], hi[k] = b.start, b.end, b.offset, b.offset + b.size
     return max((b.offset + b.size for b in bufs), default=0)
 
 
