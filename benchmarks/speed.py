@@ -1,8 +1,14 @@
-"""Host speed of one training step (batch 1, one thread): the emitted C (gcc -O2,
-called through cffi), the numba simulator, and PyTorch eager on the same float
-graph with the same trainable parameters.
+"""Host speed of one training step and of one prediction (batch 1, one thread): the emitted C
+(called through cffi) built as the host build is (-O3) and with --native (-O3 -march=native),
+the numba simulator, PyTorch eager at its best layout (plain NCHW, weights permuted once) and,
+for reference, the NHWC baseline it replaced (a permute + F.pad around every conv), and
+onnxruntime inference. Every figure is the best of ROUNDS interleaved rounds (each round times
+every column once, a median of n calls), so a burst of load on the shared machine hits all
+columns alike.
 
     python benchmarks/speed.py > benchmarks/speed.md      (needs torch: pip install torch==2.13.0)
+
+onnxruntime-training needs its own venv (onnx 1.17): benchmarks/ort_training.py, peers_ort.md.
 
 With --boards: instructions per training step on the emulated Cortex-M4 / M7 (QEMU,
 tinytrain.boards) for the runtime kernels before this speed work (git commit BEFORE),
@@ -31,75 +37,146 @@ import tinytrain as tt  # noqa: E402
 from tinytrain.compiler.pipeline import compile_graph  # noqa: E402
 from tinytrain.compiler.reference import to_ir_layout  # noqa: E402
 from tinytrain.compiler.scheme import resolve  # noqa: E402
-from tinytrain.host import HostModel  # noqa: E402
+from tinytrain.host import CFLAGS, NATIVE_CFLAGS, HostModel  # noqa: E402
 from tinytrain.train.backprop import BackpropTrainer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from torch_baseline import IRModule  # noqa: E402
+from torch_baseline import IRModule, NCHWModule  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = [("MCU CNN 28x28", "mcu_cnn_mnist.onnx", (1, 28, 28)), ("MobileNetV2-w0.35 128x128", "paper/mbv2_w035_128.onnx",
                                                                  (3, 128, 128))]
+SCHEMES = ("sparse", "full")
+ROUNDS = 7
 
 
-def timed(fn, n, rounds=5):
-    """Best of `rounds` medians of n calls, in ms (other processes on the machine only add time)."""
-    fn()
-    fn()
-    best = float("inf")
+def interleaved(fns, n, rounds=ROUNDS):
+    """{name: ms}: the best over `rounds` of each column's median of n calls; every round runs
+    every column in turn (other processes on the machine only add time)."""
+    for fn in fns.values():
+        fn()
+        fn()
+    best = {k: float("inf") for k in fns}
     for _ in range(rounds):
-        ts = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        best = min(best, statistics.median(ts))
-    return 1000 * best
+        for k, fn in fns.items():
+            ts = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
+            best[k] = min(best[k], statistics.median(ts))
+    return {k: 1000 * v for k, v in best.items()}
+
+
+def _cpu():
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith(("flags", "Features")):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    simd = [f for f in ("sse2", "avx2", "fma", "avx512f", "avx512_vnni", "asimd", "asimddp", "sve") if f in flags]
+    return name, simd
+
+
+def _gcc():
+    try:
+        return subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    except (OSError, IndexError):
+        return "gcc (unknown)"
+
+
+def _trained(tg, scheme):
+    """The tensors a row trains: whole weights, partial weights (a fraction of their input
+    channels), biases."""
+    partial = sum(1 for r in scheme.weights.values() if r < 1.0)
+    return f"{len(scheme.weights) - partial} weights whole + {partial} partial, {len(scheme.biases)} biases"
 
 
 def main():
+    import onnxruntime as ort
     torch.set_num_threads(1)
-    print("# Host speed of a training step\n")
+    load0 = os.getloadavg()
+    cpu, simd = _cpu()
+    print("# Host speed of a training step and of a prediction\n")
     print("Command: `python benchmarks/speed.py > benchmarks/speed.md`  ")
-    print(f"Machine: {platform.machine()} ({os.cpu_count()} cores, 1 thread used), gcc -O2, torch {torch.__version__}. "
-          "ms per step, batch 1: the best of 5 rounds, each the median of 30 (28x28) / 8 (128x128) steps.\n")
-    print(f"\"C before\": the same compiled model built with the C kernels of commit {BEFORE} (before the kernel "
-          "speed work).\n")
-    print("| model | scheme | C step ms | C before ms | simulator (numba) ms | PyTorch eager ms | torch time / C time "
-          "| sim time / C time |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"Host: {cpu} ({platform.machine()}, {os.cpu_count()} cores, 1 thread used; SIMD: {', '.join(simd)}); "
+          f"{_gcc()}; torch {torch.__version__}; onnxruntime {ort.__version__}.  ")
+    print(f"C build (tinytrain.host): `{' '.join(CFLAGS)}`; \"native\": the same plus `{' '.join(NATIVE_CFLAGS)}` "
+          "(`tinytrain train --backend c --native`).  ")
+    print(f"Protocol: ms per call, batch 1; every figure the best of {ROUNDS} interleaved rounds, a round timing every "
+          "column in turn, each a median of 30 (28x28) / 8 (128x128) calls.  ")
+    print(f"Load average at the start: {load0[0]:.1f} / {load0[1]:.1f} / {load0[2]:.1f} (1 / 5 / 15 min) on "
+          f"{os.cpu_count()} cores: the machine was shared; best-of-rounds removes most, not all, of it.\n")
+    print("| model | scheme | trained tensors (C, simulator, PyTorch) | C step ms | C native ms | simulator ms "
+          "| PyTorch NCHW ms | PyTorch NHWC+copies ms (old baseline) | PyTorch NCHW / C | C predict ms "
+          "| C native predict ms | ORT inference ms | C predict / ORT |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
+    notes = []
     for label, path, shape in CASES:
         gf = tt.load(ROOT / "models" / path)
         x = rng.random((4,) + shape, dtype=np.float32)
         gq = tt.quantize(gf, x, output_range=(-16, 16))
         n = 30 if shape[1] < 100 else 8
-        for scheme in ("sparse", "full"):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = so.inter_op_num_threads = 1
+        sess = ort.InferenceSession(str(ROOT / "models" / path), so, providers=["CPUExecutionProvider"])
+        feed = {sess.get_inputs()[0].name: x[:1]}
+        for scheme in SCHEMES:
+            sc = resolve(gf, scheme)
             with tempfile.TemporaryDirectory() as tmp:
                 tg, plan, facts = compile_graph(gq, tmp, name="m", update=scheme)
                 hm = HostModel(tmp, "m", tg, facts, lr=0.01)
-                c = timed(lambda: hm.train_step(x[0], 1), n)
-                before = Path(tmp) / "before"
-                shutil.copytree(tmp, before, ignore=shutil.ignore_patterns("before", "*.so"))
-                _old_kernels(before)
-                hb = HostModel(before, "m", tg, facts, lr=0.01)
-                cb = timed(lambda: hb.train_step(x[0], 1), n)
-            sim = BackpropTrainer(tg, lr=0.01)
-            s = timed(lambda: sim.step(x[0], 1), n)
-            model = IRModule(gf, resolve(gf, scheme))
-            opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
-            xt = torch.tensor(to_ir_layout(gf, x[:1]))
-            yt = torch.tensor([1])
+                nat = Path(tmp) / "native"
+                shutil.copytree(tmp, nat, ignore=shutil.ignore_patterns("native", "*.so"))
+                hn = HostModel(nat, "m", tg, facts, lr=0.01, extra_cflags=NATIVE_CFLAGS)
+                sim = BackpropTrainer(tg, lr=0.01)
+                nchw, nhwc = NCHWModule(gf, sc), IRModule(gf, sc)
+                with torch.no_grad():
+                    diff = float((nchw(torch.tensor(x[:1])) - nhwc(torch.tensor(to_ir_layout(gf, x[:1])))).abs().max())
+                opts = {k: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.01)
+                        for k, m in (("nchw", nchw), ("nhwc", nhwc))}
+                xs = {"nchw": torch.tensor(x[:1]), "nhwc": torch.tensor(to_ir_layout(gf, x[:1]))}
+                yt = torch.tensor([1])
 
-            def torch_step():
-                opt.zero_grad()
-                F.cross_entropy(model(xt), yt).backward()
-                opt.step()
-            t = timed(torch_step, n)
-            print(f"| {label} | {scheme} | {c:.2f} | {cb:.2f} | {s:.2f} | {t:.2f} | {t / c:.2f} | {s / c:.2f} |",
-                  flush=True)
-    print("\nonnxruntime-training runs in its own venv: its figures on the same models are in "
-          "benchmarks/peers_ort.md (benchmarks/ort_training.py).")
+                def torch_step(k, m):
+                    opts[k].zero_grad()
+                    F.cross_entropy(m(xs[k]), yt).backward()
+                    opts[k].step()
+                ms = interleaved({
+                    "c": lambda: hm.train_step(x[0], 1), "cn": lambda: hn.train_step(x[0], 1),
+                    "sim": lambda: sim.step(x[0], 1), "nchw": lambda: torch_step("nchw", nchw),
+                    "nhwc": lambda: torch_step("nhwc", nhwc), "cp": lambda: hm.predict(x[0]),
+                    "cnp": lambda: hn.predict(x[0]), "ort": lambda: sess.run(None, feed)}, n)
+                same = hm.state_bytes() == hn.state_bytes()
+            notes.append(f"{label} {scheme}: the two PyTorch layouts' logits differ by at most {diff:.1e}; "
+                         f"the C -O3 and -O3 -march=native builds "
+                         f"{'ended with identical' if same else 'ended with DIFFERENT'} trained state after the "
+                         "same steps.")
+            print(f"| {label} | {scheme} | {_trained(tg, sc)} | {ms['c']:.2f} | {ms['cn']:.2f} | {ms['sim']:.2f} | "
+                  f"{ms['nchw']:.2f} | {ms['nhwc']:.2f} | {ms['nchw'] / ms['c']:.2f} | {ms['cp']:.2f} | "
+                  f"{ms['cnp']:.2f} | {ms['ort']:.2f} | {ms['cp'] / ms['ort']:.2f} |", flush=True)
+    load1 = os.getloadavg()
+    print(f"\nLoad average at the end: {load1[0]:.1f} / {load1[1]:.1f} / {load1[2]:.1f}.\n")
+    print("Like for like:")
+    print("- C, simulator and PyTorch train exactly the same tensors in every row (the column names them; PyTorch "
+          "masks the partial weights' gradients to the same input channels). `full` trains every weight and bias "
+          "whole. `sparse` trains a few whole tensors plus partial weights (a fraction of their input channels).")
+    print("- onnxruntime-training is not in this table: it needs its own venv (onnx 1.17; benchmarks/ort_training.py, "
+          "figures in benchmarks/peers_ort.md, measured in a separate run). Its `requires_grad` is per tensor, so "
+          "on `sparse` it trains the partial weights whole: more gradient work than the C does, NOT like for like; "
+          "only its `full` rows are.")
+    print("- C predict runs the C library's predict (the training forward as compiled: patched tiles, in-place "
+          "depthwise, mask bits); ORT inference is an InferenceSession of the float ONNX file (all graph "
+          "optimizations, 1 thread). The C is int8, PyTorch and ORT float32.")
+    print("- Every C build is bit-exact with the simulator (tests/test_compile.py, test_c_bit_exact_built_for_this_cpu "
+          "for -O3 and -march=native).\n")
+    for line in notes:
+        print(f"- {line}")
 
 
 BEFORE = "418a4f3"                   # the runtime before the kernel speed work

@@ -83,14 +83,19 @@ def memory_plan(graph, in_place=True, patch=True, sram=None):
     frozen depthwise convs in place (inplace_depthwise), then the static arena."""
     from .passes.inplace_depthwise import inplace_depthwise
     from .passes.patch_prefix import best_patching
-    from .passes.plan_memory import plan_memory, state_bytes
+    from .passes.plan_memory import lower_bound, plan_memory, state_bytes
+    prepped = {}                          # id(g) -> (g, prep(g)): each candidate prepared once
 
     def prep(g):
-        return verify(inplace_depthwise(g), "inplace_depthwise") if in_place else g
+        if id(g) not in prepped:
+            prepped[id(g)] = (g, verify(inplace_depthwise(g), "inplace_depthwise") if in_place else g)
+        return prepped[id(g)][1]
     if patch:
         budget = None if sram is None else sram - state_bytes(graph)[0]
-        graph = best_patching(graph, lambda g: plan_memory(prep(g), in_place=in_place), budget)[0]
+        graph, plan, _ = best_patching(graph, lambda g: plan_memory(prep(g), in_place=in_place), budget,
+                                       bound_fn=lambda g: lower_bound(prep(g), in_place=in_place))
         graph = verify(graph, "patch_prefix")
+        return prep(graph), plan
     graph = prep(graph)
     return graph, plan_memory(graph, in_place=in_place)
 

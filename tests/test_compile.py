@@ -37,9 +37,9 @@ def _state_arrays(hm, tg, plan, rounding="stochastic"):
             for tid in tg.meta["training"]["trainable"]}
 
 
-def _bit_exact(tmp_path, gq, x, y, steps, update, seed=3, lr=0.02, **kw):
+def _bit_exact(tmp_path, gq, x, y, steps, update, seed=3, lr=0.02, cflags=(), **kw):
     tg, plan, facts = compile_graph(gq, tmp_path, name="m", update=update, **kw)
-    hm = HostModel(tmp_path, "m", tg, facts, lr=lr, seed=seed)
+    hm = HostModel(tmp_path, "m", tg, facts, lr=lr, seed=seed, extra_cflags=cflags)
     sim = BackpropTrainer(tg, lr=lr, seed=seed, rounding=kw.get("rounding", "stochastic"))
     for i in range(steps):
         k = i % len(x)
@@ -60,6 +60,16 @@ def _bit_exact(tmp_path, gq, x, y, steps, update, seed=3, lr=0.02, **kw):
 def test_c_trains_bit_exact_with_the_simulator(update, gq, fmnist, tmp_path):
     x, y = fmnist
     _bit_exact(tmp_path, gq, x, y, 120, update)
+
+
+@pytest.mark.parametrize("update", ["sparse", "full"])
+def test_c_bit_exact_built_for_this_cpu(update, gq, fmnist, tmp_path):
+    """The host library at -O3 (vectorized), and with -march=native (--native), still gives
+    the simulator's bits: no fused multiply-add, no reassociated float sum."""
+    from tinytrain.host import CFLAGS, NATIVE_CFLAGS
+    assert "-O3" in CFLAGS and "-ffp-contract=off" in CFLAGS and not any("fast-math" in f for f in CFLAGS)
+    x, y = fmnist
+    _bit_exact(tmp_path, gq, x, y, 30, update, cflags=NATIVE_CFLAGS)
 
 
 @pytest.mark.parametrize("kw", [dict(rounding="shadow"), dict(float_classifier=True), dict(qas=False)],

@@ -294,7 +294,9 @@ def _build(build_dir, out, board, gcc, facts, nodes, x, y, steps, lr, seed, stac
     for src in srcs:
         obj = out / (src.stem + ".o")
         forced = ["-include", out / "tt_profile.h"] if nodes and src == srcs[0] else []
-        _run([gcc, *cpu, *CFLAGS, *incs, *forced, "-c", src, "-o", obj], f"{Path(gcc).name} ({src.name})", file=src)
+        # a board's "opt_cflags" (after CFLAGS: its -O wins), e.g. -O3 for a phone's application core
+        _run([gcc, *cpu, *CFLAGS, *board.get("opt_cflags", []), *incs, *forced, "-c", src, "-o", obj],
+             f"{Path(gcc).name} ({src.name})", file=src)
         objs.append(obj)
     if is_linux(board):
         return _link_linux(board, gcc, facts, out, objs, bool(nodes))

@@ -155,6 +155,8 @@ def _train(args, out):
         print(f"update: {args.update} ({why})")
     scheme = resolve(g, args.update)
     final = Path(args.output)
+    if getattr(args, "native", False) and args.backend != "c":
+        raise TinytrainError("--native builds the C library for this CPU: it needs --backend c", field="--native")
     if args.trainer in ("mezo", "hybrid"):
         if args.trainer == "hybrid" and args.backend == "c":
             raise TinytrainError("--trainer hybrid runs in the simulator only (--backend sim)")
@@ -164,7 +166,8 @@ def _train(args, out):
             from .host import HostTrainer
             tg, plan, facts = compile_mezo(g, out / "c", name="model", update=scheme, eps=args.eps,
                                            queries=args.queries)
-            trainer = HostTrainer(out / "c", "model", tg, plan, facts, lr=args.lr, seed=args.seed)
+            trainer = HostTrainer(out / "c", "model", tg, plan, facts, lr=args.lr, seed=args.seed,
+                                  native=args.native)
         else:
             trainer = MezoTrainer(g, scheme, lr=args.lr, eps=args.eps, queries=args.queries, seed=args.seed,
                                   hybrid=args.trainer == "hybrid")
@@ -179,7 +182,8 @@ def _train(args, out):
         tg, plan, facts = compile_graph(g, out / "c", name="model", update=scheme, qas=not args.no_qas,
                                         float_classifier=args.float_classifier, rounding=args.rounding,
                                         weight_headroom=args.weight_headroom)
-        trainer = HostTrainer(out / "c", "model", tg, plan, facts, lr=args.lr, seed=args.seed, rounding=args.rounding)
+        trainer = HostTrainer(out / "c", "model", tg, plan, facts, lr=args.lr, seed=args.seed, rounding=args.rounding,
+                              native=args.native)
         print(f"C build: {final / 'c'} (arena {facts['arena']} B, state {facts['state']} B)")
     else:
         tg = training_graph(g, scheme, qas=not args.no_qas, float_classifier=args.float_classifier,
@@ -600,6 +604,8 @@ def build_parser(argv=None):
     s.add_argument("--seed", type=int, default=0, help="seed of the data order and stochastic rounding")
     s.add_argument("--backend", choices=["sim", "c"], default="sim",
                    help="sim: the numba simulator; c: compile to C, build with gcc, train through it (bit-exact)")
+    s.add_argument("--native", action="store_true",
+                   help="with --backend c: build for this CPU's instruction set (-march=native; still bit-exact)")
     s.add_argument("--input-shape", type=_shape, help="override the input shape, e.g. 1,3,32,32 (default: the model's)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--sram", help="SRAM budget for --update auto, e.g. 256k (the plan compile would make)")

@@ -8,7 +8,10 @@ import numpy as np
 from .compiler.errors import TinytrainError
 from .compiler.reference import to_ir_layout
 
-CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", "-ffp-contract=off", "-fPIC", "-shared"]
+# built for the machine it runs on: -O3 (auto-vectorized: SSE2 on baseline x86-64, NEON on aarch64),
+# never a fused multiply-add nor a reassociated float sum (no -ffast-math), so bit-exact with the simulator
+CFLAGS = ["-std=c99", "-O3", "-Wall", "-Wextra", "-Werror", "-pedantic", "-ffp-contract=off", "-fPIC", "-shared"]
+NATIVE_CFLAGS = ["-march=native"]       # asked for (--native): this CPU's vector units (AVX2, SVE, ...)
 
 
 def build(out, name, extra=()):
@@ -104,26 +107,127 @@ class HostModel:
                              offset=offset).copy()
 
 
+STACK_FLAGS = ["-std=c99", "-O2", "-ffp-contract=off", "-fstack-usage"]
+STACK_CACHE_KEEP = 512                  # per-file stack-usage results kept in the user's cache
+
+
+def _quoted_includes(src, dirs):
+    """Every header a source pulls in with #include "..." (recursively, gcc's search order:
+    the including file's folder, then the -I folders), as sorted paths."""
+    import re
+    seen, todo = set(), [Path(src)]
+    while todo:
+        f = todo.pop()
+        for name in re.findall(r'^\s*#\s*include\s*"([^"]+)"', f.read_text(errors="replace"), re.M):
+            for d in (f.parent, *dirs):
+                h = (d / name).resolve()
+                if h.is_file():
+                    if h not in seen:
+                        seen.add(h)
+                        todo.append(h)
+                    break
+    return sorted(seen)
+
+
+def _stack_cache():
+    """The per-user folder of cached -fstack-usage results (None if there is no writable one)."""
+    import os
+    from ._numba_cache import _base, _writable
+    try:
+        d = _base() / "tinytrain" / "stack"
+    except RuntimeError:                      # no home directory
+        return None
+    return d if _writable(d) else None
+
+
+def _stack_key(src, cmd, dirs):
+    """A source's cache key: the bytes of it and of every header it includes, the flags and the
+    compiler binary (its resolved path, size and modification time)."""
+    import hashlib
+    import os
+    import shutil
+    h = hashlib.sha256()
+    gcc = shutil.which(cmd[0])
+    st = os.stat(os.path.realpath(gcc)) if gcc else None
+    h.update(repr((cmd, os.path.realpath(gcc) if gcc else None, st and (st.st_size, st.st_mtime_ns))).encode())
+    for f in (Path(src), *_quoted_includes(src, dirs)):
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _parse_su(text):
+    import re
+    use = {}
+    for line in text.splitlines():
+        m = re.match(r".*:(\w+)\t(\d+)\t", line)
+        if m:
+            use[m.group(1)] = int(m.group(2))
+    return use
+
+
+def stack_usage(srcs, dirs, jobs=None, cache=True):
+    """{function: bytes of its own frame} from gcc -fstack-usage over the sources, compiled
+    concurrently (`jobs` at a time, default the CPU count) or found in the per-user cache (keyed
+    by the bytes of each source and its headers, the flags and the compiler).  None if gcc fails."""
+    import json
+    import os
+    import tempfile
+    folder = _stack_cache() if cache else None
+    use, todo = {}, []
+    for s in srcs:
+        key = _stack_key(s, ["gcc", *STACK_FLAGS], dirs)
+        hit = None
+        if folder is not None:
+            try:
+                hit = json.loads((folder / f"{key}.json").read_text())
+            except (OSError, ValueError):
+                hit = None
+        if isinstance(hit, dict):
+            use.update(hit)
+        else:
+            todo.append((s, key))
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs = max(1, jobs or os.cpu_count() or 2)
+        running, failed = [], False
+        pending = list(enumerate(todo))
+        while pending or running:
+            while pending and len(running) < jobs:
+                i, (s, key) = pending.pop(0)
+                cmd = ["gcc", *STACK_FLAGS, "-c", str(s), *(f"-I{d}" for d in dirs), "-o", f"{tmp}/{i}_{Path(s).stem}.o"]
+                running.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), i, s, key))
+            proc, i, s, key = running.pop(0)
+            if proc.wait() != 0:
+                failed = True
+                continue
+            mine = _parse_su(Path(f"{tmp}/{i}_{Path(s).stem}.su").read_text())
+            use.update(mine)
+            if folder is not None:
+                try:
+                    part = folder / f"{key}.{os.getpid()}.tmp"
+                    part.write_text(json.dumps(mine))
+                    os.replace(part, folder / f"{key}.json")
+                except OSError:
+                    pass
+        if failed:
+            return None
+    if folder is not None and todo:
+        try:
+            old = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime)
+            for p in old[:max(0, len(old) - STACK_CACHE_KEEP)]:
+                p.unlink()
+        except OSError:
+            pass
+    return use
+
+
 def stack_estimate(out, name):
     """Deepest call chain of a training step in bytes, from gcc -fstack-usage on this
     host (an estimate for the board; `tinytrain build` measures the real peak)."""
-    import re
-    import tempfile
     out = Path(out)
     srcs = [out / f"{name}.c"] + sorted((out / "runtime" / "src").glob("*.c"))
-    with tempfile.TemporaryDirectory() as tmp:
-        for s in srcs:
-            res = subprocess.run(["gcc", "-std=c99", "-O2", "-ffp-contract=off", "-fstack-usage", "-c", str(s),
-                                  f"-I{out}", f"-I{out / 'runtime' / 'include'}", "-o", f"{tmp}/{s.stem}.o"],
-                                 capture_output=True, text=True)
-            if res.returncode != 0:
-                return 2048
-        use = {}
-        for su in Path(tmp).glob("*.su"):
-            for line in su.read_text().splitlines():
-                m = re.match(r".*:(\w+)\t(\d+)\t", line)
-                if m:
-                    use[m.group(1)] = int(m.group(2))
+    use = stack_usage(srcs, [out, out / "runtime" / "include"])
+    if use is None:
+        return 2048
     kernels = max((v for k, v in use.items() if k.startswith("tt_")), default=0)
     top = use.get(f"{name}_train_step", 0)
     inner = max(use.get(f"{name}_forward", 0), use.get(f"{name}_backward", 0))
@@ -133,12 +237,13 @@ def stack_estimate(out, name):
 class HostTrainer:
     """Training through the compiled C (same interface as BackpropTrainer)."""
 
-    def __init__(self, out, name, train_graph, plan, facts, lr=0.05, seed=0, rounding="stochastic"):
+    def __init__(self, out, name, train_graph, plan, facts, lr=0.05, seed=0, rounding="stochastic", native=False):
         from .compiler.hparams import check_lr
         from .compiler.layout import state_layout
         lr = check_lr(lr)
         self.graph, self.plan = train_graph, plan
-        self.model = HostModel(out, name, train_graph, facts, lr=lr, seed=seed)
+        self.model = HostModel(out, name, train_graph, facts, lr=lr, seed=seed,
+                               extra_cflags=NATIVE_CFLAGS if native else ())
         self.offsets = state_layout(train_graph, rounding).offsets
         self.steps = 0
 

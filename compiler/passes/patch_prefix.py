@@ -195,13 +195,15 @@ def patch_prefix(graph, pos, grid):
     return g, info
 
 
-def best_patching(graph, plan_fn, budget=None, grids=(2, 3, 4), max_extra=0.25):
+def best_patching(graph, plan_fn, budget=None, grids=(2, 3, 4), max_extra=0.25, bound_fn=None):
     """Choose a patching of the graph's frozen prefix (or none).
 
     Candidates: every cut after the first strided layer x grids, whose recomputed
     MACs stay within max_extra of the forward's MACs.  With a byte budget for the
     arena: the candidate with the fewest extra MACs that fits (none at all if the
     unpatched plan fits); without one, or if nothing fits: the smallest arena.
+    bound_fn(g), if given, is a lower bound of plan_fn(g).arena_size: a candidate it
+    shows cannot win is not planned (the choice is the same as planning them all).
     -> (graph, plan, PatchInfo or None)"""
     base = (graph, plan_fn(graph), None)
     if budget is not None and base[1].arena_size <= budget:
@@ -220,11 +222,45 @@ def best_patching(graph, plan_fn, budget=None, grids=(2, 3, 4), max_extra=0.25):
             extra = info.patched_macs - info.macs
             if extra > max_extra * total:
                 continue
-            found.append((g2, plan_fn(g2), info))
+            found.append((g2, info))
     if not found:
         return base
-    fits = [c for c in found if budget is not None and c[1].arena_size <= budget]
-    if fits:
-        return min(fits, key=lambda c: (c[2].patched_macs - c[2].macs, c[1].arena_size))
-    best = min(found, key=lambda c: (c[1].arena_size, c[2].patched_macs))
-    return best if best[1].arena_size < base[1].arena_size else base
+    plans, bounds = {}, {}
+
+    def plan(i):
+        if i not in plans:
+            plans[i] = plan_fn(found[i][0])
+        return plans[i]
+
+    def bound(i):
+        if i in plans:
+            return plans[i].arena_size
+        if i not in bounds:
+            bounds[i] = bound_fn(found[i][0]) if bound_fn is not None else 0
+        return bounds[i]
+
+    def extra(i):
+        return found[i][1].patched_macs - found[i][1].macs
+    if budget is not None:
+        # the fewest extra MACs that fit (ties: the smaller arena, then the earlier candidate)
+        win = None
+        for i in sorted(range(len(found)), key=extra):
+            if win is not None and extra(i) > extra(win):
+                break
+            if bound(i) > budget:
+                continue
+            if plan(i).arena_size <= budget and (win is None or plan(i).arena_size < plan(win).arena_size):
+                win = i
+        if win is not None:
+            return (found[win][0], plan(win), found[win][1])
+    # the smallest arena (ties: the fewer patched MACs, then the earlier candidate), if smaller than unpatched
+    best = None
+    for i in range(len(found)):
+        if bound(i) >= base[1].arena_size or (best is not None and bound(i) > plan(best).arena_size):
+            continue
+        key = (plan(i).arena_size, found[i][1].patched_macs)
+        if best is None or key < (plan(best).arena_size, found[best][1].patched_macs):
+            best = i
+    if best is None or plan(best).arena_size >= base[1].arena_size:
+        return base
+    return (found[best][0], plan(best), found[best][1])

@@ -16,6 +16,7 @@ Two placements are tried, greedy by size (TFLM) and first fit in order of
 first use; the smaller wins.  `verify_plan` independently checks that no two
 buffers that are live at the same step overlap, and it always runs.
 """
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,8 +31,8 @@ ALIAS_OPS = ("reshape",)
 
 def nbytes(t):
     if t.dtype == "uint8" and t.name.endswith(":mask"):
-        return (t.size + 7) // 8
-    return t.size * np.dtype(t.dtype).itemsize
+        return (math.prod(t.shape) + 7) // 8
+    return math.prod(t.shape) * np.dtype(t.dtype).itemsize
 
 
 @dataclass
@@ -79,9 +80,12 @@ def lifetimes(graph, in_place=True):
             last.setdefault(tid, 0)
     group = {}                                  # tensor -> representative
     def root(t):
-        while group.get(t, t) != t:
-            t = group[t]
-        return t
+        r = t
+        while group.get(r, r) != r:
+            r = group[r]
+        while t != r:                           # path compression: the same roots, found sooner
+            group[t], t = r, group[t]
+        return r
     for step, n in enumerate(graph.nodes):
         if n.op in ALIAS_OPS:
             group[n.outputs[0]] = root(n.inputs[0])
@@ -109,16 +113,19 @@ def lifetimes(graph, in_place=True):
 
 
 def _place(bufs, order):
-    placed = []
-    for b in order:
-        live = sorted((p for p in placed if not (p.end < b.start or b.end < p.start)), key=lambda p: p.offset)
-        off = 0
-        for p in live:
-            if off + b.size <= p.offset:
-                break
-            off = max(off, p.offset + p.size)
-        b.offset = off
-        placed.append(b)
+    """First fit: each buffer, in `order`, at the lowest offset where its bytes meet no
+    placed buffer whose lifetime meets its own (the lowest such offset is 0 or the end of
+    one of those buffers: all of them are tried at once)."""
+    n = len(order)
+    start, end = np.empty(n, np.int64), np.empty(n, np.int64)
+    lo, hi = np.empty(n, np.int64), np.empty(n, np.int64)
+    for k, b in enumerate(order):
+        live = np.flatnonzero(~((end[:k] < b.start) | (b.end < start[:k])))
+        plo, phi = lo[live], hi[live]
+        cand = np.concatenate((np.zeros(1, np.int64), phi))[:, None]
+        free = ((cand + b.size <= plo) | (cand >= phi)).all(axis=1)
+        b.offset = int(cand[free, 0].min())
+        start[k], end[k], lo[k], hi[k] = b.start, b.end, b.offset, b.offset + b.size
     return max((b.offset + b.size for b in bufs), default=0)
 
 
@@ -127,9 +134,10 @@ def plan_memory(graph, in_place=True):
     without in-place buffers too: a heuristic placement can do worse with them)."""
     best = None
     for inp in ((True, False) if in_place else (False,)):
+        groups = lifetimes(graph, inp)
         for name, key in (("greedy-by-size", lambda b: (-b.size, b.start)),
                           ("first-fit-by-lifetime", lambda b: (b.start, -b.size))):
-            bufs = lifetimes(graph, inp)
+            bufs = [Buffer(b.tensors, b.size, b.start, b.end) for b in groups]
             size = _place(bufs, sorted(bufs, key=key))
             if best is None or size < best.arena_size:
                 best = Plan(bufs, size, name + (", in place" if inp else ""))
@@ -139,6 +147,21 @@ def plan_memory(graph, in_place=True):
     best.peak_step = peak_step(best)
     verify_plan(graph, best)
     return best
+
+
+def lower_bound(graph, in_place=True):
+    """Bytes no plan of this graph can go below: the most bytes live at one step (of the
+    buffers with and without in-place sharing when in_place, as plan_memory tries both)."""
+    need = []
+    for inp in ((True, False) if in_place else (False,)):
+        bufs = lifetimes(graph, inp)
+        if not bufs:
+            return 0
+        delta = np.zeros(max(b.end for b in bufs) + 2, np.int64)
+        np.add.at(delta, [b.start for b in bufs], [b.size for b in bufs])
+        np.add.at(delta, [b.end + 1 for b in bufs], [-b.size for b in bufs])
+        need.append(int(np.cumsum(delta).max()))
+    return min(need)
 
 
 def peak_step(plan):
@@ -157,8 +180,9 @@ def live_at(plan, step):
 def verify_plan(graph, plan):
     """Independent check: every tensor placed, aligned, inside the arena, and no two
     buffers whose lifetimes meet share a byte."""
+    used = {i for n in graph.nodes for i in (*n.inputs, *n.outputs)}
     for tid, t in graph.tensors.items():
-        if t.kind != "const" and any(tid in n.inputs or tid in n.outputs for n in graph.nodes) \
+        if t.kind != "const" and tid in used \
                 and tid not in plan.offsets and not (graph.meta.get("input_external") and tid == graph.inputs[0]):
             raise AssertionError(f"tensor t{tid} has no place in the arena")
     bufs = sorted(plan.buffers, key=lambda b: b.offset)
