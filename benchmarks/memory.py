@@ -6,8 +6,9 @@ technique switched off in turn.
 
 (memory_tte.py adds the like-for-like section: TTE's own published schemes on these nets.)
 
-SRAM = arena (activations, masks, gradients, scratch) + trainable state (int8
-weights, int32 biases of the trained layers); frozen weights stay in flash.
+SRAM = compiler/layout.py sram_total without the stack: arena (activations, masks,
+gradients, scratch) + the state blob (header, int8 weights and int32 biases of the trained
+layers) + the context struct; frozen weights stay in flash.
 """
 import time
 from pathlib import Path
@@ -15,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 import tinytrain as tt
-from tinytrain.compiler.passes.plan_memory import defer_updates, state_bytes
+from tinytrain.compiler.layout import sram_total, state_bytes
+from tinytrain.compiler.passes.plan_memory import defer_updates
 from tinytrain.compiler.pipeline import memory_plan, training_graph
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,8 +35,8 @@ def main():
     print("# Training memory from the static plan\n")
     print("Command: `python benchmarks/memory.py > benchmarks/memory.md && python benchmarks/memory_tte.py >> "
           "benchmarks/memory.md`  ")
-    print("KB = 1024 bytes. SRAM = arena + trainable state (the compiler's figure; `tinytrain compile` adds the "
-          "context and a stack estimate, < 1 KB). Batch 1, 3x128x128 input, weights from random calibration "
+    print("KB = 1024 bytes. SRAM = arena + state blob + context (compiler/layout.py sram_total; `tinytrain compile` "
+          "adds a stack estimate, < 1 KB). Batch 1, 3x128x128 input, weights from random calibration "
           "(memory does not depend on the values). Columns switch one technique off at a time:\n")
     print("- **patch**: the frozen prefix runs in tiles (passes/patch_prefix.py; grid and extra MACs in the last "
           "columns; each tile quantizes its crop straight from the caller's input)")
@@ -66,7 +68,8 @@ def main():
             pt = g1.meta.get("patch")
             grid = f"{pt['grid']}x{pt['grid']}" if pt else "-"
             extra = f"+{(pt['patched_macs'] - pt['macs']) / 1e6:.2f} M" if pt else "-"
-            total = p1.arena_size + st
+            total = sram_total(p1, tg)["total"]         # the one SRAM figure (no stack here)
+            st = total - p1.arena_size                  # state blob + context, the same in every column
             mark = f"**{kb(total)}**"
             print(f"| {label} | {'tte (ours)' if scheme == 'tte' else scheme} | {kb(p1.arena_size)} | {kb(st)} | {mark} | {kb(p2.arena_size + st)} | "
                   f"{kb(p3.arena_size + st)} | {kb(p4.arena_size + st)} | {kb(p5.arena_size + st)} | {kb(fl)} | "

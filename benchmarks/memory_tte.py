@@ -15,7 +15,7 @@ import numpy as np
 
 import tinytrain as tt
 from tinytrain.compiler import tte_schemes as T
-from tinytrain.compiler.passes.plan_memory import state_bytes
+from tinytrain.compiler.layout import sram_total
 from tinytrain.compiler.pipeline import memory_plan, training_graph
 from tinytrain.compiler.scheme import resolve, tte_convs, weighted_layers
 
@@ -52,9 +52,9 @@ def rows(net, gq, peak, at, literal):
         preset = f"tte-{net}-{name}"
         s = resolve(gq, preset)
         tg = training_graph(gq, s)
-        st, _ = state_bytes(tg)
         g1, p1 = memory_plan(tg)
-        total = p1.arena_size + st
+        total = sram_total(p1, tg)["total"]             # arena + state blob + context (no stack)
+        st = total - p1.arena_size
         params = sum(tg.t(t).size for t in tg.meta["training"]["trainable"])
         at_idx = {n.id: i for i, n in enumerate(tte_convs(gq))}
         convw = sorted((at_idx[k], r) for k, r in s.weights.items() if k in at_idx)
@@ -68,7 +68,7 @@ def rows(net, gq, peak, at, literal):
         if literal is not None and name == at and T.differences(gq, weighted_layers(gq), net)[0]:
             s2 = resolve(gq, json.loads(T.dumps(net, name)))    # the same numbers as a TTE JSON
             tg2 = training_graph(gq, s2)
-            literal.append(f"{T.TTE_NETS[net][0]} {name}: {kb(memory_plan(tg2)[1].arena_size + state_bytes(tg2)[0])} KB")
+            literal.append(f"{T.TTE_NETS[net][0]} {name}: {kb(sram_total(memory_plan(tg2)[1], tg2)['total'])} KB")
 
 
 HEADER = ("| network | TTE scheme | weights trained | biases | trainable params | arena KB | "

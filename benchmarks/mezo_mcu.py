@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 import tinytrain as tt
-from tinytrain.compiler.passes.plan_memory import plan_memory, state_bytes
+from tinytrain.compiler.layout import sram_total
+from tinytrain.compiler.passes.plan_memory import plan_memory
 from tinytrain.compiler.passes.zo_plan import zo_plan
 from tinytrain.compiler.pipeline import training_graph
 from tinytrain.compiler.scheme import resolve
@@ -63,12 +64,11 @@ def main():
         print(f"| {name} | " + " | ".join(f"{100 * a:.1f}" for _, a in pts) + f" | {ms:.1f} |")
     sc = resolve(gq, "sparse")
     tg = training_graph(gq, "sparse")
-    bp = plan_memory(tg).arena_size + state_bytes(tg)[0]
+    bp = sram_total(plan_memory(tg), tg)["total"]
     z = zo_plan(gq, sc)
     z.outputs = list(z.outputs) + [z.inputs[0]]
-    z.meta["training"] = {"forward": [n.id for n in z.nodes], "trainable": [it["tid"] for it in z.meta["zo"]["items"]]}
-    zo = plan_memory(z).arena_size + state_bytes(z)[0]
-    print(f"\nSRAM from the plans (arena + trained parameters), sparse scheme: backprop {bp / 1024:.1f} KB, "
+    zo = sram_total(plan_memory(z), z)["total"]
+    print(f"\nSRAM from the plans (arena + state blob + context), sparse scheme: backprop {bp / 1024:.1f} KB, "
           f"MeZO {zo / 1024:.1f} KB (the arena is the inference arena; the 1-bit masks, saved activations "
           "and float gradients of backprop are gone).")
 

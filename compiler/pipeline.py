@@ -61,12 +61,16 @@ def quantize_graph(graph, calib_x, method="minmax", percentile=99.99, output_ran
 
 
 def training_graph(graph_int8, update="sparse", qas=True, float_classifier=False, weight_headroom=2.0,
-                   chunk_bytes=8192):
+                   chunk_bytes=8192, options=None):
     """int8 IR -> verified training graph for an update scheme (preset name,
     JSON path, dict or Scheme); optionally with a float32 classifier.  Trained
     weights get `weight_headroom` (their scale x h) to grow without saturating.  A weight
-    gradient larger than `chunk_bytes` is computed and applied a slice of rows at a time."""
+    gradient larger than `chunk_bytes` is computed and applied a slice of rows at a time.
+    options: a compiler/options.py BuildOptions, whose fields replace the keywords."""
     from .hparams import check_headroom
+    if options is not None:
+        update, qas, float_classifier = options.update, options.qas, options.float_classifier
+        weight_headroom, chunk_bytes = options.weight_headroom, options.chunk_bytes
     weight_headroom = check_headroom(weight_headroom)
     scheme = resolve_scheme(graph_int8, update)
     graph_int8 = verify(_weight_headroom(graph_int8, scheme, weight_headroom), "weight_headroom")
@@ -77,13 +81,15 @@ def training_graph(graph_int8, update="sparse", qas=True, float_classifier=False
     return verify(chunk_grads(g, chunk_bytes), "chunk_grads")
 
 
-def memory_plan(graph, in_place=True, patch=True, sram=None):
+def memory_plan(graph, in_place=True, patch=True, sram=None, rounding="stochastic"):
     """A training (or zeroth-order) graph -> (graph, plan): the frozen prefix run patch by
-    patch when that helps (patch_prefix; with `sram`, the cheapest patching that fits),
-    frozen depthwise convs in place (inplace_depthwise), then the static arena."""
+    patch when that helps (patch_prefix; with `sram`, the cheapest patching that fits beside
+    the state blob and the context), frozen depthwise convs in place (inplace_depthwise),
+    then the static arena."""
+    from .layout import context_bytes, state_bytes
     from .passes.inplace_depthwise import inplace_depthwise
     from .passes.patch_prefix import best_patching
-    from .passes.plan_memory import lower_bound, plan_memory, state_bytes
+    from .passes.plan_memory import lower_bound, plan_memory
     prepped = {}                          # id(g) -> (g, prep(g)): each candidate prepared once
 
     def prep(g):
@@ -91,7 +97,7 @@ def memory_plan(graph, in_place=True, patch=True, sram=None):
             prepped[id(g)] = (g, verify(inplace_depthwise(g), "inplace_depthwise") if in_place else g)
         return prepped[id(g)][1]
     if patch:
-        budget = None if sram is None else sram - state_bytes(graph)[0]
+        budget = None if sram is None else sram - state_bytes(graph, rounding)[0] - context_bytes()
         graph, plan, _ = best_patching(graph, lambda g: plan_memory(prep(g), in_place=in_place), budget,
                                        bound_fn=lambda g: lower_bound(prep(g), in_place=in_place))
         graph = verify(graph, "patch_prefix")
@@ -102,46 +108,50 @@ def memory_plan(graph, in_place=True, patch=True, sram=None):
 
 def compile_graph(graph_int8, out, name="model", update="sparse", qas=True, float_classifier=False,
                   rounding="stochastic", sram=None, in_place=True, weight_headroom=2.0, chunk_bytes=8192,
-                  patch=True, plan_sram=None, progress=None):
+                  patch=True, plan_sram=None, options=None, progress=None):
     """int8 IR -> training graph -> memory plan (checked against `sram` bytes) -> C.
     `plan_sram` only steers the plan (the cheapest patching that fits) without the check.
-    `progress(text)`, if given, hears of each phase as it ends (the CLI prints them).
-    -> (training graph as compiled, plan, facts)"""
+    options: a compiler/options.py BuildOptions (the CLI's and the API's one record), whose
+    fields replace the keywords.  `progress(text)`, if given, hears of each phase as it ends
+    (the CLI prints them).  -> (training graph as compiled, plan, facts)"""
     from .codegen.cformat import check_name
     from .codegen.emit_c import emit
+    from .options import BuildOptions
     from .passes.plan_memory import check_budget
-    check_name(name)
+    o = options if options is not None else BuildOptions(
+        name=name, update=update, qas=qas, float_classifier=float_classifier, rounding=rounding, sram=sram,
+        in_place=in_place, weight_headroom=weight_headroom, chunk_bytes=chunk_bytes, patch=patch, plan_sram=plan_sram)
+    check_name(o.name)
     say = progress or (lambda text: None)
-    tg = training_graph(graph_int8, update, qas=qas, float_classifier=float_classifier,
-                        weight_headroom=weight_headroom, chunk_bytes=chunk_bytes)
+    tg = training_graph(graph_int8, options=o)
     say(f"training graph: {len(tg.nodes)} steps, scheme {tg.meta['training']['scheme']}")
-    tg, plan = memory_plan(tg, in_place=in_place, patch=patch, sram=sram if sram is not None else plan_sram)
-    check_budget(tg, plan, sram)
+    tg, plan = memory_plan(tg, in_place=o.in_place, patch=o.patch, sram=o.steer_sram(), rounding=o.rounding)
+    check_budget(tg, plan, o.sram, rounding=o.rounding)
     say(f"memory plan: arena {plan.arena_size} B ({plan.algorithm})")
-    facts = emit(tg, plan, out, name=name, rounding=rounding)
-    say(f"emit C: {name}.c, {name}.h, runtime/")
+    facts = emit(tg, plan, out, name=o.name, rounding=o.rounding)
+    say(f"emit C: {o.name}.c, {o.name}.h, runtime/")
     return tg, plan, facts
 
 
-def compile_mezo(graph_int8, out, name="model", update="sparse", eps=1, queries=1, sram=None):
+def compile_mezo(graph_int8, out, name="model", update="sparse", eps=1, queries=1, sram=None, options=None):
     """int8 IR -> zeroth-order training library (two forward passes a step, no backward).
-    -> (zo graph, plan, facts)"""
+    options: a BuildOptions, whose fields replace the keywords.  -> (zo graph, plan, facts)"""
     from .codegen.cformat import check_name
     from .codegen.emit_zo import emit_mezo
-    check_name(name)
+    from .options import BuildOptions
+    o = options if options is not None else BuildOptions(name=name, update=update, eps=eps, queries=queries,
+                                                         sram=sram, trainer="mezo")
+    check_name(o.name)
     from .passes.plan_memory import check_budget, plan_memory
     from .passes.zo_plan import zo_plan
     from .hparams import check_eps, check_queries
-    eps, queries = check_eps(eps), check_queries(queries)
-    gz = verify(zo_plan(graph_int8, resolve_scheme(graph_int8, update), eps), "zo_plan")
-    gz.meta["training"] = {"forward": [n.id for n in gz.nodes],
-                           "trainable": [it["tid"] for it in gz.meta["zo"]["items"]], "scheme": gz.meta["zo"]["scheme"],
-                           "qas": True}
+    eps, queries = check_eps(o.eps), check_queries(o.queries)
+    gz = verify(zo_plan(graph_int8, resolve_scheme(graph_int8, o.update), eps), "zo_plan")   # its meta["training"]
     # the step runs the forward twice: the quantized input must survive the first pass
     outputs = list(gz.outputs)
     gz.outputs = outputs + [gz.inputs[0]]
     plan = plan_memory(gz)
     gz.outputs = outputs
-    check_budget(gz, plan, sram)
-    facts = emit_mezo(gz, plan, out, name=name, queries=queries)
+    check_budget(gz, plan, o.sram)
+    facts = emit_mezo(gz, plan, out, name=o.name, queries=queries)
     return gz, plan, facts

@@ -114,6 +114,33 @@ def test_cli_build_and_run_with_check(tmp_path, capsys):
     assert "signature" in capsys.readouterr().err
 
 
+@needs_tools
+def test_run_check_reads_the_build_record(tmp_path, capsys):
+    """compile with options off their defaults records them (build.json, in the folder's manifest);
+    `run --check` then needs only the folder and --data; a flag that contradicts the record warns."""
+    import json
+    from tinytrain.compiler.options import read_build
+    out = tmp_path / "rec"
+    assert main(["compile", str(MODEL), "--calib", str(D / "mnist_calib.npz"), "--update", "last-2", "--rounding",
+                 "shadow", "--logit-range", "8", "--weight-headroom", "1.5", "--no-in-place", "--name", "kws",
+                 "--package", "none", "-o", str(out)]) == 0
+    rec = read_build(out)
+    assert (rec.update, rec.rounding, rec.logit_range, rec.weight_headroom, rec.in_place, rec.name) == \
+        ("last-2", "shadow", 8.0, 1.5, False, "kws")
+    # calibration: the whole file (200 samples, fewer than data.CALIB_SAMPLES)
+    assert rec.calib_samples == 200 and len(rec.model_sha256) == 64 and rec.input_shape == [1, 1, 28, 28]
+    assert "build.json" in json.loads((out / ".tinytrain-manifest.json").read_text())["files"]
+    capsys.readouterr()
+    assert main(["run", str(out), "--board", "qemu-mps2-an386", "--data", str(D / "fmnist_train.npz"), "--steps",
+                 "3", "--check"]) == 0
+    assert "check: 3 steps bit-identical" in capsys.readouterr().out
+    # an explicit flag wins over the record, with a warning: here it rebuilds another graph
+    assert main(["run", str(out), "--board", "qemu-mps2-an386", "--data", str(D / "fmnist_train.npz"), "--steps",
+                 "2", "--check", "--update", "sparse"]) == 2
+    err = capsys.readouterr().err
+    assert "warning: --update contradicts the build record" in err and "signature" in err
+
+
 def test_missing_toolchain_and_unknown_board_are_one_line_errors(sparse, monkeypatch):
     out = sparse[0]
     with pytest.raises(TinytrainError, match="unknown board 'nrf9999'.*qemu-mps2-an386"):

@@ -323,3 +323,41 @@ def test_learned_state_saves_and_restores_through_flash(gq, fmnist, tmp_path):
     assert lib.m_reset(hm.ctx) == 0 and hm.state_bytes() != trained
     assert lib.m_load(hm.ctx, dev) == 0
     assert hm.state_bytes() == trained and hm.ctx.steps == 5
+
+
+def test_shadow_rounding_sram_figure_is_the_builds(tmp_path, capsys):
+    """--update auto's and the 'what fits' figure (cli._scheme_need, compiler/layout.py sram_total) is
+    the compiled build's own: STATE_SIZE (with --rounding shadow's int16 shadows) + arena + context +
+    stack; the shadows add 2 bytes per trained int8 weight (each tensor's rounded up to ALIGN)."""
+    import argparse
+    import json
+    import re
+    from tinytrain.cli import _scheme_need
+    from tinytrain.compiler.layout import ALIGN, context_bytes
+    from tinytrain.data import load_calibration
+    model, calib = ROOT / "models" / "mcu_cnn_mnist.onnx", D / "mnist_calib.npz"
+    g = tt.load(model)
+    gq = tt.quantize(g, load_calibration(calib, g.meta["input_shape"])[0], output_range=(-16, 16))
+    kw = dict(qas=True, float_classifier=False, weight_headroom=2.0)
+    for update in ("sparse", "last-2"):
+        out = tmp_path / update
+        assert main(["compile", str(model), "--calib", str(calib), "--update", update, "--rounding", "shadow",
+                     "--package", "none", "-o", str(out)]) == 0
+        capsys.readouterr()
+        macros = dict(re.findall(r"#define MODEL_(\w+) (\d+)u", (out / "model.h").read_text()))
+        summary = json.loads((out / "report.json").read_text())["summary"]
+        stack = summary["stack_estimate_bytes"]
+        built = int(macros["ARENA_SIZE"]) + int(macros["STATE_SIZE"]) + context_bytes() + stack
+        assert summary["sram_total_bytes"] == built
+        shadow = argparse.Namespace(rounding="shadow", no_in_place=False)
+        need, params = _scheme_need(gq, update, shadow, None, kw, stack)
+        assert need == built, update
+        plain = _scheme_need(gq, update, argparse.Namespace(rounding="stochastic", no_in_place=False), None, kw,
+                             stack)[0]
+        tg = training_graph(gq, update)
+        int8 = [tg.t(t).size for t in tg.meta["training"]["trainable"] if tg.t(t).dtype == "int8"]
+        assert int8 and need - plain == sum((2 * n + ALIGN - 1) // ALIGN * ALIGN for n in int8)
+    # the budget check of compile counts the shadows too: a budget between the two figures is refused
+    assert main(["compile", str(model), "--calib", str(calib), "--update", "last-2", "--rounding", "shadow",
+                 "--sram", str(need - 1), "--package", "none", "-o", str(tmp_path / "tight")]) == 2
+    assert "does not fit" in capsys.readouterr().err

@@ -42,7 +42,8 @@ LAYERS = (
                 "tinytrain.compiler.serialize")),
     ("ops", ("tinytrain.compiler.ops",)),
     ("base", ("tinytrain.compiler", "tinytrain.compiler.ir", "tinytrain.compiler.quant",
-              "tinytrain.compiler.errors", "tinytrain.compiler.cfmt", "tinytrain.compiler.layout")),
+              "tinytrain.compiler.errors", "tinytrain.compiler.cfmt", "tinytrain.compiler.layout",
+              "tinytrain.compiler.options")),
 )
 # modules that import nothing of the project (numpy and the standard library only)
 LEAVES = ("tinytrain.compiler", "tinytrain.compiler.errors", "tinytrain.compiler.cfmt",

@@ -30,3 +30,26 @@ def test_the_emitter_uses_the_layout():
     for rounding in ("stochastic", "shadow"):
         e = Emitter(g, None, "m", rounding)
         assert (e.state_off, e.shadow_off, e.state_size) == tuple(state_layout(g, rounding))
+
+
+def test_context_is_one_field_list():
+    """The context's size by hand (C ABI), the header's struct and the host's cffi one from the same fields."""
+    import cffi
+    from tinytrain.compiler.layout import CONTEXT_FIELDS, context_bytes, context_struct
+    from tinytrain.host import cdef
+    assert [f for _, f, _ in CONTEXT_FIELDS] == ["arena", "state", "lr", "prng", "steps", "skipped", "saturated"]
+    assert context_bytes(8) == 2 * 8 + 5 * 4 + 4 and context_bytes(4) == 2 * 4 + 5 * 4   # 40 (padded), 28
+    ffi = cffi.FFI()
+    ffi.cdef(cdef("m"))
+    assert ffi.sizeof("m_ctx") == context_bytes(ffi.sizeof("void *"))
+    assert context_struct("m", comments=False) in cdef("m")
+
+
+def test_state_bytes_and_sram_total_follow_the_layout():
+    from types import SimpleNamespace
+    from tinytrain.compiler.layout import context_bytes, sram_total, state_bytes
+    g, w, b = _graph()
+    assert state_bytes(g) == (56, 7) and state_bytes(g, "shadow") == (80, 7)      # the frozen 7 bytes: flash
+    parts = sram_total(SimpleNamespace(arena_size=1000), g, "shadow", stack=512)
+    assert parts == {"arena": 1000, "state": 80, "context": context_bytes(), "stack": 512,
+                     "total": 1000 + 80 + context_bytes() + 512}

@@ -96,8 +96,11 @@ def train(model, x, y, test=None, update=recipe.UPDATE, epochs=1, lr=recipe.LR["
     if model.t(model.inputs[0]).dtype != "int8":
         cx = x if calib is None else _in_layout(model, calib, layout, field="calib")
         model = quantize_for_training(model, cx, logit_range)
-    tg = training_graph(model, update, qas=qas, float_classifier=float_classifier, weight_headroom=weight_headroom)
-    trainer = BackpropTrainer(tg, lr=lr, rounding=rounding, seed=seed, momentum=momentum, accumulate=accumulate)
+    from .compiler.options import BuildOptions       # the one record of the build's options
+    opts = BuildOptions(update=update, qas=qas, float_classifier=float_classifier, weight_headroom=weight_headroom,
+                        logit_range=logit_range, rounding=rounding)
+    tg = training_graph(model, options=opts)
+    trainer = BackpropTrainer(tg, lr=lr, rounding=opts.rounding, seed=seed, momentum=momentum, accumulate=accumulate)
     try:
         history = fit(trainer, x, y, epochs=epochs, seed=seed, test=test, progress=progress, out=sys.stdout,
                       lr_flag="lr")

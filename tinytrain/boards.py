@@ -91,6 +91,10 @@ def model_facts(build_dir, name=None):
     build_dir = Path(build_dir)
     if not build_dir.is_dir():
         raise TinytrainError("no such folder (make one with `tinytrain compile ... -o DIR`)", file=build_dir)
+    if name is None:                      # the build record's (compiler/options.py build.json)
+        from .compiler.options import read_build
+        rec = read_build(build_dir)
+        name = rec.name if rec is not None and (build_dir / f"{rec.name}.h").is_file() else None
     if name is None:
         found = [h.stem for h in sorted(build_dir.glob("*.h"))
                  if (build_dir / f"{h.stem}.c").is_file() and f"#define {h.stem.upper()}_ARENA_SIZE" in h.read_text()]
@@ -350,47 +354,93 @@ def _link_linux(board, gcc, facts, out, objs, profile):
 
 # ---------------------------------------------------------------------------- command line
 
-def _graph_for_check(args, facts):
-    """The training graph `tinytrain compile` made, rebuilt from the same model and
-    options; its signature must be the one in NAME.h.  -> (graph, MezoTrainer or None)"""
-    from .api import load, quantize
-    from .compiler.codegen.emit_c import signature
-    from .compiler.pipeline import training_graph
-    from .data import load_calibration
-    if not args.model:
-        raise TinytrainError("--check replays the steps in the simulator: give the model and the options "
-                             "`tinytrain compile` had (--model, --calib, --update, ...)", field="--model")
-    g = load(args.model)
-    if g.t(g.inputs[0]).dtype != "int8":
-        cx = load_calibration(args.calib or args.data, g.meta["input_shape"])[0]     # as compile reads it
-        g = quantize(g, cx, output_range=(-args.logit_range, args.logit_range))
-    mezo = None
-    if args.trainer == "mezo":
-        from .train.mezo import MezoTrainer
-        mezo = MezoTrainer(g, args.update, lr=args.lr, eps=args.eps, queries=args.queries, seed=args.seed)
-        tg = mezo.graph
-        tg.meta["training"] = {"forward": [n.id for n in tg.nodes],          # as compile_mezo records it
-                               "trainable": [it["tid"] for it in tg.meta["zo"]["items"]]}
-    else:
-        from .compiler.pipeline import memory_plan
-        tg = training_graph(g, args.update, qas=not args.no_qas, float_classifier=args.float_classifier,
-                            weight_headroom=args.weight_headroom)
-        sram = None
-        if args.sram:
+# run --check's compile options: (flag, BuildOptions field, flag value -> field value)
+_CHECK_FLAGS = (("--update", "update", None), ("--rounding", "rounding", None), ("--logit-range", "logit_range", None),
+                ("--no-qas", "qas", lambda v: not v), ("--float-classifier", "float_classifier", None),
+                ("--weight-headroom", "weight_headroom", None), ("--no-in-place", "in_place", lambda v: not v),
+                ("--sram", "plan_sram", "size"), ("--trainer", "trainer", None), ("--eps", "eps", None),
+                ("--queries", "queries", None), ("--model", "model", None), ("--calib", "calib", None))
+
+
+def check_options(args, build_dir):
+    """The options `tinytrain compile` recorded in build_dir (compiler/options.py build.json),
+    with the flags given explicitly on top (a warning for each that contradicts the record).
+    Without a record (an older build): the flags, with compile's defaults."""
+    import sys
+    from .compiler.options import BuildOptions, read_build
+    rec = read_build(build_dir)
+    opts = rec or BuildOptions()
+    over = {}
+    for flag, fld, conv in _CHECK_FLAGS:
+        v = getattr(args, flag.lstrip("-").replace("-", "_"), None)
+        if v is None:
+            continue
+        if conv == "size":
             from .memreport import parse_size
             try:
-                sram = parse_size(args.sram)
+                v = parse_size(v)
             except ValueError as e:
-                raise TinytrainError(str(e), field="--sram") from None
+                raise TinytrainError(str(e), field=flag) from None
+        elif conv is not None:
+            v = conv(v)
+        if fld in ("model", "calib") or (fld == "update" and str(v).endswith(".json")):
+            v = str(Path(v).resolve())
+        if rec is not None and getattr(rec, fld) != v:
+            print(f"tinytrain: warning: {flag} contradicts the build record {Path(build_dir) / 'build.json'} "
+                  f"({fld} {getattr(rec, fld)!r}); using {v!r}", file=sys.stderr)
+        over[fld] = v
+    if rec is not None and over.get("plan_sram", rec.plan_sram) != rec.plan_sram:
+        over.setdefault("sram", None)
+    return opts.with_(**over), rec
+
+
+def _graph_for_check(args, facts):
+    """The training graph `tinytrain compile` made, rebuilt from the same model and
+    options (the build record, or the flags); its signature must be the one in NAME.h.
+    -> (graph, MezoTrainer or None, BuildOptions)"""
+    from .api import load, quantize
+    from .compiler.codegen.emit_c import signature
+    from .compiler.options import sha256
+    from .compiler.pipeline import training_graph
+    from .data import load_calibration
+    opts, rec = check_options(args, args.build_dir)
+    if not opts.model:
+        raise TinytrainError("--check replays the steps in the simulator: give the model and the options "
+                             "`tinytrain compile` had (--model, --calib, --update, ...); a build compiled by this "
+                             "version records them in build.json", field="--model")
+    if not Path(opts.model).is_file():
+        raise TinytrainError("the model this build was compiled from is gone: pass --model", file=opts.model)
+    if rec is not None and args.model is None and rec.model_sha256 and sha256(opts.model) != rec.model_sha256:
+        raise TinytrainError("the model changed since `tinytrain compile` (its sha256 differs from build.json's): "
+                             "recompile, or pass --model", file=opts.model)
+    g = load(opts.model, opts.input_shape)
+    if g.t(g.inputs[0]).dtype != "int8":
+        calib = opts.calib or args.data
+        if not Path(calib).is_file():
+            raise TinytrainError("the calibration file of this build is gone: pass --calib", file=calib)
+        if rec is not None and args.calib is None and rec.calib_sha256 and sha256(calib) != rec.calib_sha256:
+            raise TinytrainError("the calibration file changed since `tinytrain compile` (its sha256 differs from "
+                                 "build.json's): recompile, or pass --calib", file=calib)
+        cx = load_calibration(calib, g.meta["input_shape"], layout=opts.data_layout,   # as compile reads it
+                              model_layout=g.meta.get("input_layout"))[0]
+        g = quantize(g, cx, output_range=(-opts.logit_range, opts.logit_range))
+    mezo = None
+    if opts.trainer == "mezo":
+        from .train.mezo import MezoTrainer
+        mezo = MezoTrainer(g, opts.update, lr=args.lr, eps=opts.eps, queries=opts.queries, seed=args.seed)
+        tg = mezo.graph                       # its meta["training"]: passes/zo_plan.py zo_training_meta
+    else:
+        from .compiler.pipeline import memory_plan
+        tg = training_graph(g, options=opts)
         # patches (steered by --sram) and in-place depthwise, as compiled
-        tg = memory_plan(tg, in_place=not args.no_in_place, sram=sram)[0]
+        tg = memory_plan(tg, in_place=opts.in_place, sram=opts.steer_sram(), rounding=opts.rounding)[0]
     if signature(tg) != facts["signature"]:
         raise TinytrainError(f"the model, calibration and options given do not rebuild the graph compiled in "
                              f"{args.build_dir} (signature {signature(tg):08x}, {facts['name']}.h has "
                              f"{facts['signature']:08x}): pass the --model, --calib, --update, --logit-range, "
                              "--weight-headroom, --sram and --no-in-place given to `tinytrain compile` (and --trainer "
                              "mezo --eps for a MeZO library)", field="--check")
-    return tg, mezo
+    return tg, mezo, opts
 
 
 def cmd_build(args):
@@ -412,7 +462,7 @@ def cmd_run(args):
         raise TinytrainError(f"{args.board} is a real board, QEMU cannot run it: use `tinytrain flash "
                              f"{args.build_dir} --board {args.board}` and read its serial port", field="--board")
     facts = model_facts(args.build_dir, args.name)
-    tg, mezo = _graph_for_check(args, facts) if args.check else (None, None)
+    tg, mezo, opts = _graph_for_check(args, facts) if args.check else (None, None, None)
     shape = tg.meta["input_shape"] if tg is not None else None
     if shape is None and Path(args.data).suffix.lower() == ".csv":
         shape = [1, facts["input_size"]]          # flat rows, taken in the device's (NHWC) order
@@ -440,7 +490,7 @@ def cmd_run(args):
         print(f"profile: {path}")
     if args.check:
         n = min(len(x), steps)
-        report = compare_with_simulator(tg, res, x[:n], y[:n], steps, args.lr, args.seed, args.rounding,
+        report = compare_with_simulator(tg, res, x[:n], y[:n], steps, args.lr, args.seed, opts.rounding,
                                         facts["name"], trainer=mezo)
         print(report)
     return 0
@@ -479,22 +529,28 @@ def add_board_commands(sub):
     s.add_argument("--profile", nargs="?", const="", metavar="OUT.json",
                    help="instructions per node and per phase (forward, backward, update, other), means over the "
                         "steps; JSON to OUT.json (default BUILD_DIR/<board>/profile.json)")
-    s.add_argument("--model", help="with --check: the model given to `tinytrain compile`")
-    s.add_argument("--calib", help="with --check: its calibration samples (default: --data)")
-    s.add_argument("--update", default="sparse", help="with --check: the compile's --update (default sparse)")
-    s.add_argument("--rounding", choices=["stochastic", "shadow"], default="stochastic")
-    s.add_argument("--logit-range", type=argtype(hparams.check_logit_range, "--logit-range"), default=16.0)
-    s.add_argument("--no-qas", action="store_true")
-    s.add_argument("--float-classifier", action="store_true")
-    s.add_argument("--weight-headroom", type=argtype(hparams.check_headroom, "--weight-headroom"), default=2.0)
-    s.add_argument("--no-in-place", action="store_true", help="with --check: the compile had --no-in-place")
-    s.add_argument("--sram", help="with --check: the compile's --sram (it steers the patching of the plan)")
-    s.add_argument("--trainer", choices=["backprop", "mezo"], default="backprop",
-                   help="with --check: the compile's --trainer (mezo: replay with the MeZO simulator)")
-    s.add_argument("--eps", type=argtype(hparams.check_eps, "--eps", integer=True), default=1,
-                   help="with --check --trainer mezo: the compile's --eps")
-    s.add_argument("--queries", type=argtype(hparams.check_queries, "--queries", integer=True), default=1,
-                   help="with --check --trainer mezo: the compile's --queries")
+    # --check rebuilds the compiled graph from BUILD_DIR/build.json (what `tinytrain compile` recorded);
+    # these flags override the record (older builds without one: compile's defaults)
+    rec = " (default: the build record's)"
+    s.add_argument("--model", help="with --check: the model given to `tinytrain compile`" + rec)
+    s.add_argument("--calib", help="with --check: its calibration samples" + rec)
+    s.add_argument("--update", help="with --check: the compile's --update" + rec)
+    s.add_argument("--rounding", choices=["stochastic", "shadow"], help="with --check: the compile's" + rec)
+    s.add_argument("--logit-range", type=argtype(hparams.check_logit_range, "--logit-range"),
+                   help="with --check: the compile's" + rec)
+    s.add_argument("--no-qas", action="store_true", default=None, help="with --check: the compile had --no-qas")
+    s.add_argument("--float-classifier", action="store_true", default=None,
+                   help="with --check: the compile had --float-classifier")
+    s.add_argument("--weight-headroom", type=argtype(hparams.check_headroom, "--weight-headroom"),
+                   help="with --check: the compile's" + rec)
+    s.add_argument("--no-in-place", action="store_true", default=None, help="with --check: the compile had --no-in-place")
+    s.add_argument("--sram", help="with --check: the compile's --sram (it steers the patching of the plan)" + rec)
+    s.add_argument("--trainer", choices=["backprop", "mezo"],
+                   help="with --check: the compile's --trainer (mezo: replay with the MeZO simulator)" + rec)
+    s.add_argument("--eps", type=argtype(hparams.check_eps, "--eps", integer=True),
+                   help="with --check --trainer mezo: the compile's --eps" + rec)
+    s.add_argument("--queries", type=argtype(hparams.check_queries, "--queries", integer=True),
+                   help="with --check --trainer mezo: the compile's --queries" + rec)
     s.add_argument("--force", action="store_true",
                    help="build into a BUILD_DIR/<board>/ that holds files tinytrain did not write, or over "
                         "generated files you edited (nothing else is deleted)")

@@ -154,6 +154,7 @@ def _train(args, out):
         args.update, why = _choose_scheme(g, args, _size(args, "--sram"), kw)
         print(f"update: {args.update} ({why})")
     scheme = resolve(g, args.update)
+    opts = _build_options(args, trainer=args.trainer)
     final = Path(args.output)
     if getattr(args, "native", False) and args.backend != "c":
         raise TinytrainError("--native builds the C library for this CPU: it needs --backend c", field="--native")
@@ -164,30 +165,24 @@ def _train(args, out):
         if args.backend == "c":
             from .compiler.pipeline import compile_mezo
             from .host import HostTrainer
-            tg, plan, facts = compile_mezo(g, out / "c", name="model", update=scheme, eps=args.eps,
-                                           queries=args.queries)
+            tg, plan, facts = compile_mezo(g, out / "c", options=opts.with_(update=scheme))
             trainer = HostTrainer(out / "c", "model", tg, plan, facts, lr=args.lr, seed=args.seed,
                                   native=args.native)
         else:
             trainer = MezoTrainer(g, scheme, lr=args.lr, eps=args.eps, queries=args.queries, seed=args.seed,
                                   hybrid=args.trainer == "hybrid")
-            tg = trainer.graph
-            tg.meta["training"] = {"forward": [n.id for n in tg.nodes], "scheme": scheme.name, "qas": True,
-                                   "trainable": [it["tid"] for it in tg.meta["zo"]["items"]]}
+            tg = trainer.graph                # its meta["training"]: passes/zo_plan.py zo_training_meta
     elif args.backend == "c":
         if args.momentum or args.accumulate != 1:
             raise TinytrainError("--momentum and --accumulate run in the simulator only (--backend sim)")
         from .compiler.pipeline import compile_graph
         from .host import HostTrainer
-        tg, plan, facts = compile_graph(g, out / "c", name="model", update=scheme, qas=not args.no_qas,
-                                        float_classifier=args.float_classifier, rounding=args.rounding,
-                                        weight_headroom=args.weight_headroom)
+        tg, plan, facts = compile_graph(g, out / "c", options=opts.with_(update=scheme))
         trainer = HostTrainer(out / "c", "model", tg, plan, facts, lr=args.lr, seed=args.seed, rounding=args.rounding,
                               native=args.native)
         print(f"C build: {final / 'c'} (arena {facts['arena']} B, state {facts['state']} B)")
     else:
-        tg = training_graph(g, scheme, qas=not args.no_qas, float_classifier=args.float_classifier,
-                            weight_headroom=args.weight_headroom)
+        tg = training_graph(g, options=opts.with_(update=scheme))
         trainer = BackpropTrainer(tg, lr=args.lr, rounding=args.rounding, seed=args.seed, momentum=args.momentum,
                                   accumulate=args.accumulate)
     rows = scheme.describe(g)
@@ -220,8 +215,7 @@ def _train(args, out):
         if args.trainer == "backprop":
             # the compiled graph carries memory rewrites (tiles, in-place kernels): save the plain
             # graph, with the trained parameters carried over by name
-            plain = training_graph(g, scheme, qas=not args.no_qas, float_classifier=args.float_classifier,
-                                   weight_headroom=args.weight_headroom)
+            plain = training_graph(g, options=opts.with_(update=scheme))
             trained = {tg.t(t).name: tg.t(t) for t in tg.meta["training"]["trainable"]}
             for t in plain.meta["training"]["trainable"]:
                 plain.t(t).data[...] = trained[plain.t(t).name].data
@@ -260,17 +254,19 @@ def _size(args, flag):
 
 
 def _scheme_need(g, update, args, sram, kw, stack=2048):
-    """SRAM a backprop build of this scheme needs, as `compile` would plan it (arena + trainable
-    state + context + stack), and its trainable parameter count; None if the scheme cannot be
-    trained by backprop."""
-    from .compiler.passes.plan_memory import state_bytes
+    """SRAM a backprop build of this scheme needs, as `compile` would plan it (compiler/layout.py
+    sram_total: arena + state blob with --rounding's shadows + context + stack), and its trainable
+    parameter count; None if the scheme cannot be trained by backprop."""
+    from .compiler.layout import sram_total
     from .compiler.pipeline import memory_plan, training_graph
+    rounding = getattr(args, "rounding", "stochastic")
     try:
         tg = training_graph(g, update, **kw)
     except TinytrainError:
         return None
-    arena = memory_plan(tg, in_place=not getattr(args, "no_in_place", False), sram=sram)[1].arena_size
-    return arena + state_bytes(tg)[0] + 40 + stack, sum(tg.t(t).size for t in tg.meta["training"]["trainable"])
+    tg, plan = memory_plan(tg, in_place=not getattr(args, "no_in_place", False), sram=sram, rounding=rounding)
+    return (sram_total(plan, tg, rounding, stack)["total"],
+            sum(tg.t(t).size for t in tg.meta["training"]["trainable"]))
 
 
 def _choose_scheme(g, args, sram, kw):
@@ -371,6 +367,7 @@ def _compile(args, out):
     phase = _Phases()
     g = load(args.model, args.input_shape)
     phase(f"import: {args.model}, {len(g.nodes)} layers")
+    cx = None
     if g.t(g.inputs[0]).dtype != "int8":
         if not args.calib:
             raise TinytrainError("a float model needs calibration samples: pass --calib data.npz", file=args.model)
@@ -378,7 +375,10 @@ def _compile(args, out):
         g = quantize_for_training(g, cx, args.logit_range)
         phase(f"quantize: int8, calibrated on {len(cx)} samples of {args.calib}")
     final = Path(args.output)
-    kw = dict(qas=not args.no_qas, float_classifier=args.float_classifier, weight_headroom=args.weight_headroom)
+    opts = _build_options(args, name=args.name, in_place=not args.no_in_place, plan_sram=sram, flash=flash,
+                          **_provenance(g, args.model, None if cx is None else args.calib, None if cx is None
+                                        else len(cx)))
+    kw = dict(qas=opts.qas, float_classifier=opts.float_classifier, weight_headroom=opts.weight_headroom)
     if args.update == "auto":
         args.update, why = _choose_scheme(g, args, sram, kw)
         print(f"update: {args.update} ({why})")
@@ -386,13 +386,17 @@ def _compile(args, out):
     if trainer == "auto":
         trainer, why = _choose_trainer(g, args, sram, kw)
         print(f"trainer: {trainer} ({why})")
+    update = str(Path(args.update).resolve()) if Path(args.update).suffix == ".json" else args.update
+    opts = opts.with_(update=update, trainer=trainer)
     if trainer == "mezo":
         from .compiler.pipeline import compile_mezo
-        tg, plan, facts = compile_mezo(g, out, name=args.name, update=args.update, eps=args.eps, queries=args.queries)
+        opts = opts.with_(rounding="stochastic")       # MeZO's updates round stochastically
+        tg, plan, facts = compile_mezo(g, out, options=opts)
         phase(f"MeZO graph, memory plan and C: arena {plan.arena_size} B")
     else:
-        tg, plan, facts = compile_graph(g, out, name=args.name, update=args.update, rounding=args.rounding,
-                                        in_place=not args.no_in_place, plan_sram=sram, progress=phase, **kw)
+        tg, plan, facts = compile_graph(g, out, options=opts, progress=phase)
+    from .compiler.options import write_build
+    write_build(out, opts)              # read back by build, run --check, flash and the host runtime
     written = write_packages(out, facts, tg, packages, version=__version__)
     if written:
         phase(f"packages: {describe(out, written)}")
@@ -430,6 +434,33 @@ def _compile(args, out):
 
 
 cmd_compile = _staged(_compile)
+
+
+def _build_options(args, **kw):
+    """The build-options record (compiler/options.py), created once from the flags of
+    train / compile (kw: the command's own fields, e.g. name, trainer, budgets)."""
+    from .compiler.options import BuildOptions
+    return BuildOptions(update=args.update, qas=not args.no_qas, float_classifier=args.float_classifier,
+                        weight_headroom=args.weight_headroom, logit_range=args.logit_range, rounding=args.rounding,
+                        eps=args.eps, queries=args.queries, data_layout=getattr(args, "layout", None),
+                        version=__version__, **kw)
+
+
+def _provenance(g, model, calib=None, calib_samples=None):
+    """The record's fields of what a build was made from: model and calibration files (absolute
+    paths and sha256), the input's shape, layout and quantization (its normalization)."""
+    from .compiler.options import sha256
+    rec = dict(model=str(Path(model).resolve()), model_sha256=sha256(model),
+               input_shape=[int(d) for d in g.meta.get("input_shape") or []] or None,
+               input_layout=g.meta.get("input_layout"))
+    if calib is not None:
+        rec.update(calib=str(Path(calib).resolve()), calib_sha256=sha256(calib), calib_samples=int(calib_samples))
+    x = g.t(g.inputs[0])
+    if x.q is not None:
+        scale, zp = float(x.q.scale), int(x.q.zero_point)
+        rec["normalization"] = {"scale": scale, "zero_point": zp, "float_range": [(-128 - zp) * scale,
+                                                                                 (127 - zp) * scale]}
+    return rec
 
 
 def _data_options(s):

@@ -29,6 +29,7 @@ def build(out, name, extra=()):
 
 
 def cdef(name):
+    from .compiler.layout import context_struct       # the context's fields: one list, also the header's
     return f"""
 typedef struct {{
     int (*erase)(void *user, uint32_t offset, uint32_t size);
@@ -37,8 +38,7 @@ typedef struct {{
     void *user;
     uint32_t slot_size;
 }} tt_flash;
-typedef struct {{ uint8_t *arena; uint8_t *state; float lr; uint32_t prng; int32_t steps; int32_t skipped;
-                 int32_t saturated; }} {name}_ctx;
+{context_struct(name, comments=False)}
 int {name}_init({name}_ctx *ctx, void *arena, size_t arena_size, void *state, size_t state_size, float lr,
                 uint32_t seed, int restore);
 int {name}_reset({name}_ctx *ctx);
@@ -237,10 +237,16 @@ def stack_estimate(out, name):
 class HostTrainer:
     """Training through the compiled C (same interface as BackpropTrainer)."""
 
-    def __init__(self, out, name, train_graph, plan, facts, lr=0.05, seed=0, rounding="stochastic", native=False):
+    def __init__(self, out, name, train_graph, plan, facts, lr=0.05, seed=0, rounding=None, native=False):
+        """rounding: the build's (its facts record it; default that one)."""
         from .compiler.hparams import check_lr
         from .compiler.layout import state_layout
         lr = check_lr(lr)
+        built = facts.get("rounding", "stochastic")
+        if rounding is not None and rounding != built:
+            raise TinytrainError(f"the library in {out} was built with {built} rounding, not {rounding}",
+                                 field="rounding")
+        rounding = built
         self.graph, self.plan = train_graph, plan
         self.model = HostModel(out, name, train_graph, facts, lr=lr, seed=seed,
                                extra_cflags=NATIVE_CFLAGS if native else ())

@@ -73,11 +73,17 @@ def layer_rows(tg):
 
 
 def memory_summary(tg, plan, facts, stack, budget_sram=None, budget_flash=None):
-    sram_state, flash_w = state_bytes(tg)
+    from .compiler.layout import STATE_HEADER, sram_total, state_layout
+    lay = state_layout(tg, facts.get("rounding", "stochastic"))
+    parts = sram_total(plan, tg, facts.get("rounding", "stochastic"), stack)   # the one SRAM total
+    if parts["state"] != facts["state"]:
+        raise AssertionError(f"state blob {parts['state']} B, the build's {facts['state']} B")
+    sram_state = min(lay.shadow.values(), default=lay.size) - STATE_HEADER    # the parameters alone
+    flash_w = state_bytes(tg)[1]
     peak = sorted(live_at(plan, plan.peak_step), key=lambda b: -b.size)
     node = tg.nodes[min(plan.peak_step, len(tg.nodes) - 1)]
-    ctx_bytes = 40                  # the <name>_ctx struct on a 64-bit host (28 on a 32-bit board)
-    total_sram = plan.arena_size + facts["state"] + ctx_bytes + stack
+    ctx_bytes = parts["context"]    # the <name>_ctx struct on a 64-bit host (28 on a 32-bit board)
+    total_sram = parts["total"]
     return {
         "arena_bytes": plan.arena_size, "arena_algorithm": plan.algorithm, "state_bytes": facts["state"],
         "trainable_param_bytes": sram_state, "context_bytes": ctx_bytes, "stack_estimate_bytes": stack,

@@ -40,8 +40,8 @@ def emit_mezo(graph, plan, out, name="model", queries=1):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     items = graph.meta["zo"]["items"]
-    graph.meta["training"] = {"forward": [n.id for n in graph.nodes], "trainable": [it["tid"] for it in items],
-                              "scheme": graph.meta["zo"]["scheme"], "qas": True}
+    from ..passes.zo_plan import zo_training_meta
+    graph.meta["training"] = zo_training_meta(graph)        # as zo_plan recorded it (nodes may have moved)
     e = Emitter(graph, plan, name)
     e.bias_limits = {it["tid"]: int(it["limit"]) for it in items if it["kind"] == "bias"}
     for n in graph.nodes:

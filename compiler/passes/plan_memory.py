@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import TinytrainError
 from ..layout import ALIGN             # the arena's and the state blob's alignment (one owner)
+from ..layout import sram_total, state_bytes   # noqa: F401  (state_bytes: the blob's owner, re-exported)
 # elementwise kernels that read element i before writing element i: the output may take
 # the bytes of a same-sized, same-typed input that dies at this step
 IN_PLACE_OPS = ("mask_grad", "grad_add", "lut_grad", "add", "mul", "clamp", "sigmoid", "hard_sigmoid", "hard_swish")
@@ -198,29 +199,18 @@ def verify_plan(graph, plan):
     return True
 
 
-def state_bytes(graph):
-    """Trainable parameters (SRAM, in the caller's state blob) and frozen ones (flash)."""
-    trainable = set(graph.meta.get("training", {}).get("trainable", []))
-    sram = flash = 0
-    for t in graph.tensors.values():
-        if t.kind == "const":
-            if t.id in trainable:
-                sram += _align(t.nbytes)
-            else:
-                flash += t.nbytes
-    return sram, flash
-
-
-def check_budget(graph, plan, budget, what="SRAM"):
+def check_budget(graph, plan, budget, what="SRAM", rounding="stochastic", stack=0):
+    """Refuse a plan whose SRAM total (compiler/layout.py sram_total) is above `budget` bytes."""
     if budget is None:
         return
-    need = plan.arena_size + state_bytes(graph)[0]
-    if need > budget:
+    parts = sram_total(plan, graph, rounding, stack)
+    if parts["total"] > budget:
         live = sorted(live_at(plan, plan.peak_step), key=lambda b: -b.size)[:5]
         names = ", ".join(f"{graph.t(b.tensors[0]).name} {b.size / 1024:.1f} KB" for b in live)
-        raise TinytrainError(f"needs {need / 1024:.1f} KB of {what} (arena {plan.arena_size / 1024:.1f} KB + "
-                             f"trainable state {state_bytes(graph)[0] / 1024:.1f} KB), budget {budget / 1024:.1f} KB; "
-                             f"biggest live tensors at the peak: {names}")
+        raise TinytrainError(f"needs {parts['total'] / 1024:.1f} KB of {what} (arena {plan.arena_size / 1024:.1f} KB + "
+                             f"state {parts['state'] / 1024:.1f} KB + context {parts['context']} B"
+                             + (f" + stack {parts['stack'] / 1024:.1f} KB" if stack else "")
+                             + f"), budget {budget / 1024:.1f} KB; biggest live tensors at the peak: {names}")
 
 
 def defer_updates(graph):

@@ -57,4 +57,13 @@ def zo_plan(graph, scheme, eps=1):
     if not items:
         raise TinytrainError("the scheme trains nothing")
     g.meta["zo"] = {"eps": e, "scheme": scheme.name, "items": items}
+    g.meta["training"] = zo_training_meta(g)
     return g
+
+
+def zo_training_meta(g):
+    """The one meta["training"] of a zeroth-order graph (what the emitter, the state layout, the
+    simulator's checks and the reports read): every node is forward, the trainable tensors are
+    the zo items', QAS is implied (the update is scaled per tensor)."""
+    return {"forward": [n.id for n in g.nodes], "trainable": [it["tid"] for it in g.meta["zo"]["items"]],
+            "scheme": g.meta["zo"]["scheme"], "qas": True}
