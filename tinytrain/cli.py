@@ -495,6 +495,12 @@ def build_parser():
         add_mezo_commands = None
     if add_mezo_commands is not None:
         add_mezo_commands(sub)
+    try:                                   # federated training through Flower (tinytrain/fleet/)
+        from .fleet.cli import add_fleet_command
+    except ImportError:
+        add_fleet_command = None
+    if add_fleet_command is not None:
+        add_fleet_command(sub)
     return p
 
 

@@ -93,6 +93,11 @@ def _initial_blob(build):
     return Device(build).initial_blob()
 
 
+def _crashes(fault, r):
+    """fault 'crash' (every round) or 'crash@<round>'"""
+    return fault == "crash" or (fault.startswith("crash@") and fault[6:] == str(r))
+
+
 def client_train(msg, context, build=None, fault=None):
     """One round on a device. -> reply ConfigRecord values (dict)."""
     cfg = _cfg(msg)
@@ -106,7 +111,7 @@ def client_train(msg, context, build=None, fault=None):
         raise TinytrainError(f"round {r}: the server's state is for another model (signature "
                              f"{int(cfg['signature']):#010x}, this device {m.signature:#010x})")
     rng = np.random.default_rng([int(context.run_config.get("seed", 0)), pid, r])
-    if fault == "crash":
+    if _crashes(fault, r):
         os._exit(3)                      # a device that dies mid-round (the Deployment test)
     if m.trainer == "mezo":
         from .zo import candidates
@@ -327,13 +332,18 @@ class Server:
             new = self.m.write(blob, arrays, steps=steps)
         acc = self.evaluate(new)
         rec = {"round": r, "accuracy": acc, "accepted": len(accepted), "sent": len(nodes),
-               "rejected": len(rej), "down_bytes": max(down.values()) if down else 0,
-               "up_bytes": max((up[n] for n, _ in accepted), default=0), "seconds": round(time.time() - t0, 2),
+               "rejected": len(rej), "down_bytes": _median(down.values()), "down_max": max(down.values(), default=0),
+               "up_bytes": _median(up[n] for n, _ in accepted), "seconds": round(time.time() - t0, 2),
                "crc": st.crc(new)}
         self.history.append(rec)
         self.log(f"round {r}: accuracy {100 * acc:.2f}%, {len(accepted)}/{len(nodes)} updates, "
-                 f"{rec['up_bytes']} B up / {rec['down_bytes']} B down per client")
+                 f"{rec['up_bytes']} B up / {rec['down_bytes']} B down per client (median)")
         return new
+
+
+def _median(values):
+    v = sorted(values)
+    return int(v[len(v) // 2]) if v else 0
 
 
 class InProcessGrid:
@@ -366,7 +376,8 @@ class InProcessGrid:
         for msg in messages:
             node = msg.metadata.dst_node_id
             ctx = self.contexts[node]
-            if self.drop and self.rng.random() < self.drop:
+            if (self.drop and self.rng.random() < self.drop) or \
+                    _crashes(str(ctx.node_config["fault"]), int(_cfg(msg)["round"])):
                 continue                                    # dropped out mid-round: no reply
             try:
                 out = client_train(msg, ctx)
