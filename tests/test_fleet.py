@@ -248,7 +248,7 @@ def test_deployment_runtime_federation(bp_build, tmp_path):
     from tinytrain.fleet.device import Device
     ck = tmp_path / "ck.bin"
     with LocalDeployment(3, faults={1: "nan", 2: "crash@2"}, workdir=tmp_path) as d:
-        res = d.run({"build": str(bp_build), "rounds": 3, "steps": 10, "eval-samples": 50, "timeout": 60.0,
+        res = d.run({"build": str(bp_build), "rounds": 3, "steps": 10, "eval-samples": 50, "timeout": 45.0,
                      "checkpoint": str(ck)}, timeout=400)
     hist = res["history"]
     assert [h["round"] for h in hist] == [0, 1, 2, 3]
@@ -262,3 +262,15 @@ def test_deployment_runtime_federation(bp_build, tmp_path):
     dev = Device(bp_build)
     dev.restore(blob)
     assert dev.blob() == blob
+
+
+def test_fleet_command_user_mistakes(tmp_path, capsys):
+    from tinytrain.cli import main
+    (tmp_path / "mine.txt").write_text("keep")
+    for argv, what in ((["--aggregate", "bogus"], "--aggregate"), (["--faults", "99:nan"], "--faults"),
+                       (["--drop", "1.5"], "--drop"), ([], "not a fleet output folder")):
+        out = tmp_path if not argv else tmp_path / "new"
+        assert main(["fleet", *argv, "-o", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("tinytrain: error:") and what in err[0]
+    assert (tmp_path / "mine.txt").read_text() == "keep"

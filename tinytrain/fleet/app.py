@@ -137,6 +137,9 @@ def client_train(msg, context, build=None, fault=None):
         crc = st.crc(dev.blob())
         dev.train(d["x"], d["y"], int(cfg["steps"]), rng)
         arrays = m.read(dev.blob())
+        if fault == "poison":            # malicious but well-formed: 10x its change, reversed, in range
+            arrays = [np.clip(g.astype(np.int64) - 10 * (a.astype(np.int64) - g), -t["limit"], t["limit"]).astype(
+                a.dtype) for a, g, t in zip(arrays, m.read(blob), m.tensors)]
         out = {"round": r, "signature": m.signature, "n": len(d["y"]), "crc": crc}
         for i, a in enumerate(arrays):
             out[f"u{i}"], out[f"d{i}"] = a.tobytes(), str(a.dtype)
@@ -162,8 +165,6 @@ def _inject(out, fault, m):
         out["u1"] = a.tobytes()
     elif fault == "range":
         out["idx"] = np.full(len(out["idx"]) // 2, 65535, np.uint16).tobytes()
-    elif fault == "boost" and "u0" in out:           # a malicious client: in range but 20x its change
-        pass
 
 
 if ClientApp is not None:

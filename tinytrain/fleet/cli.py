@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..compiler.errors import TinytrainError
 
-FAULTS = ("nan", "signature", "size", "range", "crash")
+FAULTS = ("nan", "signature", "size", "range", "crash", "poison")
 
 
 def _faults(text, clients):
@@ -101,7 +101,7 @@ def add_fleet_command(sub):
     s.add_argument("--k", type=int, default=64, help="candidate seeds a round (mezo)")
     s.add_argument("--drop", type=float, default=0.0, help="fraction of clients that drop out each round")
     s.add_argument("--faults", default="", help="faulty clients, e.g. '3:nan,5:signature' (nan, signature, "
-                                                 "size, range, crash, crash@<round>)")
+                                                 "size, range, crash, crash@<round>, poison: well-formed but reversed x10)")
     s.add_argument("--max-train", type=int, default=None)
     s.add_argument("--eval-samples", type=int, default=500)
     s.add_argument("--seed", type=int, default=0)
