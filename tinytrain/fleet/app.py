@@ -268,6 +268,8 @@ class Server:
                 blob, done, _ = got
                 start = done + 1
                 self.log(f"resumed from {self.checkpoint} after round {done}")
+        if start > self.rounds:
+            self.log(f"the checkpoint is at round {start - 1}: nothing left of {self.rounds} rounds")
         if start == 1:
             acc = self.evaluate(blob)
             self.history.append({"round": 0, "accuracy": acc})

@@ -59,7 +59,7 @@ def cmd_fleet(args):
         from .deploy import LocalDeployment
         cfg = {"build": str((out / "build").resolve()), "checkpoint": str(ckpt.resolve()),
                "eval-samples": args.eval_samples, "timeout": float(args.timeout), **common}
-        with LocalDeployment(args.clients, faults=faults) as d:
+        with LocalDeployment(args.clients, faults=faults, workdir=out) as d:     # its logs stay in -o
             res = d.run(cfg, timeout=args.timeout * (args.rounds + 2) + 120)
         history, rejected = res["history"], res["rejected"]
         for h in history:
