@@ -62,6 +62,8 @@ def cmd_fleet(args):
         with LocalDeployment(args.clients, faults=faults, workdir=out) as d:     # its logs stay in -o
             res = d.run(cfg, timeout=args.timeout * (args.rounds + 2) + 120)
         history, rejected = res["history"], res["rejected"]
+        for r, node, why in rejected:
+            print(f"round {r}: rejected node {node}: {why}")
         for h in history:
             print(f"round {h['round']}: accuracy {100 * h['accuracy']:.2f}%" +
                   (f", {h['accepted']}/{h['sent']} updates, {h['up_bytes']} B up / {h['down_bytes']} B down "
