@@ -31,10 +31,11 @@ SOURCES = (("tinytrain", "tinytrain"), ("compiler", "tinytrain.compiler"))
 # top to bottom; a module may import its own layer or lower ones, never a higher one.
 # An entry names a module or a package (the package and everything under it).
 LAYERS = (
-    ("commands", ("tinytrain.cli", "tinytrain.boards", "tinytrain.flash", "tinytrain.mezo_ort_cli")),
+    ("commands", ("tinytrain.cli", "tinytrain.boards", "tinytrain.flash", "tinytrain.mezo_ort_cli",
+                  "tinytrain.fleet.cli")),
     ("runtime", ("tinytrain", "tinytrain.api", "tinytrain.train", "tinytrain.host", "tinytrain.qemu",
                  "tinytrain.sim", "tinytrain.data", "tinytrain.report", "tinytrain.memreport",
-                 "tinytrain.mezo_ort", "tinytrain.tools", "tinytrain.pngdraw")),
+                 "tinytrain.mezo_ort", "tinytrain.tools", "tinytrain.pngdraw", "tinytrain.fleet")),
     ("pipeline", ("tinytrain.compiler.pipeline",)),
     ("passes", ("tinytrain.compiler.frontend", "tinytrain.compiler.passes", "tinytrain.compiler.codegen",
                 "tinytrain.compiler.scheme", "tinytrain.compiler.tte_schemes", "tinytrain.compiler.verify",

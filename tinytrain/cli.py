@@ -544,6 +544,7 @@ OPTIONAL_COMMANDS = {
     "mezo": ("mezo_ort_cli", "add_commands",
              "zeroth-order (MeZO) training of a float ONNX model on onnxruntime, at inference memory; "
              "--replay rebuilds the trained model from its seeds"),
+    "fleet": ("fleet", "add_fleet_command", "federated training over a fleet of devices (Flower)"),
 }
 
 
@@ -553,6 +554,8 @@ def _optional_module(module):
         from . import boards as m
     elif module == "flash":
         from . import flash as m
+    elif module == "fleet":
+        from .fleet import cli as m
     else:
         from . import mezo_ort_cli as m
     return m
