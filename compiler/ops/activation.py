@@ -32,6 +32,25 @@ def _clamp_s8(x, lo, hi, out, mask):
         out[i] = np.int8(v)
 
 
+# C emitters.
+
+def _emit_clamp(self, node, g, e):
+    x, y = node.inputs[0], node.outputs[0]
+    e.line(f"tt_clamp_s8({g.t(x).size}, {e.ptr(x)}, {node.attrs['act_min']}, {node.attrs['act_max']}, "
+           f"{e.ptr(y)}, {e.mask(node)});")
+
+
+def _emit_lut(self, node, g, e):
+    x, y = node.inputs[0], node.outputs[0]
+    e.line(f"tt_lut_s8({g.t(x).size}, {e.ptr(x)}, {e.array('lut', node.attrs['table'], 'int8_t')}, {e.ptr(y)});")
+
+
+def _emit_lut_grad(self, node, g, e):
+    d, x, dx = node.inputs[0], node.inputs[1], node.outputs[0]
+    e.line(f"tt_lut_grad_f32({g.t(d).size}, {e.ptr(d)}, {e.ptr(x)}, {e.array('dlut', node.attrs['dtable'], 'float')}, "
+           f"{e.ptr(dx)});")
+
+
 class _Elementwise(Op):
     def infer(self, node, graph):
         return [graph.t(node.inputs[0]).shape]
@@ -40,6 +59,7 @@ class _Elementwise(Op):
 @register
 class Clamp(_Elementwise):
     name = "clamp"
+    emit_c = _emit_clamp
     same_qparams = True
 
     def ref(self, node, graph, ins):
@@ -61,6 +81,8 @@ class Clamp(_Elementwise):
 
 
 class _Lut(_Elementwise):
+    emit_c = _emit_lut
+
     def f(self, x, attrs):
         raise NotImplementedError
 
@@ -119,6 +141,7 @@ def _lut_grad_f32(dy, x, dtable, dx):
 @register
 class LutGrad(Op):
     name = "lut_grad"
+    emit_c = _emit_lut_grad
 
     def infer(self, node, graph):
         return [graph.t(node.inputs[0]).shape]
@@ -151,28 +174,3 @@ for _cls, _df in ((Sigmoid, lambda x, a: (lambda s: s * (1.0 - s))(1.0 / (1.0 + 
     _cls.input_grads = {0: ("lut_grad", ("dy", "in0"))}
     _cls.grad_attrs = staticmethod(_lut_grad_attrs)
     _cls.df = staticmethod(_df)
-
-
-# C emitters.
-
-def _emit_clamp(self, node, g, e):
-    x, y = node.inputs[0], node.outputs[0]
-    e.line(f"tt_clamp_s8({g.t(x).size}, {e.ptr(x)}, {node.attrs['act_min']}, {node.attrs['act_max']}, "
-           f"{e.ptr(y)}, {e.mask(node)});")
-
-
-def _emit_lut(self, node, g, e):
-    x, y = node.inputs[0], node.outputs[0]
-    e.line(f"tt_lut_s8({g.t(x).size}, {e.ptr(x)}, {e.array('lut', node.attrs['table'], 'int8_t')}, {e.ptr(y)});")
-
-
-def _emit_lut_grad(self, node, g, e):
-    d, x, dx = node.inputs[0], node.inputs[1], node.outputs[0]
-    e.line(f"tt_lut_grad_f32({g.t(d).size}, {e.ptr(d)}, {e.ptr(x)}, {e.array('dlut', node.attrs['dtable'], 'float')}, "
-           f"{e.ptr(dx)});")
-
-
-Clamp.emit_c = _emit_clamp
-for _cls in (Sigmoid, HardSigmoid, HardSwish):
-    _cls.emit_c = _emit_lut
-LutGrad.emit_c = _emit_lut_grad

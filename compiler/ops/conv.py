@@ -163,9 +163,49 @@ def apply_act(y, act):
     return np.clip(y, -np.inf if lo is None else lo, np.inf if hi is None else hi).astype(np.float32)
 
 
+# C emitters (compiler/codegen/emit_c.py gives the helpers).
+
+def _conv_params(e, a):
+    return e.struct("tt_conv_params", (a["stride"][0], a["stride"][1], a["pads"][0], a["pads"][1],
+                                       a["dilation"][0], a["dilation"][1], a["groups"]))
+
+
+def _emit_conv2d(self, node, g, e):
+    a = node.attrs
+    x, w, b, y = node.inputs[0], node.inputs[1], node.inputs[2], node.outputs[0]
+    q = e.struct("tt_quant_params", (a["in_zp"], a["out_zp"], a["act_min"], a["act_max"]))
+    e.line(f"tt_conv2d_s8({_conv_params(e, a)}, {q}, {e.array('mult', a['mult'], 'int32_t')}, "
+           f"{e.array('shift', a['shift'], 'int32_t')}, {e.dims(g.t(x).shape)}, {e.ptr(x)}, "
+           f"{e.dims(g.t(w).shape)}, {e.ptr(w)}, {e.ptr(b)}, {e.dims(g.t(y).shape)}, {e.ptr(y)}, {e.mask(node)});")
+
+
+def _emit_conv2d_grad_input(self, node, g, e):
+    a = node.attrs
+    d, w, dx = node.inputs[0], node.inputs[1], node.outputs[0]
+    e.line(f"tt_conv2d_grad_input_f32({_conv_params(e, a)}, {e.dims(g.t(d).shape)}, {e.ptr(d)}, "
+           f"{e.dims(g.t(w).shape)}, {e.ptr(w)}, {e.array('ws', a['w_scale'], 'float')}, "
+           f"{e.dims(g.t(dx).shape)}, {e.ptr(dx)});")
+
+
+def _emit_conv2d_grad_weight(self, node, g, e):
+    from ..cfmt import c_float
+    a = node.attrs
+    d, x, dw = node.inputs[0], node.inputs[1], node.outputs[0]
+    dp = e.ptr(d) if not a.get("co_offset") else f"{e.ptr(d)} + {a['co_offset']}"   # rows from co_offset on
+    e.line(f"tt_conv2d_grad_weight_f32({_conv_params(e, a)}, {e.dims(g.t(d).shape)}, {dp}, "
+           f"{e.dims(g.t(x).shape)}, {e.ptr(x)}, {a['x_zp']}, {c_float(a['x_scale'])}, "
+           f"{e.dims(a['dw_shape'])}, {e.ptr(dw)});")
+
+
+def _emit_bias_grad(self, node, g, e):
+    d = g.t(node.inputs[0])
+    e.line(f"tt_bias_grad_f32({d.size // d.shape[-1]}, {d.shape[-1]}, {e.ptr(d.id)}, {e.ptr(node.outputs[0])});")
+
+
 @register
 class Conv2d(Op):
     name = "conv2d"
+    emit_c = _emit_conv2d
 
     def infer(self, node, graph):
         x = graph.t(node.inputs[0]).shape
@@ -375,6 +415,7 @@ def grad_update_shape(w_shape, ratio, depthwise):
 @register
 class Conv2dGradInput(Op):
     name = "conv2d_grad_input"
+    emit_c = _emit_conv2d_grad_input
 
     def infer(self, node, graph):
         return [tuple(node.attrs["x_shape"])]
@@ -395,6 +436,7 @@ class Conv2dGradInput(Op):
 @register
 class Conv2dGradWeight(Op):
     name = "conv2d_grad_weight"
+    emit_c = _emit_conv2d_grad_weight
 
     def infer(self, node, graph):
         return [tuple(node.attrs["dw_shape"])]
@@ -417,6 +459,7 @@ class Conv2dGradWeight(Op):
 @register
 class BiasGrad(Op):
     name = "bias_grad"
+    emit_c = _emit_bias_grad
 
     def infer(self, node, graph):
         return [(graph.t(node.inputs[0]).shape[-1],)]
@@ -443,48 +486,3 @@ Conv2d.uses_mask = True
 Conv2d.input_grads = {0: ("conv2d_grad_input", ("dpre", "in1"))}
 Conv2d.param_grads = {1: ("conv2d_grad_weight", ("dpre", "in0")), 2: ("bias_grad", ("dpre",))}
 Conv2d.grad_attrs = staticmethod(_conv_grad_attrs)
-
-
-# C emitters (compiler/codegen/emit_c.py gives the helpers).
-
-def _conv_params(e, a):
-    return e.struct("tt_conv_params", (a["stride"][0], a["stride"][1], a["pads"][0], a["pads"][1],
-                                       a["dilation"][0], a["dilation"][1], a["groups"]))
-
-
-def _emit_conv2d(self, node, g, e):
-    a = node.attrs
-    x, w, b, y = node.inputs[0], node.inputs[1], node.inputs[2], node.outputs[0]
-    q = e.struct("tt_quant_params", (a["in_zp"], a["out_zp"], a["act_min"], a["act_max"]))
-    e.line(f"tt_conv2d_s8({_conv_params(e, a)}, {q}, {e.array('mult', a['mult'], 'int32_t')}, "
-           f"{e.array('shift', a['shift'], 'int32_t')}, {e.dims(g.t(x).shape)}, {e.ptr(x)}, "
-           f"{e.dims(g.t(w).shape)}, {e.ptr(w)}, {e.ptr(b)}, {e.dims(g.t(y).shape)}, {e.ptr(y)}, {e.mask(node)});")
-
-
-def _emit_conv2d_grad_input(self, node, g, e):
-    a = node.attrs
-    d, w, dx = node.inputs[0], node.inputs[1], node.outputs[0]
-    e.line(f"tt_conv2d_grad_input_f32({_conv_params(e, a)}, {e.dims(g.t(d).shape)}, {e.ptr(d)}, "
-           f"{e.dims(g.t(w).shape)}, {e.ptr(w)}, {e.array('ws', a['w_scale'], 'float')}, "
-           f"{e.dims(g.t(dx).shape)}, {e.ptr(dx)});")
-
-
-def _emit_conv2d_grad_weight(self, node, g, e):
-    from ..cfmt import c_float
-    a = node.attrs
-    d, x, dw = node.inputs[0], node.inputs[1], node.outputs[0]
-    dp = e.ptr(d) if not a.get("co_offset") else f"{e.ptr(d)} + {a['co_offset']}"   # rows from co_offset on
-    e.line(f"tt_conv2d_grad_weight_f32({_conv_params(e, a)}, {e.dims(g.t(d).shape)}, {dp}, "
-           f"{e.dims(g.t(x).shape)}, {e.ptr(x)}, {a['x_zp']}, {c_float(a['x_scale'])}, "
-           f"{e.dims(a['dw_shape'])}, {e.ptr(dw)});")
-
-
-def _emit_bias_grad(self, node, g, e):
-    d = g.t(node.inputs[0])
-    e.line(f"tt_bias_grad_f32({d.size // d.shape[-1]}, {d.shape[-1]}, {e.ptr(d.id)}, {e.ptr(node.outputs[0])});")
-
-
-Conv2d.emit_c = _emit_conv2d
-Conv2dGradInput.emit_c = _emit_conv2d_grad_input
-Conv2dGradWeight.emit_c = _emit_conv2d_grad_weight
-BiasGrad.emit_c = _emit_bias_grad

@@ -51,9 +51,36 @@ class _Binary(Op):
             fail(f"n{node.id} {self.name}: input dtypes {a.dtype} / {b.dtype}")
 
 
+# C emitters.
+
+def _emit_add(self, node, g, e):
+    a = node.attrs
+    x1, x2, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    e.line(f"tt_add_s8({e.dims(g.t(y).shape)}, {e.dims(g.t(x1).shape)}, {e.ptr(x1)}, {a['z1']}, {a['m1']}, "
+           f"{a['s1']}, {e.dims(g.t(x2).shape)}, {e.ptr(x2)}, {a['z2']}, {a['m2']}, {a['s2']}, {a['left_shift']}, "
+           f"{a['mult']}, {a['shift']}, {a['out_zp']}, {a['act_min']}, {a['act_max']}, {e.ptr(y)}, {e.mask(node)});")
+
+
+def _emit_mul(self, node, g, e):
+    a = node.attrs
+    x1, x2, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    e.line(f"tt_mul_s8({e.dims(g.t(y).shape)}, {e.dims(g.t(x1).shape)}, {e.ptr(x1)}, {a['z1']}, "
+           f"{e.dims(g.t(x2).shape)}, {e.ptr(x2)}, {a['z2']}, {a['mult']}, {a['shift']}, {a['out_zp']}, "
+           f"{a['act_min']}, {a['act_max']}, {e.ptr(y)}, {e.mask(node)});")
+
+
+def _emit_mul_grad(self, node, g, e):
+    from ..cfmt import c_float
+    a = node.attrs
+    d, other, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    e.line(f"tt_mul_grad_f32({e.dims(g.t(d).shape)}, {e.ptr(d)}, {e.dims(g.t(other).shape)}, {e.ptr(other)}, "
+           f"{a['o_zp']}, {c_float(a['o_scale'])}, {e.dims(g.t(y).shape)}, {e.ptr(y)});")
+
+
 @register
 class Add(_Binary):
     name = "add"
+    emit_c = _emit_add
 
     def ref(self, node, graph, ins):
         return [apply_act((ins[0] + ins[1]).astype(np.float32), node.attrs.get("act"))]
@@ -85,6 +112,7 @@ class Add(_Binary):
 @register
 class Mul(_Binary):
     name = "mul"
+    emit_c = _emit_mul
 
     def ref(self, node, graph, ins):
         return [apply_act((ins[0] * ins[1]).astype(np.float32), node.attrs.get("act"))]
@@ -131,6 +159,7 @@ def _mul_grad_4d_f32(d, other, o_zp, o_scale, out):
 @register
 class MulGrad(Op):
     name = "mul_grad"
+    emit_c = _emit_mul_grad
 
     def infer(self, node, graph):
         return [tuple(node.attrs["shape"])]
@@ -161,34 +190,3 @@ Add.grad_attrs = staticmethod(_add_grad_attrs)
 Mul.uses_mask = True
 Mul.input_grads = {0: ("mul_grad", ("dpre", "in1")), 1: ("mul_grad", ("dpre", "in0"))}
 Mul.grad_attrs = staticmethod(_mul_grad_attrs)
-
-
-# C emitters.
-
-def _emit_add(self, node, g, e):
-    a = node.attrs
-    x1, x2, y = node.inputs[0], node.inputs[1], node.outputs[0]
-    e.line(f"tt_add_s8({e.dims(g.t(y).shape)}, {e.dims(g.t(x1).shape)}, {e.ptr(x1)}, {a['z1']}, {a['m1']}, "
-           f"{a['s1']}, {e.dims(g.t(x2).shape)}, {e.ptr(x2)}, {a['z2']}, {a['m2']}, {a['s2']}, {a['left_shift']}, "
-           f"{a['mult']}, {a['shift']}, {a['out_zp']}, {a['act_min']}, {a['act_max']}, {e.ptr(y)}, {e.mask(node)});")
-
-
-def _emit_mul(self, node, g, e):
-    a = node.attrs
-    x1, x2, y = node.inputs[0], node.inputs[1], node.outputs[0]
-    e.line(f"tt_mul_s8({e.dims(g.t(y).shape)}, {e.dims(g.t(x1).shape)}, {e.ptr(x1)}, {a['z1']}, "
-           f"{e.dims(g.t(x2).shape)}, {e.ptr(x2)}, {a['z2']}, {a['mult']}, {a['shift']}, {a['out_zp']}, "
-           f"{a['act_min']}, {a['act_max']}, {e.ptr(y)}, {e.mask(node)});")
-
-
-def _emit_mul_grad(self, node, g, e):
-    from ..cfmt import c_float
-    a = node.attrs
-    d, other, y = node.inputs[0], node.inputs[1], node.outputs[0]
-    e.line(f"tt_mul_grad_f32({e.dims(g.t(d).shape)}, {e.ptr(d)}, {e.dims(g.t(other).shape)}, {e.ptr(other)}, "
-           f"{a['o_zp']}, {c_float(a['o_scale'])}, {e.dims(g.t(y).shape)}, {e.ptr(y)});")
-
-
-Add.emit_c = _emit_add
-Mul.emit_c = _emit_mul
-MulGrad.emit_c = _emit_mul_grad

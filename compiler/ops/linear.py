@@ -25,9 +25,54 @@ def _fully_connected_s8(x, w, b, out, mask, in_zp, out_zp, mult, shift, act_min,
             out[n, m] = np.int8(clamp_s32(v, act_min, act_max))
 
 
+# C emitters.
+
+def _emit_fc(self, node, g, e):
+    a = node.attrs
+    x, w, b, y = node.inputs[0], node.inputs[1], node.inputs[2], node.outputs[0]
+    m, k = g.t(w).shape
+    q = e.struct("tt_quant_params", (a["in_zp"], a["out_zp"], a["act_min"], a["act_max"]))
+    e.line(f"tt_fully_connected_s8({q}, {e.array('mult', a['mult'], 'int32_t')}, "
+           f"{e.array('shift', a['shift'], 'int32_t')}, 1, {k}, {m}, {e.ptr(x)}, {e.ptr(w)}, {e.ptr(b)}, "
+           f"{e.ptr(y)}, {e.mask(node)});")
+
+
+def _emit_fc_f32(self, node, g, e):
+    from ..cfmt import c_float
+    x, w, b, y = node.inputs[0], node.inputs[1], node.inputs[2], node.outputs[0]
+    m, k = g.t(w).shape
+    q = g.t(x).q
+    e.line(f"tt_fully_connected_f32(1, {k}, {m}, {e.ptr(x)}, {int(q.zero_point)}, {c_float(q.scale)}, "
+           f"{e.ptr(w)}, {e.ptr(b)}, {e.ptr(y)});")
+
+
+def _emit_fc_grad_input(self, node, g, e):
+    d, w, dx = node.inputs[0], node.inputs[1], node.outputs[0]
+    m, k = g.t(w).shape
+    e.line(f"tt_fc_grad_input_f32(1, {k}, {m}, {e.ptr(d)}, {e.ptr(w)}, "
+           f"{e.array('ws', node.attrs['w_scale'], 'float')}, {e.ptr(dx)});")
+
+
+def _emit_fc_grad_weight(self, node, g, e):
+    from ..cfmt import c_float
+    a = node.attrs
+    d, x, dw = node.inputs[0], node.inputs[1], node.outputs[0]
+    k = g.t(x).shape[1]
+    m, k_n = a["dw_shape"]
+    e.line(f"tt_fc_grad_weight_f32(1, {k}, {m}, {k_n}, {e.ptr(d)}, {e.ptr(x)}, {a['x_zp']}, "
+           f"{c_float(a['x_scale'])}, {e.ptr(dw)});")
+
+
+def _emit_fc_f32_grad_input(self, node, g, e):
+    d, w, dx = node.inputs[0], node.inputs[1], node.outputs[0]
+    m, k = g.t(w).shape
+    e.line(f"tt_fc_f32_grad_input(1, {k}, {m}, {e.ptr(d)}, {e.ptr(w)}, {e.ptr(dx)});")
+
+
 @register
 class FullyConnected(Op):
     name = "fully_connected"
+    emit_c = _emit_fc
 
     def infer(self, node, graph):
         x = graph.t(node.inputs[0]).shape
@@ -93,6 +138,7 @@ def _fc_grad_weight_f32(dpre, x, x_zp, x_scale, dwt):
 @register
 class FcGradInput(Op):
     name = "fully_connected_grad_input"
+    emit_c = _emit_fc_grad_input
 
     def infer(self, node, graph):
         return [tuple(node.attrs["x_shape"])]
@@ -111,6 +157,7 @@ class FcGradInput(Op):
 @register
 class FcGradWeight(Op):
     name = "fully_connected_grad_weight"
+    emit_c = _emit_fc_grad_weight
 
     def infer(self, node, graph):
         return [tuple(node.attrs["dw_shape"])]
@@ -169,6 +216,7 @@ def _fc_f32_grad_input(dy, w, dx):
 @register
 class FullyConnectedF32(Op):
     name = "fully_connected_f32"
+    emit_c = _emit_fc_f32
     uses_mask = False
     input_grads = {0: ("fully_connected_f32_grad_input", ("dy", "in1"))}
     param_grads = {1: ("fully_connected_grad_weight", ("dy", "in0")), 2: ("bias_grad", ("dy",))}
@@ -201,6 +249,7 @@ class FullyConnectedF32(Op):
 @register
 class FcF32GradInput(Op):
     name = "fully_connected_f32_grad_input"
+    emit_c = _emit_fc_f32_grad_input
 
     def infer(self, node, graph):
         return [tuple(node.attrs["x_shape"])]
@@ -209,54 +258,3 @@ class FcF32GradInput(Op):
         dx = np.empty((ins[0].shape[0], node.attrs["x_shape"][1]), np.float32)
         _fc_f32_grad_input(ins[0], graph.t(node.inputs[1]).data, dx)
         return [dx]
-
-
-# C emitters.
-
-def _emit_fc(self, node, g, e):
-    a = node.attrs
-    x, w, b, y = node.inputs[0], node.inputs[1], node.inputs[2], node.outputs[0]
-    m, k = g.t(w).shape
-    q = e.struct("tt_quant_params", (a["in_zp"], a["out_zp"], a["act_min"], a["act_max"]))
-    e.line(f"tt_fully_connected_s8({q}, {e.array('mult', a['mult'], 'int32_t')}, "
-           f"{e.array('shift', a['shift'], 'int32_t')}, 1, {k}, {m}, {e.ptr(x)}, {e.ptr(w)}, {e.ptr(b)}, "
-           f"{e.ptr(y)}, {e.mask(node)});")
-
-
-def _emit_fc_f32(self, node, g, e):
-    from ..cfmt import c_float
-    x, w, b, y = node.inputs[0], node.inputs[1], node.inputs[2], node.outputs[0]
-    m, k = g.t(w).shape
-    q = g.t(x).q
-    e.line(f"tt_fully_connected_f32(1, {k}, {m}, {e.ptr(x)}, {int(q.zero_point)}, {c_float(q.scale)}, "
-           f"{e.ptr(w)}, {e.ptr(b)}, {e.ptr(y)});")
-
-
-def _emit_fc_grad_input(self, node, g, e):
-    d, w, dx = node.inputs[0], node.inputs[1], node.outputs[0]
-    m, k = g.t(w).shape
-    e.line(f"tt_fc_grad_input_f32(1, {k}, {m}, {e.ptr(d)}, {e.ptr(w)}, "
-           f"{e.array('ws', node.attrs['w_scale'], 'float')}, {e.ptr(dx)});")
-
-
-def _emit_fc_grad_weight(self, node, g, e):
-    from ..cfmt import c_float
-    a = node.attrs
-    d, x, dw = node.inputs[0], node.inputs[1], node.outputs[0]
-    k = g.t(x).shape[1]
-    m, k_n = a["dw_shape"]
-    e.line(f"tt_fc_grad_weight_f32(1, {k}, {m}, {k_n}, {e.ptr(d)}, {e.ptr(x)}, {a['x_zp']}, "
-           f"{c_float(a['x_scale'])}, {e.ptr(dw)});")
-
-
-def _emit_fc_f32_grad_input(self, node, g, e):
-    d, w, dx = node.inputs[0], node.inputs[1], node.outputs[0]
-    m, k = g.t(w).shape
-    e.line(f"tt_fc_f32_grad_input(1, {k}, {m}, {e.ptr(d)}, {e.ptr(w)}, {e.ptr(dx)});")
-
-
-FullyConnected.emit_c = _emit_fc
-FullyConnectedF32.emit_c = _emit_fc_f32
-FcGradInput.emit_c = _emit_fc_grad_input
-FcGradWeight.emit_c = _emit_fc_grad_weight
-FcF32GradInput.emit_c = _emit_fc_f32_grad_input

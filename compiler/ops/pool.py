@@ -107,9 +107,64 @@ def _windows(x, a, pad_value):
     return np.stack(taps, axis=-1)
 
 
+# C emitters.
+
+def _pool_params(e, a):
+    dil = a.get("dilation", (1, 1))
+    return e.struct("tt_pool_params", (a["kernel"][0], a["kernel"][1], a["stride"][0], a["stride"][1],
+                                       a["pads"][0], a["pads"][1], dil[0], dil[1], int(a.get("count_include_pad", 0))))
+
+
+def _emit_avg_pool(self, node, g, e):
+    a = node.attrs
+    x, y = node.inputs[0], node.outputs[0]
+    q = e.struct("tt_quant_params", (a["in_zp"], a["out_zp"], a["act_min"], a["act_max"]))
+    e.line(f"tt_avg_pool_s8({_pool_params(e, a)}, {q}, {e.array('mult', a['mult'], 'int32_t')}, "
+           f"{e.array('shift', a['shift'], 'int32_t')}, {e.dims(g.t(x).shape)}, {e.ptr(x)}, {e.dims(g.t(y).shape)}, "
+           f"{e.ptr(y)}, {e.mask(node)});")
+
+
+def _emit_max_pool(self, node, g, e):
+    a = node.attrs
+    x, y = node.inputs[0], node.outputs[0]
+    q = e.struct("tt_quant_params", (0, 0, a["act_min"], a["act_max"]))
+    e.line(f"tt_max_pool_s8({_pool_params(e, a)}, {q}, {e.dims(g.t(x).shape)}, {e.ptr(x)}, "
+           f"{e.dims(g.t(y).shape)}, {e.ptr(y)}, {e.mask(node)});")
+
+
+def _emit_global_avg_pool(self, node, g, e):
+    a = node.attrs
+    x, y = node.inputs[0], node.outputs[0]
+    q = e.struct("tt_quant_params", (a["in_zp"], a["out_zp"], a["act_min"], a["act_max"]))
+    e.line(f"tt_global_avg_pool_s8({q}, {a['mult']}, {a['shift']}, {e.dims(g.t(x).shape)}, {e.ptr(x)}, "
+           f"{e.ptr(y)}, {e.mask(node)});")
+
+
+def _emit_avg_pool_grad(self, node, g, e):
+    a = node.attrs
+    d, dx = node.inputs[0], node.outputs[0]
+    e.line(f"tt_avg_pool_grad_f32({_pool_params(e, a)}, {e.dims(g.t(d).shape)}, {e.ptr(d)}, "
+           f"{e.array('inv', a['inv_count'], 'float')}, {e.dims(g.t(dx).shape)}, {e.ptr(dx)});")
+
+
+def _emit_max_pool_grad(self, node, g, e):
+    a = node.attrs
+    d, x, dx = node.inputs[0], node.inputs[1], node.outputs[0]
+    e.line(f"tt_max_pool_grad_f32({_pool_params(e, a)}, {e.dims(g.t(d).shape)}, {e.ptr(d)}, {e.ptr(x)}, "
+           f"{e.dims(g.t(dx).shape)}, {e.ptr(dx)});")
+
+
+def _emit_global_avg_pool_grad(self, node, g, e):
+    from ..cfmt import c_float
+    d, dx = node.inputs[0], node.outputs[0]
+    e.line(f"tt_global_avg_pool_grad_f32({e.dims(g.t(dx).shape)}, {e.ptr(d)}, {c_float(node.attrs['inv_hw'])}, "
+           f"{e.ptr(dx)});")
+
+
 @register
 class AvgPool(Op):
     name = "avg_pool"
+    emit_c = _emit_avg_pool
 
     def infer(self, node, graph):
         return [_pool_shape(node, graph)]
@@ -146,6 +201,7 @@ class AvgPool(Op):
 @register
 class MaxPool(Op):
     name = "max_pool"
+    emit_c = _emit_max_pool
     same_qparams = True
 
     def infer(self, node, graph):
@@ -173,6 +229,7 @@ class MaxPool(Op):
 class GlobalAvgPool(Op):
     """Mean over H and W, keeping them as 1 x 1: [N, H, W, C] -> [N, 1, 1, C]."""
     name = "global_avg_pool"
+    emit_c = _emit_global_avg_pool
 
     def infer(self, node, graph):
         x = graph.t(node.inputs[0]).shape
@@ -280,6 +337,7 @@ class _PoolGrad(Op):
 @register
 class AvgPoolGrad(_PoolGrad):
     name = "avg_pool_grad"
+    emit_c = _emit_avg_pool_grad
 
     def sim(self, node, graph, ins, masks=None):
         a = node.attrs
@@ -292,6 +350,7 @@ class AvgPoolGrad(_PoolGrad):
 @register
 class MaxPoolGrad(_PoolGrad):
     name = "max_pool_grad"
+    emit_c = _emit_max_pool_grad
 
     def sim(self, node, graph, ins, masks=None):
         a = node.attrs
@@ -305,6 +364,7 @@ class MaxPoolGrad(_PoolGrad):
 @register
 class GlobalAvgPoolGrad(_PoolGrad):
     name = "global_avg_pool_grad"
+    emit_c = _emit_global_avg_pool_grad
 
     def sim(self, node, graph, ins, masks=None):
         dx = self._dx(node, ins[0])
@@ -334,65 +394,3 @@ MaxPool.grad_attrs = staticmethod(_pool_grad_attrs)
 GlobalAvgPool.uses_mask = True
 GlobalAvgPool.input_grads = {0: ("global_avg_pool_grad", ("dpre",))}
 GlobalAvgPool.grad_attrs = staticmethod(_pool_grad_attrs)
-
-
-# C emitters.
-
-def _pool_params(e, a):
-    dil = a.get("dilation", (1, 1))
-    return e.struct("tt_pool_params", (a["kernel"][0], a["kernel"][1], a["stride"][0], a["stride"][1],
-                                       a["pads"][0], a["pads"][1], dil[0], dil[1], int(a.get("count_include_pad", 0))))
-
-
-def _emit_avg_pool(self, node, g, e):
-    a = node.attrs
-    x, y = node.inputs[0], node.outputs[0]
-    q = e.struct("tt_quant_params", (a["in_zp"], a["out_zp"], a["act_min"], a["act_max"]))
-    e.line(f"tt_avg_pool_s8({_pool_params(e, a)}, {q}, {e.array('mult', a['mult'], 'int32_t')}, "
-           f"{e.array('shift', a['shift'], 'int32_t')}, {e.dims(g.t(x).shape)}, {e.ptr(x)}, {e.dims(g.t(y).shape)}, "
-           f"{e.ptr(y)}, {e.mask(node)});")
-
-
-def _emit_max_pool(self, node, g, e):
-    a = node.attrs
-    x, y = node.inputs[0], node.outputs[0]
-    q = e.struct("tt_quant_params", (0, 0, a["act_min"], a["act_max"]))
-    e.line(f"tt_max_pool_s8({_pool_params(e, a)}, {q}, {e.dims(g.t(x).shape)}, {e.ptr(x)}, "
-           f"{e.dims(g.t(y).shape)}, {e.ptr(y)}, {e.mask(node)});")
-
-
-def _emit_global_avg_pool(self, node, g, e):
-    a = node.attrs
-    x, y = node.inputs[0], node.outputs[0]
-    q = e.struct("tt_quant_params", (a["in_zp"], a["out_zp"], a["act_min"], a["act_max"]))
-    e.line(f"tt_global_avg_pool_s8({q}, {a['mult']}, {a['shift']}, {e.dims(g.t(x).shape)}, {e.ptr(x)}, "
-           f"{e.ptr(y)}, {e.mask(node)});")
-
-
-def _emit_avg_pool_grad(self, node, g, e):
-    a = node.attrs
-    d, dx = node.inputs[0], node.outputs[0]
-    e.line(f"tt_avg_pool_grad_f32({_pool_params(e, a)}, {e.dims(g.t(d).shape)}, {e.ptr(d)}, "
-           f"{e.array('inv', a['inv_count'], 'float')}, {e.dims(g.t(dx).shape)}, {e.ptr(dx)});")
-
-
-def _emit_max_pool_grad(self, node, g, e):
-    a = node.attrs
-    d, x, dx = node.inputs[0], node.inputs[1], node.outputs[0]
-    e.line(f"tt_max_pool_grad_f32({_pool_params(e, a)}, {e.dims(g.t(d).shape)}, {e.ptr(d)}, {e.ptr(x)}, "
-           f"{e.dims(g.t(dx).shape)}, {e.ptr(dx)});")
-
-
-def _emit_global_avg_pool_grad(self, node, g, e):
-    from ..cfmt import c_float
-    d, dx = node.inputs[0], node.outputs[0]
-    e.line(f"tt_global_avg_pool_grad_f32({e.dims(g.t(dx).shape)}, {e.ptr(d)}, {c_float(node.attrs['inv_hw'])}, "
-           f"{e.ptr(dx)});")
-
-
-AvgPool.emit_c = _emit_avg_pool
-MaxPool.emit_c = _emit_max_pool
-GlobalAvgPool.emit_c = _emit_global_avg_pool
-AvgPoolGrad.emit_c = _emit_avg_pool_grad
-MaxPoolGrad.emit_c = _emit_max_pool_grad
-GlobalAvgPoolGrad.emit_c = _emit_global_avg_pool_grad
