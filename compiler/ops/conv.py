@@ -14,15 +14,10 @@ No overflow: |x - x_zp| <= 255 and |w| <= 127, so with K = KH*KW*Cin/groups
 import numpy as np
 from numba import njit
 
-from ..errors import TinytrainError
-from ..ir import QParams
-from ..quant.fixedpoint import clamp_s32, quantize_multipliers, requantize_zp
-from ..quant.qparams import clamp_range, quantize_bias, quantize_weights, weight_qparams
+from ..quant.fixedpoint import clamp_s32, requantize_zp
 from .base import Op, register
-
-
-def conv_out_size(size, k, stride, pad0, pad1, dil):
-    return (size + pad0 + pad1 - dil * (k - 1) - 1) // stride + 1
+from .common import apply_act, conv_out_size, keep_mask, quantize_weighted  # noqa: F401  (conv_out_size: importers)
+from .common import conv_params as _conv_params
 
 
 @njit(cache=True)
@@ -147,28 +142,7 @@ def conv2d_float(x, w, b, stride, pads, dil, groups):
     return (out.reshape(n, oh, ow, co) + b.astype(np.float32)).astype(np.float32)
 
 
-def keep_mask(masks, node, shape):
-    """The 1-bit clamp mask of a node's output (uint8 0/1 here; packed bits on
-    the device): kept in `masks` when training, scratch otherwise."""
-    mask = np.empty(shape, np.uint8)
-    if masks is not None:
-        masks[node.id] = mask
-    return mask
-
-
-def apply_act(y, act):
-    if act is None:
-        return y
-    lo, hi = act
-    return np.clip(y, -np.inf if lo is None else lo, np.inf if hi is None else hi).astype(np.float32)
-
-
 # C emitters (compiler/codegen/emit_c.py gives the helpers).
-
-def _conv_params(e, a):
-    return e.struct("tt_conv_params", (a["stride"][0], a["stride"][1], a["pads"][0], a["pads"][1],
-                                       a["dilation"][0], a["dilation"][1], a["groups"]))
-
 
 def _emit_conv2d(self, node, g, e):
     a = node.attrs
@@ -260,35 +234,6 @@ class Conv2d(Op):
         y = graph.t(node.outputs[0]).shape
         w = graph.t(node.inputs[1]).shape
         return int(np.prod(y[1:]) * np.prod(w[1:]))
-
-
-def quantize_weighted(node, graph, k):
-    """Shared by conv2d and fully_connected: per-channel int8 weights (axis 0),
-    int32 bias, per-channel requantization multipliers, the fused clamp."""
-    x, w, b, y = graph.t(node.inputs[0]), graph.t(node.inputs[1]), graph.t(node.inputs[2]), graph.t(node.outputs[0])
-    wq = w.q if (w.q is not None and w.q.axis == 0) else weight_qparams(w.data, axis=0)
-    s_x, s_y = float(x.q.scale), float(y.q.scale)
-    # The accumulator must hold K products (each |.| <= 256 * 127, which also covers the C pointwise
-    # kernel's sum x w - zp sum w) plus the bias.  A channel whose
-    # weights are tiny next to its bias (e.g. a BatchNorm with gamma ~ 0) would need a bias beyond
-    # int32: give it a coarser weight scale instead, so that |bias| <= 2^31 - 1 - K * 32512.
-    room = float(2 ** 31 - 1 - int(k) * 256 * 127)
-    if room <= 2 ** 20:
-        raise TinytrainError(f"int32 accumulator could overflow ({k} products per output); "
-                             "split the layer", node=node.name, op=node.op)
-    need = np.abs(b.data.astype(np.float64)) / (s_x * room) * 1.0001
-    if np.any(need > wq.scale):
-        wq = QParams(np.maximum(wq.scale, need).astype(np.float32), wq.zero_point, 0)
-    bias, bq = quantize_bias(b.data, wq.scale, s_x)
-    w.data, w.dtype, w.q = quantize_weights(w.data, wq), "int8", wq
-    b.data, b.dtype, b.q = bias, "int32", bq
-    try:
-        mult, shift = quantize_multipliers(s_x * wq.scale.astype(np.float64) / s_y)
-    except ValueError as e:
-        raise TinytrainError(f"scales cannot be requantized: {e}", node=node.name, op=node.op) from None
-    lo, hi = clamp_range(y.q, node.attrs.get("act"))
-    node.attrs.update(in_zp=int(x.q.zero_point), out_zp=int(y.q.zero_point), mult=mult, shift=shift,
-                      act_min=lo, act_max=hi)
 
 
 # ---------------------------------------------------------------------------

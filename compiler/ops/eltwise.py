@@ -12,7 +12,7 @@ from numba import njit
 from ..quant.fixedpoint import add_zp, clamp_s32, quantize_multiplier, requantize_zp
 from ..quant.qparams import clamp_range
 from .base import Op, register
-from .conv import apply_act, keep_mask
+from .common import apply_act, keep_mask
 
 ADD_LEFT_SHIFT = 20
 

@@ -8,7 +8,7 @@ from numba import njit
 
 from ..quant.fixedpoint import clamp_s32, requantize_zp
 from .base import Op, register
-from .conv import apply_act, keep_mask, quantize_weighted
+from .common import apply_act, keep_mask, quantize_weighted
 
 
 @njit(cache=True)

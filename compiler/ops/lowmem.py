@@ -24,7 +24,7 @@ frozen, forward-only prefix of a training graph, which has no gradient.
 import numpy as np
 
 from .base import Op, get_op, register
-from .conv import _conv_params
+from .common import conv_params as _conv_params
 
 
 @register

@@ -14,7 +14,7 @@ from numba import njit
 from ..quant.fixedpoint import clamp_s32, quantize_multipliers, requantize_zp
 from ..quant.qparams import clamp_range
 from .base import Op, register
-from .conv import apply_act, conv_out_size, keep_mask
+from .common import apply_act, conv_out_size, keep_mask
 
 
 @njit(cache=True)
