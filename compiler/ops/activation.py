@@ -60,6 +60,10 @@ class _Elementwise(Op):
 class Clamp(_Elementwise):
     name = "clamp"
     emit_c = _emit_clamp
+    fuses_activation = True        # a clamp after a clamp: the two merge
+    channelwise = True
+    in_place = True
+    pointwise = True
     same_qparams = True
 
     def ref(self, node, graph, ins):
@@ -82,6 +86,8 @@ class Clamp(_Elementwise):
 
 class _Lut(_Elementwise):
     emit_c = _emit_lut
+    in_place = True
+    pointwise = True
 
     def f(self, x, attrs):
         raise NotImplementedError
@@ -142,6 +148,7 @@ def _lut_grad_f32(dy, x, dtable, dx):
 class LutGrad(Op):
     name = "lut_grad"
     emit_c = _emit_lut_grad
+    in_place = True
 
     def infer(self, node, graph):
         return [graph.t(node.inputs[0]).shape]

@@ -180,6 +180,28 @@ def _emit_bias_grad(self, node, g, e):
 class Conv2d(Op):
     name = "conv2d"
     emit_c = _emit_conv2d
+    fuses_activation = True
+    windowed = True
+    weight_input, bias_input = 1, 2
+
+    @staticmethod
+    def is_depthwise(node, graph):
+        """The one definition: one input channel per group, groups > 1 (any channel
+        multiplier).  Also read on conv2d_grad_input nodes (same groups attr, weight input 1)."""
+        return node.attrs["groups"] > 1 and graph.t(node.inputs[1]).shape[3] == 1
+
+    @staticmethod
+    def channel_multiplier(node, graph):
+        return graph.t(node.inputs[1]).shape[0] // node.attrs["groups"]
+
+    def window(self, node, graph):
+        a = node.attrs
+        return (tuple(graph.t(node.inputs[1]).shape[1:3]), tuple(a["stride"]), tuple(a["pads"]),
+                tuple(a.get("dilation", (1, 1))))
+
+    def update_shape(self, node, graph, ratio):
+        """The part of the weight a sparse update trains (grad_update_shape)."""
+        return grad_update_shape(graph.t(node.inputs[1]).shape, ratio, self.is_depthwise(node, graph))
 
     def infer(self, node, graph):
         x = graph.t(node.inputs[0]).shape
@@ -219,7 +241,7 @@ class Conv2d(Op):
         out = np.empty(shape, np.int8)
         mask = keep_mask(masks, node, shape)
         w = graph.t(node.inputs[1]).data
-        if a["groups"] == x.shape[3] == w.shape[0]:
+        if self.is_depthwise(node, graph) and self.channel_multiplier(node, graph) == 1:
             _depthwise_conv2d_s8(x, w, graph.t(node.inputs[2]).data, out, mask, a["stride"][0], a["stride"][1],
                                  a["pads"][0], a["pads"][1], a["dilation"][0], a["dilation"][1], a["in_zp"],
                                  a["out_zp"], a["mult"], a["shift"], a["act_min"], a["act_max"])
@@ -360,6 +382,8 @@ def grad_update_shape(w_shape, ratio, depthwise):
 @register
 class Conv2dGradInput(Op):
     name = "conv2d_grad_input"
+    is_depthwise = staticmethod(Conv2d.is_depthwise)
+    channel_multiplier = staticmethod(Conv2d.channel_multiplier)
     emit_c = _emit_conv2d_grad_input
 
     def infer(self, node, graph):
@@ -422,7 +446,7 @@ def _conv_grad_attrs(node, graph, grad_op, k, ratio=1.0):
     if grad_op == "conv2d_grad_input":
         return dict(base, x_shape=x.shape, w_scale=w.q.scale.astype(np.float32))
     if grad_op == "conv2d_grad_weight":
-        dw_shape = grad_update_shape(w.shape, ratio, a["groups"] > 1 and w.shape[3] == 1)
+        dw_shape = grad_update_shape(w.shape, ratio, Conv2d.is_depthwise(node, graph))
         return dict(base, x_zp=int(x.q.zero_point), x_scale=float(x.q.scale), dw_shape=dw_shape)
     return {}
 

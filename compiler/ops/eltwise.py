@@ -81,6 +81,9 @@ def _emit_mul_grad(self, node, g, e):
 class Add(_Binary):
     name = "add"
     emit_c = _emit_add
+    fuses_activation = True
+    in_place = True
+    pointwise = True          # on inputs of the output's shape (patch_prefix checks the shapes)
 
     def ref(self, node, graph, ins):
         return [apply_act((ins[0] + ins[1]).astype(np.float32), node.attrs.get("act"))]
@@ -113,6 +116,8 @@ class Add(_Binary):
 class Mul(_Binary):
     name = "mul"
     emit_c = _emit_mul
+    fuses_activation = True
+    in_place = True
 
     def ref(self, node, graph, ins):
         return [apply_act((ins[0] * ins[1]).astype(np.float32), node.attrs.get("act"))]

@@ -73,6 +73,13 @@ def _emit_fc_f32_grad_input(self, node, g, e):
 class FullyConnected(Op):
     name = "fully_connected"
     emit_c = _emit_fc
+    fuses_activation = True
+    weight_input, bias_input = 1, 2
+
+    def update_shape(self, node, graph, ratio):
+        """The part of the weight a sparse update trains: the first input columns."""
+        w = graph.t(node.inputs[1]).shape
+        return (w[0], max(1, int(np.ceil(w[1] * ratio))))
 
     def infer(self, node, graph):
         x = graph.t(node.inputs[0]).shape
@@ -216,6 +223,7 @@ def _fc_f32_grad_input(dy, w, dx):
 @register
 class FullyConnectedF32(Op):
     name = "fully_connected_f32"
+    weight_input, bias_input = 1, 2       # float32 parameters (passes for int8 weights check the dtype)
     emit_c = _emit_fc_f32
     uses_mask = False
     input_grads = {0: ("fully_connected_f32_grad_input", ("dy", "in1"))}

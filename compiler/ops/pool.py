@@ -107,6 +107,11 @@ def _windows(x, a, pad_value):
     return np.stack(taps, axis=-1)
 
 
+def _pool_window(self, node, graph):
+    a = node.attrs
+    return tuple(a["kernel"]), tuple(a["stride"]), tuple(a["pads"]), tuple(a.get("dilation", (1, 1)))
+
+
 # C emitters.
 
 def _pool_params(e, a):
@@ -165,6 +170,9 @@ def _emit_global_avg_pool_grad(self, node, g, e):
 class AvgPool(Op):
     name = "avg_pool"
     emit_c = _emit_avg_pool
+    fuses_activation = True
+    windowed = True
+    window = _pool_window
 
     def infer(self, node, graph):
         return [_pool_shape(node, graph)]
@@ -202,6 +210,9 @@ class AvgPool(Op):
 class MaxPool(Op):
     name = "max_pool"
     emit_c = _emit_max_pool
+    fuses_activation = True
+    windowed = True
+    window = _pool_window
     same_qparams = True
 
     def infer(self, node, graph):
@@ -230,6 +241,7 @@ class GlobalAvgPool(Op):
     """Mean over H and W, keeping them as 1 x 1: [N, H, W, C] -> [N, 1, 1, C]."""
     name = "global_avg_pool"
     emit_c = _emit_global_avg_pool
+    fuses_activation = True
 
     def infer(self, node, graph):
         x = graph.t(node.inputs[0]).shape

@@ -71,6 +71,9 @@ def _emit_slice(self, node, g, e):
 class Reshape(Op):
     name = "reshape"
     emit_c = _emit_reshape
+
+    def view_of(self, node):
+        return 0
     same_qparams = True
 
     def infer(self, node, graph):

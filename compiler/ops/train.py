@@ -79,6 +79,7 @@ class MaskGrad(Op):
     """dpre = dy where the forward value was inside its clamp range, else 0."""
     name = "mask_grad"
     emit_c = _emit_mask_grad
+    in_place = True
 
     def infer(self, node, graph):
         return [graph.t(node.inputs[0]).shape]
@@ -95,6 +96,7 @@ class GradAdd(Op):
     """Two gradient contributions to one tensor (a tensor read twice, e.g. a residual)."""
     name = "grad_add"
     emit_c = _emit_grad_add
+    in_place = True
 
     def infer(self, node, graph):
         return [graph.t(node.inputs[0]).shape]
@@ -131,6 +133,7 @@ class SoftmaxXent(Op):
     float classifier) and the label (int32 [N]).  Outputs: loss [N], dlogits."""
     name = "softmax_xent"
     emit_c = _emit_softmax_xent
+    loss = True
 
     def infer(self, node, graph):
         lg = graph.t(node.inputs[0]).shape
