@@ -108,3 +108,42 @@ def test_no_second_depthwise_test_outside_the_conv_op():
         if "shape[3] == 1" in text and "groups" in text:
             offenders.append(path.name)
     assert not offenders
+
+
+def _c_train_ids():
+    from .op_cases import C_TRAIN_CASES
+    return C_TRAIN_CASES
+
+
+@pytest.mark.parametrize("case", _c_train_ids(), ids=lambda c: c.__name__)
+def test_op_case_trains_through_the_emitted_c_like_the_simulator(case, tmp_path):
+    """A new op's case, compiled to C with every layer trained: losses, predicted classes and the
+    learned state equal the simulator's bit for bit."""
+    import tinytrain as tt
+    from tinytrain.compiler.codegen.emit_c import Emitter
+    from tinytrain.compiler.pipeline import compile_graph
+    from tinytrain.host import HostModel
+    from tinytrain.train.backprop import BackpropTrainer
+
+    from .op_cases import build_case
+    path, calib, test = build_case(case, tmp_path)
+    gq = tt.quantize(tt.load(path), calib, output_range=(-16, 16))
+    tg, plan, facts = compile_graph(gq, tmp_path / "c", name="m", update="full")
+    src = (tmp_path / "c" / "m.c").read_text()
+    for n in tg.nodes:                      # every op of the graph reaches the C (a table op: tt_lut_s8)
+        assert get_op(n.op).emit_c is not None
+    assert "tt_lut_s8(" in src and "tt_lut_grad_f32(" in src
+    y = np.random.default_rng(1).integers(0, gq.t(gq.outputs[0]).shape[-1], len(test))
+    hm = HostModel(tmp_path / "c", "m", tg, facts, lr=0.05, seed=2)
+    sim = BackpropTrainer(tg, lr=0.05, seed=2)
+    for i in range(2 * len(test)):
+        k = i % len(test)
+        lc, pc = hm.train_step(test[k], y[k])
+        ls, logits = sim.step(test[k], y[k])
+        assert np.float32(lc).tobytes() == np.float32(ls).tobytes(), (i, lc, ls)
+        assert pc == int(np.argmax(np.asarray(logits).reshape(-1)))
+    e = Emitter(tg, plan, "m")
+    st = hm.state_bytes()
+    for tid, off in e.state_off.items():
+        t = tg.t(tid)
+        np.testing.assert_array_equal(np.frombuffer(st, t.data.dtype, t.size, off), t.data.reshape(-1))

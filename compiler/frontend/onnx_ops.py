@@ -230,6 +230,7 @@ CONVERTERS["Sigmoid"] = _unary("sigmoid")
 CONVERTERS["HardSwish"] = _unary("hard_swish")
 CONVERTERS["HardSigmoid"] = _unary("hard_sigmoid", alpha=lambda imp, n: float(imp.attr(n, "alpha", 0.2)),
                                    beta=lambda imp, n: float(imp.attr(n, "beta", 0.5)))
+CONVERTERS["LeakyRelu"] = _unary("leaky_relu", alpha=lambda imp, n: float(imp.attr(n, "alpha", 0.01)))
 
 
 @converter("Identity", "Dropout")
