@@ -4,12 +4,46 @@ int8 preparation of a weighted layer (weights, bias, multipliers, clamp) and
 the C parameter struct of a conv-like call.  A leaf of the ops package: it
 imports nothing from the op modules.
 """
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..errors import TinytrainError
 from ..ir import QParams
 from ..quant.fixedpoint import quantize_multipliers
 from ..quant.qparams import clamp_range, quantize_bias, quantize_weights, weight_qparams
+
+
+@dataclass(frozen=True)
+class Requant:
+    """The prepared int8 parameters of a weighted op (TFLM's OpData): computed once by
+    quantize (all float work there), read by the op's integer-only kernels.
+
+      in_zp, out_zp       the input's and the output's zero points
+      mult, shift         int32 [C]: s_x * s_w[c] / s_y as a Q31 multiplier and a shift
+      act_min, act_max    the (fused) output clamp, in output steps
+
+    Stored in node.attrs under the same keys (so saved models, the serializer and the
+    emitters read them unchanged): `Requant.of(node)` reads them, `store` writes them."""
+    in_zp: int
+    out_zp: int
+    mult: np.ndarray
+    shift: np.ndarray
+    act_min: int
+    act_max: int
+
+    KEYS = ("in_zp", "out_zp", "mult", "shift", "act_min", "act_max")
+
+    @classmethod
+    def of(cls, node):
+        a = node.attrs
+        return cls(*(a[k] for k in cls.KEYS))
+
+    def store(self, node):
+        node.attrs.update({k: getattr(self, k) for k in self.KEYS})
+
+    def with_multipliers(self, mult, shift):
+        return Requant(self.in_zp, self.out_zp, mult, shift, self.act_min, self.act_max)
 
 
 def conv_out_size(size, k, stride, pad0, pad1, dil):
@@ -57,8 +91,7 @@ def quantize_weighted(node, graph, k):
     except ValueError as e:
         raise TinytrainError(f"scales cannot be requantized: {e}", node=node.name, op=node.op) from None
     lo, hi = clamp_range(y.q, node.attrs.get("act"))
-    node.attrs.update(in_zp=int(x.q.zero_point), out_zp=int(y.q.zero_point), mult=mult, shift=shift,
-                      act_min=lo, act_max=hi)
+    Requant(int(x.q.zero_point), int(y.q.zero_point), mult, shift, lo, hi).store(node)
 
 
 def conv_params(e, a):

@@ -17,6 +17,7 @@ from numba import njit
 from ..quant.fixedpoint import clamp_s32, requantize_zp
 from .base import Op, register
 from .common import apply_act, conv_out_size, keep_mask, quantize_weighted  # noqa: F401  (conv_out_size: importers)
+from .common import Requant
 from .common import conv_params as _conv_params
 
 
@@ -241,15 +242,16 @@ class Conv2d(Op):
         out = np.empty(shape, np.int8)
         mask = keep_mask(masks, node, shape)
         w = graph.t(node.inputs[1]).data
+        r = Requant.of(node)
         if self.is_depthwise(node, graph) and self.channel_multiplier(node, graph) == 1:
             _depthwise_conv2d_s8(x, w, graph.t(node.inputs[2]).data, out, mask, a["stride"][0], a["stride"][1],
-                                 a["pads"][0], a["pads"][1], a["dilation"][0], a["dilation"][1], a["in_zp"],
-                                 a["out_zp"], a["mult"], a["shift"], a["act_min"], a["act_max"])
+                                 a["pads"][0], a["pads"][1], a["dilation"][0], a["dilation"][1], r.in_zp,
+                                 r.out_zp, r.mult, r.shift, r.act_min, r.act_max)
             return [out]
         _conv2d_s8(x, w, graph.t(node.inputs[2]).data, out, mask,
                    a["stride"][0], a["stride"][1], a["pads"][0], a["pads"][1], a["dilation"][0],
-                   a["dilation"][1], a["groups"], a["in_zp"], a["out_zp"], a["mult"], a["shift"],
-                   a["act_min"], a["act_max"])
+                   a["dilation"][1], a["groups"], r.in_zp, r.out_zp, r.mult, r.shift,
+                   r.act_min, r.act_max)
         return [out]
 
     def macs(self, node, graph):

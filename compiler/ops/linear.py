@@ -8,7 +8,7 @@ from numba import njit
 
 from ..quant.fixedpoint import clamp_s32, requantize_zp
 from .base import Op, register
-from .common import apply_act, keep_mask, quantize_weighted
+from .common import Requant, apply_act, keep_mask, quantize_weighted
 
 
 @njit(cache=True)
@@ -105,12 +105,12 @@ class FullyConnected(Op):
         quantize_weighted(node, graph, k=graph.t(node.inputs[1]).shape[1])
 
     def sim(self, node, graph, ins, masks=None):
-        a = node.attrs
         x = ins[0]
         out = np.empty((x.shape[0], graph.t(node.outputs[0]).shape[1]), np.int8)
         mask = keep_mask(masks, node, out.shape)
+        r = Requant.of(node)
         _fully_connected_s8(x, graph.t(node.inputs[1]).data, graph.t(node.inputs[2]).data, out, mask,
-                            a["in_zp"], a["out_zp"], a["mult"], a["shift"], a["act_min"], a["act_max"])
+                            r.in_zp, r.out_zp, r.mult, r.shift, r.act_min, r.act_max)
         return [out]
 
     def macs(self, node, graph):

@@ -15,7 +15,7 @@ crop of the caller's float input, so the whole int8 input never exists.
 Every output element is computed from exactly the same integers as in the
 unpatched graph (a conv on a cropped input, with the padding kept only where
 the crop touches the tensor's border), so the result is bit for bit the same:
-tests/test_patch.py checks it in the simulator and in C.
+tests/test_lowmem.py checks it in the simulator and in C.
 
 Supported prefix ops: those that declare `windowed` (conv2d of any groups,
 avg_pool, max_pool: their `window` gives the receptive field) or `pointwise`

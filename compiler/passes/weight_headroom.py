@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import TinytrainError
 from ..ir import QParams
 from ..ops import get_op
+from ..ops.common import Requant
 from ..quant.fixedpoint import quantize_multipliers
 
 
@@ -33,5 +34,6 @@ def weight_headroom(graph, scheme, h=2.0):
         b.data = np.round(b.data.astype(np.float64) / h).astype(np.int32)
         b.q = QParams(b.q.scale * np.float32(h), b.q.zero_point, b.q.axis)
         mult, shift = quantize_multipliers(float(x.q.scale) * w.q.scale.astype(np.float64) / float(y.q.scale))
-        n.attrs = dict(n.attrs, mult=mult, shift=shift)
+        n.attrs = dict(n.attrs)
+        Requant.of(n).with_multipliers(mult, shift).store(n)
     return g
