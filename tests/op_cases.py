@@ -12,6 +12,9 @@ from .onnx_builder import Builder, rand
 # table op is tested by its case alone: float vs onnxruntime, int8 vs the naive reference (a
 # table lookup), gradients vs torch (test_gradients.py) and the C (test_op_decl.py).
 TORCH_RULES = {}
+# Likewise the naive integer reference of an op that tests/naive.py has no entry for (a table op
+# needs none): {IR op: (graph, node, *activation inputs) -> int8 output}
+NAIVE_RULES = {}
 # cases also compiled to C and trained against the simulator (test_op_decl.py)
 C_TRAIN_CASES = []
 

@@ -147,3 +147,32 @@ def test_op_case_trains_through_the_emitted_c_like_the_simulator(case, tmp_path)
     for tid, off in e.state_off.items():
         t = tg.t(tid)
         np.testing.assert_array_equal(np.frombuffer(st, t.data.dtype, t.size, off), t.data.reshape(-1))
+
+
+def test_tensor_roles_survive_save_and_load_and_old_files_get_them(tmp_path):
+    """The clamp mask's role (planned as packed bits) is saved; a file written before roles
+    existed gets the role its tensor names implied."""
+    import json
+
+    from tinytrain.compiler import serialize
+    from tinytrain.compiler.passes.plan_memory import nbytes
+    g = Graph()
+    x = g.add_tensor("x", (1, 4), kind="input")
+    y = g.add_tensor("y", (1, 4))
+    m = g.add_tensor("y:mask", (1, 4), "uint8")
+    m.role = "mask"
+    g.add_node("clamp", [x.id], [y.id, m.id], dict(act=(0.0, None), keep_mask=True))
+    g.inputs, g.outputs = [x.id], [y.id]
+    p = serialize.save(g, tmp_path / "g.tt.npz")
+    back = serialize.load(p)
+    assert back.t(m.id).role == "mask" and nbytes(back.t(m.id)) == 1
+    assert back.t(y.id).role == ""
+    with np.load(p) as z:
+        arrays = {k: z[k] for k in z.files}
+    doc = json.loads(arrays["__graph__"].tobytes().decode())
+    for d in doc["tensors"]:
+        d.pop("role", None)
+    arrays["__graph__"] = np.frombuffer(json.dumps(doc).encode(), dtype=np.uint8)
+    with open(tmp_path / "old.tt.npz", "wb") as f:
+        np.savez(f, **arrays)
+    assert serialize.load(tmp_path / "old.tt.npz").t(m.id).role == "mask"
