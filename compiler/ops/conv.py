@@ -177,6 +177,18 @@ def _emit_bias_grad(self, node, g, e):
     e.line(f"tt_bias_grad_f32({d.size // d.shape[-1]}, {d.shape[-1]}, {e.ptr(d.id)}, {e.ptr(node.outputs[0])});")
 
 
+def _conv_grad_attrs(node, graph, grad_op, k, ratio=1.0):
+    a = node.attrs
+    x, w = graph.t(node.inputs[0]), graph.t(node.inputs[1])
+    base = dict(stride=a["stride"], pads=a["pads"], dilation=a["dilation"], groups=a["groups"])
+    if grad_op == "conv2d_grad_input":
+        return dict(base, x_shape=x.shape, w_scale=w.q.scale.astype(np.float32))
+    if grad_op == "conv2d_grad_weight":
+        dw_shape = grad_update_shape(w.shape, ratio, Conv2d.is_depthwise(node, graph))
+        return dict(base, x_zp=int(x.q.zero_point), x_scale=float(x.q.scale), dw_shape=dw_shape)
+    return {}
+
+
 @register
 class Conv2d(Op):
     name = "conv2d"
@@ -184,6 +196,10 @@ class Conv2d(Op):
     fuses_activation = True
     windowed = True
     weight_input, bias_input = 1, 2
+    uses_mask = True
+    input_grads = {0: ("conv2d_grad_input", ("dpre", "in1"))}
+    param_grads = {1: ("conv2d_grad_weight", ("dpre", "in0")), 2: ("bias_grad", ("dpre",))}
+    grad_attrs = staticmethod(_conv_grad_attrs)
 
     @staticmethod
     def is_depthwise(node, graph):
@@ -439,21 +455,3 @@ class BiasGrad(Op):
         db = np.empty(ins[0].shape[-1], np.float32)
         _bias_grad_f32(np.ascontiguousarray(ins[0]), db)
         return [db]
-
-
-def _conv_grad_attrs(node, graph, grad_op, k, ratio=1.0):
-    a = node.attrs
-    x, w = graph.t(node.inputs[0]), graph.t(node.inputs[1])
-    base = dict(stride=a["stride"], pads=a["pads"], dilation=a["dilation"], groups=a["groups"])
-    if grad_op == "conv2d_grad_input":
-        return dict(base, x_shape=x.shape, w_scale=w.q.scale.astype(np.float32))
-    if grad_op == "conv2d_grad_weight":
-        dw_shape = grad_update_shape(w.shape, ratio, Conv2d.is_depthwise(node, graph))
-        return dict(base, x_zp=int(x.q.zero_point), x_scale=float(x.q.scale), dw_shape=dw_shape)
-    return {}
-
-
-Conv2d.uses_mask = True
-Conv2d.input_grads = {0: ("conv2d_grad_input", ("dpre", "in1"))}
-Conv2d.param_grads = {1: ("conv2d_grad_weight", ("dpre", "in0")), 2: ("bias_grad", ("dpre",))}
-Conv2d.grad_attrs = staticmethod(_conv_grad_attrs)

@@ -77,6 +77,10 @@ def _emit_mul_grad(self, node, g, e):
            f"{a['o_zp']}, {c_float(a['o_scale'])}, {e.dims(g.t(y).shape)}, {e.ptr(y)});")
 
 
+def _add_grad_attrs(node, graph, grad_op, k):
+    return dict(shape=graph.t(node.inputs[k]).shape)
+
+
 @register
 class Add(_Binary):
     name = "add"
@@ -84,6 +88,9 @@ class Add(_Binary):
     fuses_activation = True
     in_place = True
     pointwise = True          # on inputs of the output's shape (patch_prefix checks the shapes)
+    uses_mask = True
+    input_grads = {0: ("sum_to", ("dpre",)), 1: ("sum_to", ("dpre",))}
+    grad_attrs = staticmethod(_add_grad_attrs)
 
     def ref(self, node, graph, ins):
         return [apply_act((ins[0] + ins[1]).astype(np.float32), node.attrs.get("act"))]
@@ -112,12 +119,20 @@ class Add(_Binary):
         return [out.reshape(shape)]
 
 
+def _mul_grad_attrs(node, graph, grad_op, k):
+    other = graph.t(node.inputs[1 - k])
+    return dict(shape=graph.t(node.inputs[k]).shape, o_zp=int(other.q.zero_point), o_scale=float(other.q.scale))
+
+
 @register
 class Mul(_Binary):
     name = "mul"
     emit_c = _emit_mul
     fuses_activation = True
     in_place = True
+    uses_mask = True
+    input_grads = {0: ("mul_grad", ("dpre", "in1")), 1: ("mul_grad", ("dpre", "in0"))}
+    grad_attrs = staticmethod(_mul_grad_attrs)
 
     def ref(self, node, graph, ins):
         return [apply_act((ins[0] * ins[1]).astype(np.float32), node.attrs.get("act"))]
@@ -178,20 +193,3 @@ class MulGrad(Op):
         _mul_grad_4d_f32(to4d(np.ascontiguousarray(d)), to4d(np.ascontiguousarray(other)), a["o_zp"],
                          np.float32(a["o_scale"]), to4d(out))
         return [out]
-
-
-def _add_grad_attrs(node, graph, grad_op, k):
-    return dict(shape=graph.t(node.inputs[k]).shape)
-
-
-def _mul_grad_attrs(node, graph, grad_op, k):
-    other = graph.t(node.inputs[1 - k])
-    return dict(shape=graph.t(node.inputs[k]).shape, o_zp=int(other.q.zero_point), o_scale=float(other.q.scale))
-
-
-Add.uses_mask = True
-Add.input_grads = {0: ("sum_to", ("dpre",)), 1: ("sum_to", ("dpre",))}
-Add.grad_attrs = staticmethod(_add_grad_attrs)
-Mul.uses_mask = True
-Mul.input_grads = {0: ("mul_grad", ("dpre", "in1")), 1: ("mul_grad", ("dpre", "in0"))}
-Mul.grad_attrs = staticmethod(_mul_grad_attrs)

@@ -69,12 +69,26 @@ def _emit_fc_f32_grad_input(self, node, g, e):
     e.line(f"tt_fc_f32_grad_input(1, {k}, {m}, {e.ptr(d)}, {e.ptr(w)}, {e.ptr(dx)});")
 
 
+def _fc_grad_attrs(node, graph, grad_op, k, ratio=1.0):
+    x, w = graph.t(node.inputs[0]), graph.t(node.inputs[1])
+    if grad_op == "fully_connected_grad_input":
+        return dict(x_shape=x.shape, w_scale=w.q.scale.astype(np.float32))
+    if grad_op == "fully_connected_grad_weight":
+        return dict(x_zp=int(x.q.zero_point), x_scale=float(x.q.scale),
+                    dw_shape=(w.shape[0], max(1, int(np.ceil(w.shape[1] * ratio)))))
+    return {}
+
+
 @register
 class FullyConnected(Op):
     name = "fully_connected"
     emit_c = _emit_fc
     fuses_activation = True
     weight_input, bias_input = 1, 2
+    uses_mask = True
+    input_grads = {0: ("fully_connected_grad_input", ("dpre", "in1"))}
+    param_grads = {1: ("fully_connected_grad_weight", ("dpre", "in0")), 2: ("bias_grad", ("dpre",))}
+    grad_attrs = staticmethod(_fc_grad_attrs)
 
     def update_shape(self, node, graph, ratio):
         """The part of the weight a sparse update trains: the first input columns."""
@@ -177,22 +191,6 @@ class FcGradWeight(Op):
 
     def macs(self, node, graph):
         return int(np.prod(node.attrs["dw_shape"]))
-
-
-def _fc_grad_attrs(node, graph, grad_op, k, ratio=1.0):
-    x, w = graph.t(node.inputs[0]), graph.t(node.inputs[1])
-    if grad_op == "fully_connected_grad_input":
-        return dict(x_shape=x.shape, w_scale=w.q.scale.astype(np.float32))
-    if grad_op == "fully_connected_grad_weight":
-        return dict(x_zp=int(x.q.zero_point), x_scale=float(x.q.scale),
-                    dw_shape=(w.shape[0], max(1, int(np.ceil(w.shape[1] * ratio)))))
-    return {}
-
-
-FullyConnected.uses_mask = True
-FullyConnected.input_grads = {0: ("fully_connected_grad_input", ("dpre", "in1"))}
-FullyConnected.param_grads = {1: ("fully_connected_grad_weight", ("dpre", "in0")), 2: ("bias_grad", ("dpre",))}
-FullyConnected.grad_attrs = staticmethod(_fc_grad_attrs)
 
 
 # The float32 classifier option (TTE reports +2.3 points for a float head):

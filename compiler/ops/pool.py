@@ -166,6 +166,19 @@ def _emit_global_avg_pool_grad(self, node, g, e):
            f"{e.ptr(dx)});")
 
 
+def _pool_grad_attrs(node, graph, grad_op, k=0):
+    x = graph.t(node.inputs[0])
+    a = dict(node.attrs, x_shape=x.shape)
+    for key in ("mult", "shift", "in_zp", "out_zp", "act_min", "act_max", "act", "keep_mask"):
+        a.pop(key, None)
+    if grad_op == "avg_pool_grad":
+        kh, kw = node.attrs["kernel"]
+        a["inv_count"] = np.array([0.0] + [1.0 / c for c in range(1, kh * kw + 1)], np.float32)
+    if grad_op == "global_avg_pool_grad":
+        a["inv_hw"] = float(np.float32(1.0 / (x.shape[1] * x.shape[2])))
+    return a
+
+
 @register
 class AvgPool(Op):
     name = "avg_pool"
@@ -173,6 +186,9 @@ class AvgPool(Op):
     fuses_activation = True
     windowed = True
     window = _pool_window
+    uses_mask = True
+    input_grads = {0: ("avg_pool_grad", ("dpre",))}
+    grad_attrs = staticmethod(_pool_grad_attrs)
 
     def infer(self, node, graph):
         return [_pool_shape(node, graph)]
@@ -214,6 +230,9 @@ class MaxPool(Op):
     windowed = True
     window = _pool_window
     same_qparams = True
+    uses_mask = True
+    input_grads = {0: ("max_pool_grad", ("dpre", "in0"))}
+    grad_attrs = staticmethod(_pool_grad_attrs)
 
     def infer(self, node, graph):
         return [_pool_shape(node, graph)]
@@ -242,6 +261,9 @@ class GlobalAvgPool(Op):
     name = "global_avg_pool"
     emit_c = _emit_global_avg_pool
     fuses_activation = True
+    uses_mask = True
+    input_grads = {0: ("global_avg_pool_grad", ("dpre",))}
+    grad_attrs = staticmethod(_pool_grad_attrs)
 
     def infer(self, node, graph):
         x = graph.t(node.inputs[0]).shape
@@ -382,27 +404,3 @@ class GlobalAvgPoolGrad(_PoolGrad):
         dx = self._dx(node, ins[0])
         _global_avg_pool_grad_f32(ins[0], dx, np.float32(node.attrs["inv_hw"]))
         return [dx]
-
-
-def _pool_grad_attrs(node, graph, grad_op, k=0):
-    x = graph.t(node.inputs[0])
-    a = dict(node.attrs, x_shape=x.shape)
-    for key in ("mult", "shift", "in_zp", "out_zp", "act_min", "act_max", "act", "keep_mask"):
-        a.pop(key, None)
-    if grad_op == "avg_pool_grad":
-        kh, kw = node.attrs["kernel"]
-        a["inv_count"] = np.array([0.0] + [1.0 / c for c in range(1, kh * kw + 1)], np.float32)
-    if grad_op == "global_avg_pool_grad":
-        a["inv_hw"] = float(np.float32(1.0 / (x.shape[1] * x.shape[2])))
-    return a
-
-
-AvgPool.uses_mask = True
-AvgPool.input_grads = {0: ("avg_pool_grad", ("dpre",))}
-AvgPool.grad_attrs = staticmethod(_pool_grad_attrs)
-MaxPool.uses_mask = True
-MaxPool.input_grads = {0: ("max_pool_grad", ("dpre", "in0"))}
-MaxPool.grad_attrs = staticmethod(_pool_grad_attrs)
-GlobalAvgPool.uses_mask = True
-GlobalAvgPool.input_grads = {0: ("global_avg_pool_grad", ("dpre",))}
-GlobalAvgPool.grad_attrs = staticmethod(_pool_grad_attrs)

@@ -67,10 +67,25 @@ def _emit_slice(self, node, g, e):
     e.line(f"tt_slice_f32({e.dims(g.t(x).shape)}, {e.ptr(x)}, {a['axis']}, {a['start']}, {a['stop']}, {e.ptr(y)});")
 
 
+def _shape_grad_attrs(node, graph, grad_op, k=0):
+    x = graph.t(node.inputs[k])
+    if grad_op == "reshape":
+        return dict(shape=x.shape)
+    if grad_op == "transpose":
+        perm = list(node.attrs["perm"])
+        return dict(perm=tuple(perm.index(i) for i in range(len(perm))))
+    ax = node.attrs["axis"]
+    start = sum(graph.t(i).shape[ax] for i in node.inputs[:k])
+    return dict(axis=ax, start=start, stop=start + x.shape[ax])
+
+
 @register
 class Reshape(Op):
     name = "reshape"
     emit_c = _emit_reshape
+    uses_mask = False
+    input_grads = {0: ("reshape", ("dy",))}
+    grad_attrs = staticmethod(_shape_grad_attrs)
 
     def view_of(self, node):
         return 0
@@ -96,6 +111,9 @@ class Transpose(Op):
     name = "transpose"
     emit_c = _emit_transpose
     same_qparams = True
+    uses_mask = False
+    input_grads = {0: ("transpose", ("dy",))}
+    grad_attrs = staticmethod(_shape_grad_attrs)
 
     def infer(self, node, graph):
         x = graph.t(node.inputs[0]).shape
@@ -123,6 +141,9 @@ def _requant_copy_s8(x, in_zp, mult, shift, out_zp, out):
 class Concat(Op):
     name = "concat"
     emit_c = _emit_concat
+    uses_mask = False
+    input_grads = {"*": ("slice", ("dy",))}       # every input: its slice
+    grad_attrs = staticmethod(_shape_grad_attrs)
 
     def infer(self, node, graph):
         shapes = [graph.t(i).shape for i in node.inputs]
@@ -183,26 +204,3 @@ class Slice(Op):
         return [np.ascontiguousarray(ins[0][tuple(idx)])]
 
     ref = sim
-
-
-def _shape_grad_attrs(node, graph, grad_op, k=0):
-    x = graph.t(node.inputs[k])
-    if grad_op == "reshape":
-        return dict(shape=x.shape)
-    if grad_op == "transpose":
-        perm = list(node.attrs["perm"])
-        return dict(perm=tuple(perm.index(i) for i in range(len(perm))))
-    ax = node.attrs["axis"]
-    start = sum(graph.t(i).shape[ax] for i in node.inputs[:k])
-    return dict(axis=ax, start=start, stop=start + x.shape[ax])
-
-
-Reshape.uses_mask = False
-Reshape.input_grads = {0: ("reshape", ("dy",))}
-Reshape.grad_attrs = staticmethod(_shape_grad_attrs)
-Transpose.uses_mask = False
-Transpose.input_grads = {0: ("transpose", ("dy",))}
-Transpose.grad_attrs = staticmethod(_shape_grad_attrs)
-Concat.uses_mask = False
-Concat.input_grads = {"*": ("slice", ("dy",))}       # every input: its slice
-Concat.grad_attrs = staticmethod(_shape_grad_attrs)
