@@ -35,6 +35,10 @@ class Tensor:
     kind: str = "act"
     data: np.ndarray | None = None
     q: QParams | None = None
+    # what the pass that made it says it is, when that matters to a later pass: "mask" (a 1-bit
+    # clamp mask, stored as packed bits: passes/autodiff.py), "tile" (one patch of a prefix
+    # tensor: passes/patch_prefix.py), "" otherwise
+    role: str = ""
 
     @property
     def size(self):

@@ -31,6 +31,8 @@ from pathlib import Path
 
 from . import tte_schemes
 from .errors import TinytrainError
+from .ops import get_op
+from .ops.conv import Conv2d
 
 RATIOS = (1.0, 0.5, 0.25, 0.125)
 TTE_HELP = [f"{net} {'|'.join(kbs)}" for net, kbs in tte_schemes.PUBLISHED.items()]
@@ -39,14 +41,12 @@ TTE_WEIGHT_BYTES = 16 * 1024
 
 
 def weighted_layers(graph):
-    return [n for n in graph.nodes if n.op in ("conv2d", "fully_connected", "fully_connected_f32")]
+    return [n for n in graph.nodes if get_op(n.op).weighted]
 
 
 def is_depthwise(graph, node):
-    if node.op != "conv2d":
-        return False
-    w = graph.t(node.inputs[1])
-    return node.attrs["groups"] > 1 and w.shape[3] == 1
+    """Conv2d.is_depthwise for any node (False for other ops)."""
+    return node.op == Conv2d.name and Conv2d.is_depthwise(node, graph)
 
 
 @dataclass

@@ -58,6 +58,8 @@ def save(graph, path):
     for t in graph.tensors.values():
         d = {"id": t.id, "name": t.name, "shape": list(t.shape), "dtype": t.dtype, "kind": t.kind,
              "q": _q_enc(t.q, arrays, f"t{t.id}.q")}
+        if t.role:
+            d["role"] = t.role
         if t.data is not None:
             arrays[f"t{t.id}.data"] = t.data
         tensors.append(d)
@@ -71,6 +73,15 @@ def save(graph, path):
     with open(path, "wb") as f:
         np.savez(f, **arrays)
     return path
+
+
+def _legacy_role(d):
+    """Files saved before tensors had a role: the role the tensor's name implied then."""
+    if d["dtype"] == "uint8" and d["name"].endswith(":mask"):
+        return "mask"
+    if d["kind"] == "act" and "@p" in d["name"]:
+        return "tile"
+    return ""
 
 
 def load(path):
@@ -91,7 +102,7 @@ def load(path):
         if d["q"] is not None:
             q = QParams(arrays[f"t{d['id']}.q.scale"], arrays[f"t{d['id']}.q.zp"], d["q"]["axis"])
         g.tensors[d["id"]] = Tensor(d["id"], d["name"], tuple(d["shape"]), d["dtype"], d["kind"],
-                                    arrays.get(f"t{d['id']}.data"), q)
+                                    arrays.get(f"t{d['id']}.data"), q, d.get("role", _legacy_role(d)))
     g.nodes = [Node(d["id"], d["op"], tuple(d["inputs"]), tuple(d["outputs"]), _dec(d["attrs"], arrays), d["name"])
                for d in doc["nodes"]]
     g.inputs, g.outputs = list(doc["inputs"]), list(doc["outputs"])

@@ -33,6 +33,7 @@ after TTE's last (a feature-mix conv) keeps them frozen, as TTE's net does not h
 import json
 
 from .errors import TinytrainError
+from .ops.conv import Conv2d
 
 RATIOS = (1.0, 0.5, 0.25, 0.125)
 KNOWN_KEYS = {"enable_backward_config", "n_bias_update", "n_weight_update", "manual_weight_idx",
@@ -103,14 +104,13 @@ def net_convs(net):
 
 
 def _is_depthwise(graph, node):
-    w = graph.t(node.inputs[1])
-    return node.attrs["groups"] > 1 and w.shape[3] == 1
+    return Conv2d.is_depthwise(node, graph)
 
 
 def tte_convs(layers):
     """The model's convs as TTE counts them, from its weighted layers (scheme.weighted_layers: graph
     order, the classifier last): the conv2d nodes, the classifier excluded."""
-    return [n for n in layers[:-1] if n.op == "conv2d"]
+    return [n for n in layers[:-1] if n.op == Conv2d.name]
 
 
 def conv_signature(graph, node):

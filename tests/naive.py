@@ -6,6 +6,8 @@ saturated), numpy int64 / Python ints everywhere, whole-tensor numpy code
 instead of loops."""
 import numpy as np
 
+from .op_cases import NAIVE_RULES
+
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
 
 
@@ -134,6 +136,8 @@ NAIVE = {"conv2d": conv2d, "fully_connected": fully_connected, "add": add, "mul"
 def run(g, xq):
     env = {g.inputs[0]: xq}
     for n in g.nodes:
-        out = NAIVE[n.op](g, n, *[env[i] for i in n.inputs if g.t(i).kind != "const"])
+        # a table op (ops/activation.py _Lut) needs no entry: its reference is the table lookup
+        fn = NAIVE.get(n.op) or NAIVE_RULES.get(n.op) or (lut if "table" in n.attrs else None)
+        out = fn(g, n, *[env[i] for i in n.inputs if g.t(i).kind != "const"])
         env[n.outputs[0]] = out
     return env

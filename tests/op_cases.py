@@ -7,6 +7,17 @@ import numpy as np
 
 from .onnx_builder import Builder, rand
 
+# The torch float function of an op that tests/torch_ref.py has no branch for, declared beside
+# the op's case: {IR op: (torch.nn.functional, [inputs], attrs) -> value}.  With it, a new
+# table op is tested by its case alone: float vs onnxruntime, int8 vs the naive reference (a
+# table lookup), gradients vs torch (test_gradients.py) and the C (test_op_decl.py).
+TORCH_RULES = {}
+# Likewise the naive integer reference of an op that tests/naive.py has no entry for (a table op
+# needs none): {IR op: (graph, node, *activation inputs) -> int8 output}
+NAIVE_RULES = {}
+# cases also compiled to C and trained against the simulator (test_op_decl.py)
+C_TRAIN_CASES = []
+
 
 def _conv(b, x, rng, cin, cout, k, group=1, bias=True, **attrs):
     kk = (k,) if isinstance(k, int) and len(b.shape) == 3 else ((k, k) if isinstance(k, int) else k)
@@ -94,6 +105,19 @@ def hardswish_hardsigmoid(rng):
     return b, b.op("HardSigmoid", [y], alpha=0.2, beta=0.5), (-3, 3)
 
 
+def leaky_relu(rng):
+    """ONNX LeakyRelu (alpha 0.1) after a conv and before a linear layer."""
+    b = Builder([1, 3, 6, 6])
+    y = _conv(b, "x", rng, 3, 4, 3, pads=[1, 1, 1, 1])
+    y = b.op("LeakyRelu", [y], alpha=0.1)
+    y = b.op("Flatten", [y])
+    return b, b.op("Gemm", [y, b.init(rand(rng, 5, 144)), b.init(rand(rng, 5))], transB=1), (-1, 1)
+
+
+TORCH_RULES["leaky_relu"] = lambda F, xs, a: F.leaky_relu(xs[0], a["alpha"])
+C_TRAIN_CASES.append(leaky_relu)
+
+
 def pools(rng):
     b = Builder([1, 3, 9, 9])
     a = b.op("AveragePool", ["x"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=0)
@@ -162,7 +186,7 @@ CASES = [conv_relu, conv_depthwise_dilated_asym_pads, conv_depthwise_multiplier_
          conv1d, conv_bn_relu6_constant_weights, batchnorm_standalone, const_arith,
          residual_add_and_standalone_clamp, squeeze_excite_mul, hardswish_hardsigmoid, pools, reduce_mean_gemm,
          flatten_gemm_nhwc_order, matmul_add_logsoftmax, reshape_squeeze_unsqueeze, layout_only_transposes,
-         shape_subgraph_reshape]
+         shape_subgraph_reshape, leaky_relu]
 
 
 def build_case(case, tmp_path, seed=0):

@@ -2,7 +2,8 @@
 the fast planner (compiler/passes/plan_memory.py, patch_prefix.best_patching) must match
 offset for offset (tests/test_plan_equivalence.py).  It shares only `lifetimes` (which
 buffers exist and when they live) and patch_prefix's candidates with the fast planner."""
-from tinytrain.compiler.passes.patch_prefix import WINDOW_OPS, _macs, cuts, patch_prefix
+from tinytrain.compiler.ops import get_op
+from tinytrain.compiler.passes.patch_prefix import _macs, cuts, patch_prefix
 from tinytrain.compiler.passes.plan_memory import Plan, lifetimes
 
 
@@ -45,7 +46,7 @@ def best_patching(graph, plan_fn, budget=None, grids=(2, 3, 4), max_extra=0.25):
     found = []
     strided = False
     for pos, _ in cuts(graph):
-        strided = strided or any(m.op in WINDOW_OPS and tuple(m.attrs.get("stride", (1, 1))) != (1, 1)
+        strided = strided or any(get_op(m.op).windowed and tuple(m.attrs.get("stride", (1, 1))) != (1, 1)
                                  for m in graph.nodes[:pos + 1])
         if not strided:
             continue

@@ -52,7 +52,7 @@ def layer_rows(tg):
         if n.id not in fwd or n.op in ("crop", "paste"):
             continue
         op = get_op(n.op)
-        if "@p" in tg.t(n.outputs[0]).name:
+        if tg.t(n.outputs[0]).role == "tile":
             row = tiled.get(n.name)
             if row is not None:
                 row["macs"] += op.macs(n, tg)
@@ -67,7 +67,7 @@ def layer_rows(tg):
                      "params": sum(t.size for t in consts), "macs": op.macs(n, tg), "flash_bytes": flash,
                      "sram_param_bytes": ram, "activation_bytes": nbytes(tg.t(n.outputs[0])), "state": state,
                      "gradient_bytes": grad_bytes.get(n.id, 0), "tiles": 1})
-        if "@p" in tg.t(n.outputs[0]).name:
+        if tg.t(n.outputs[0]).role == "tile":
             tiled[n.name] = rows[-1]
     return rows
 

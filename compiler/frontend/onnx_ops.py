@@ -104,7 +104,7 @@ def conv(imp, node):
     if node.input[1] in imp.const_q and imp.const_q[node.input[1]].axis == 0:
         wt.q = imp.const_q[node.input[1]]
     bt = imp.add_const(node.input[2] if len(node.input) > 2 and node.input[2] else f"{node.name}:bias", b)
-    from ..ops.conv import conv_out_size
+    from ..ops.common import conv_out_size
     oh = conv_out_size(xs[1], w.shape[2], strides[0], pads[0], pads[2], dil[0])
     ow = conv_out_size(xs[2], w.shape[3], strides[1], pads[1], pads[3], dil[1])
     if oh <= 0 or ow <= 0:
@@ -230,6 +230,7 @@ CONVERTERS["Sigmoid"] = _unary("sigmoid")
 CONVERTERS["HardSwish"] = _unary("hard_swish")
 CONVERTERS["HardSigmoid"] = _unary("hard_sigmoid", alpha=lambda imp, n: float(imp.attr(n, "alpha", 0.2)),
                                    beta=lambda imp, n: float(imp.attr(n, "beta", 0.5)))
+CONVERTERS["LeakyRelu"] = _unary("leaky_relu", alpha=lambda imp, n: float(imp.attr(n, "alpha", 0.01)))
 
 
 @converter("Identity", "Dropout")
@@ -306,7 +307,7 @@ def pool(imp, node):
     if rank == 3:
         kernel, strides, dil = (1,) + kernel, (1,) + strides, (1,) + dil
     if int(imp.attr(node, "ceil_mode", 0)):
-        from ..ops.conv import conv_out_size
+        from ..ops.common import conv_out_size
         for i, size in enumerate(xs[1:3]):
             p0, p1 = (pads[i], pads[i + 2])
             num = size + p0 + p1 - dil[i] * (kernel[i] - 1) - 1
@@ -321,7 +322,7 @@ def pool(imp, node):
             raise imp.error("AveragePool dilations are not supported")
         attrs["count_include_pad"] = int(imp.attr(node, "count_include_pad", 0))
         op = "avg_pool"
-    from ..ops.conv import conv_out_size
+    from ..ops.common import conv_out_size
     oh = conv_out_size(xs[1], kernel[0], strides[0], pads[0], pads[2], dil[0])
     ow = conv_out_size(xs[2], kernel[1], strides[1], pads[1], pads[3], dil[1])
     if oh <= 0 or ow <= 0:

@@ -7,7 +7,11 @@ Every op class gathers everything tinytrain knows about the op:
   quantize(node, graph)     -> turn float weights/attrs into the int8 form (in place)
   sim(node, graph, ins)     -> the integer-only int8 forward (numba kernels)
   macs(node, graph)         -> multiply-accumulates per sample
-Later issues add the gradient rule and the C emitter in the same class.
+  emit_c(node, graph, e)    -> the C call (the emitter function is defined above the class)
+  uses_mask, input_grads, param_grads, grad_attrs -> the gradient rule, as data
+  capabilities (fuses_activation, in_place, windowed, weight_input, ...) -> what the
+                               passes may do with the op (ops/base.py lists them)
+Shared helpers live in ops/common.py (docs/architecture.md, "An op is one declaration").
 """
 from .base import Op, get_op, register  # noqa: F401  (the registry: ops/base.py)
 

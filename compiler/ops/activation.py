@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit
 
 from ..quant.qparams import clamp_range
-from .base import Op, register
+from .base import Op, get_op, register
 
 
 @njit(cache=True)
@@ -32,6 +32,25 @@ def _clamp_s8(x, lo, hi, out, mask):
         out[i] = np.int8(v)
 
 
+# C emitters.
+
+def _emit_clamp(self, node, g, e):
+    x, y = node.inputs[0], node.outputs[0]
+    e.line(f"tt_clamp_s8({g.t(x).size}, {e.ptr(x)}, {node.attrs['act_min']}, {node.attrs['act_max']}, "
+           f"{e.ptr(y)}, {e.mask(node)});")
+
+
+def _emit_lut(self, node, g, e):
+    x, y = node.inputs[0], node.outputs[0]
+    e.line(f"tt_lut_s8({g.t(x).size}, {e.ptr(x)}, {e.array('lut', node.attrs['table'], 'int8_t')}, {e.ptr(y)});")
+
+
+def _emit_lut_grad(self, node, g, e):
+    d, x, dx = node.inputs[0], node.inputs[1], node.outputs[0]
+    e.line(f"tt_lut_grad_f32({g.t(d).size}, {e.ptr(d)}, {e.ptr(x)}, {e.array('dlut', node.attrs['dtable'], 'float')}, "
+           f"{e.ptr(dx)});")
+
+
 class _Elementwise(Op):
     def infer(self, node, graph):
         return [graph.t(node.inputs[0]).shape]
@@ -40,6 +59,13 @@ class _Elementwise(Op):
 @register
 class Clamp(_Elementwise):
     name = "clamp"
+    emit_c = _emit_clamp
+    fuses_activation = True        # a clamp after a clamp: the two merge
+    channelwise = True
+    uses_mask = True               # backward: the mask does it all (dx = dpre)
+    input_grads = {0: ("pass", ("dpre",))}
+    in_place = True
+    pointwise = True
     same_qparams = True
 
     def ref(self, node, graph, ins):
@@ -60,8 +86,27 @@ class Clamp(_Elementwise):
         return [out.reshape(x.shape)]
 
 
+def _lut_grad_attrs(node, graph, grad_op, k=0):
+    qx = graph.t(node.inputs[0]).q
+    x = float(qx.scale) * (np.arange(-128, 128, dtype=np.float64) - int(qx.zero_point))
+    return dict(dtable=get_op(node.op).df(x, node.attrs).astype(np.float32))
+
+
 class _Lut(_Elementwise):
+    """A table op declares f (float semantics) and df (its derivative): the int8 forward is
+    table[q + 128] = quantize_y(f(dequantize_x(q))), the backward dx = dy * dtable[x] with
+    dtable[q + 128] = df(dequantize_x(q)) (lut_grad): no C kernel of its own."""
+    emit_c = _emit_lut
+    in_place = True
+    pointwise = True
+    input_grads = {0: ("lut_grad", ("dy", "in0"))}
+    grad_attrs = staticmethod(_lut_grad_attrs)
+
     def f(self, x, attrs):
+        raise NotImplementedError
+
+    @staticmethod
+    def df(x, attrs):
         raise NotImplementedError
 
     def ref(self, node, graph, ins):
@@ -88,6 +133,11 @@ class Sigmoid(_Lut):
     def f(self, x, attrs):
         return 1.0 / (1.0 + np.exp(-x))
 
+    @staticmethod
+    def df(x, a):
+        s = 1.0 / (1.0 + np.exp(-x))
+        return s * (1.0 - s)
+
 
 @register
 class HardSigmoid(_Lut):
@@ -96,6 +146,10 @@ class HardSigmoid(_Lut):
 
     def f(self, x, attrs):
         return np.clip(attrs["alpha"] * x + attrs["beta"], 0.0, 1.0)
+
+    @staticmethod
+    def df(x, a):
+        return np.where((a["alpha"] * x + a["beta"] > 0) & (a["alpha"] * x + a["beta"] < 1), a["alpha"], 0.0)
 
 
 @register
@@ -106,9 +160,27 @@ class HardSwish(_Lut):
     def f(self, x, attrs):
         return x * np.clip(x / 6.0 + 0.5, 0.0, 1.0)
 
+    @staticmethod
+    def df(x, a):
+        return np.where(x < -3, 0.0, np.where(x > 3, 1.0, (2.0 * x + 3.0) / 6.0))
 
-# Backward.  clamp: the mask does it all (dx = dpre).  Table ops: a second,
-# float32 table of f'(dequantize(q)) built at compile time, dx = dy * dtable[x].
+
+@register
+class LeakyRelu(_Lut):
+    """x for x >= 0, alpha x below (ONNX LeakyRelu, alpha 0.01 by default).  The derivative
+    at 0 is alpha, as torch takes it."""
+    name = "leaky_relu"
+
+    def f(self, x, attrs):
+        return np.where(x >= 0, x, attrs["alpha"] * x)
+
+    @staticmethod
+    def df(x, a):
+        return np.where(x > 0, 1.0, a["alpha"])
+
+
+# Backward of the table ops: a second, float32 table of f'(dequantize(q)) built at
+# compile time, dx = dy * dtable[x].
 
 @njit(cache=True)
 def _lut_grad_f32(dy, x, dtable, dx):
@@ -119,6 +191,8 @@ def _lut_grad_f32(dy, x, dtable, dx):
 @register
 class LutGrad(Op):
     name = "lut_grad"
+    emit_c = _emit_lut_grad
+    in_place = True
 
     def infer(self, node, graph):
         return [graph.t(node.inputs[0]).shape]
@@ -128,51 +202,3 @@ class LutGrad(Op):
         dx = np.empty(dy.size, np.float32)
         _lut_grad_f32(dy.reshape(-1), np.ascontiguousarray(ins[1]).reshape(-1), node.attrs["dtable"], dx)
         return [dx.reshape(dy.shape)]
-
-
-def _lut_grad_attrs(node, graph, grad_op, k=0):
-    qx = graph.t(node.inputs[0]).q
-    x = float(qx.scale) * (np.arange(-128, 128, dtype=np.float64) - int(qx.zero_point))
-    return dict(dtable=get_op_class(node.op).df(x, node.attrs).astype(np.float32))
-
-
-def get_op_class(name):
-    from .base import get_op
-    return get_op(name)
-
-
-Clamp.uses_mask = True
-Clamp.input_grads = {0: ("pass", ("dpre",))}
-for _cls, _df in ((Sigmoid, lambda x, a: (lambda s: s * (1.0 - s))(1.0 / (1.0 + np.exp(-x)))),
-                  (HardSigmoid, lambda x, a: np.where((a["alpha"] * x + a["beta"] > 0) & (a["alpha"] * x + a["beta"] < 1),
-                                                      a["alpha"], 0.0)),
-                  (HardSwish, lambda x, a: np.where(x < -3, 0.0, np.where(x > 3, 1.0, (2.0 * x + 3.0) / 6.0)))):
-    _cls.uses_mask = False
-    _cls.input_grads = {0: ("lut_grad", ("dy", "in0"))}
-    _cls.grad_attrs = staticmethod(_lut_grad_attrs)
-    _cls.df = staticmethod(_df)
-
-
-# C emitters.
-
-def _emit_clamp(self, node, g, e):
-    x, y = node.inputs[0], node.outputs[0]
-    e.line(f"tt_clamp_s8({g.t(x).size}, {e.ptr(x)}, {node.attrs['act_min']}, {node.attrs['act_max']}, "
-           f"{e.ptr(y)}, {e.mask(node)});")
-
-
-def _emit_lut(self, node, g, e):
-    x, y = node.inputs[0], node.outputs[0]
-    e.line(f"tt_lut_s8({g.t(x).size}, {e.ptr(x)}, {e.array('lut', node.attrs['table'], 'int8_t')}, {e.ptr(y)});")
-
-
-def _emit_lut_grad(self, node, g, e):
-    d, x, dx = node.inputs[0], node.inputs[1], node.outputs[0]
-    e.line(f"tt_lut_grad_f32({g.t(d).size}, {e.ptr(d)}, {e.ptr(x)}, {e.array('dlut', node.attrs['dtable'], 'float')}, "
-           f"{e.ptr(dx)});")
-
-
-Clamp.emit_c = _emit_clamp
-for _cls in (Sigmoid, HardSigmoid, HardSwish):
-    _cls.emit_c = _emit_lut
-LutGrad.emit_c = _emit_lut_grad

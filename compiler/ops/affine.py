@@ -13,6 +13,7 @@ from .base import Op, register
 @register
 class Affine(Op):
     name = "affine"
+    channelwise = True
     float_only = True
 
     def infer(self, node, graph):

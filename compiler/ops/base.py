@@ -15,6 +15,11 @@ def get_op(name):
     return _REGISTRY.get(name)
 
 
+def registered_names():
+    """Every registered op name (tests/test_op_decl.py scans the passes for lists of them)."""
+    return tuple(_REGISTRY)
+
+
 class Op:
     name = "?"
     # the output has the input's quantization parameters (pure int8 data movement)
@@ -29,6 +34,46 @@ class Op:
     param_grads = {}
     # an op with no outputs that changes a parameter in place (SGD)
     side_effect = False
+
+    # Capabilities: what the passes may do with the op.  They are declared here, on the op,
+    # and every pass reads them (never a list of op names):
+    #   fuses_activation  a following ReLU/ReLU6/Clip can become its output clamp, attrs["act"]
+    #                     (passes/fuse_activation.py)
+    #   in_place          elementwise, reads element i before writing element i: the output may
+    #                     take the bytes of a same-sized input that dies there (passes/plan_memory.py)
+    #   overwrites_input  always writes its output over its (dying) input 0 (plan_memory.py)
+    #   pointwise         each output element reads only the same position of its inputs, so a
+    #                     spatial tile of the output needs the same tile of the inputs
+    #                     (passes/patch_prefix.py)
+    #   windowed          a sliding window: window(node, graph) gives its receptive field
+    #                     (patch_prefix.py re-pads it per tile)
+    #   weight_input, bias_input   parameter roles: the input index of the trainable int8 weight
+    #                     (output channels on axis 0) and of its int32 bias, or None
+    #                     (quantize, weight_headroom, zo_plan, scheme)
+    fuses_activation = False
+    in_place = False
+    overwrites_input = False
+    pointwise = False
+    windowed = False
+    weight_input = None
+    bias_input = None
+    #   channelwise       per element with at most per-channel constants, seen between a 1-D conv
+    #                     and the reshapes the importer wraps it in (passes/simplify_reshapes.py)
+    #   loss              the training loss node: kept by the dead-code pass (passes/prune.py)
+    channelwise = False
+    loss = False
+
+    @property
+    def weighted(self):
+        return self.weight_input is not None
+
+    def view_of(self, node):
+        """The input index whose bytes the output is (a view: no copy, plan_memory.py), or None."""
+        return None
+
+    def window(self, node, graph):
+        """A windowed op's receptive field: ((kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw))."""
+        raise NotImplementedError
 
     @staticmethod
     def grad_attrs(node, graph, grad_op, k):

@@ -14,15 +14,11 @@ No overflow: |x - x_zp| <= 255 and |w| <= 127, so with K = KH*KW*Cin/groups
 import numpy as np
 from numba import njit
 
-from ..errors import TinytrainError
-from ..ir import QParams
-from ..quant.fixedpoint import clamp_s32, quantize_multipliers, requantize_zp
-from ..quant.qparams import clamp_range, quantize_bias, quantize_weights, weight_qparams
+from ..quant.fixedpoint import clamp_s32, requantize_zp
 from .base import Op, register
-
-
-def conv_out_size(size, k, stride, pad0, pad1, dil):
-    return (size + pad0 + pad1 - dil * (k - 1) - 1) // stride + 1
+from .common import apply_act, conv_out_size, keep_mask, quantize_weighted  # noqa: F401  (conv_out_size: importers)
+from .common import Requant
+from .common import conv_params as _conv_params
 
 
 @njit(cache=True)
@@ -147,25 +143,82 @@ def conv2d_float(x, w, b, stride, pads, dil, groups):
     return (out.reshape(n, oh, ow, co) + b.astype(np.float32)).astype(np.float32)
 
 
-def keep_mask(masks, node, shape):
-    """The 1-bit clamp mask of a node's output (uint8 0/1 here; packed bits on
-    the device): kept in `masks` when training, scratch otherwise."""
-    mask = np.empty(shape, np.uint8)
-    if masks is not None:
-        masks[node.id] = mask
-    return mask
+# C emitters (compiler/codegen/emit_c.py gives the helpers).
+
+def _emit_conv2d(self, node, g, e):
+    a = node.attrs
+    x, w, b, y = node.inputs[0], node.inputs[1], node.inputs[2], node.outputs[0]
+    q = e.struct("tt_quant_params", (a["in_zp"], a["out_zp"], a["act_min"], a["act_max"]))
+    e.line(f"tt_conv2d_s8({_conv_params(e, a)}, {q}, {e.array('mult', a['mult'], 'int32_t')}, "
+           f"{e.array('shift', a['shift'], 'int32_t')}, {e.dims(g.t(x).shape)}, {e.ptr(x)}, "
+           f"{e.dims(g.t(w).shape)}, {e.ptr(w)}, {e.ptr(b)}, {e.dims(g.t(y).shape)}, {e.ptr(y)}, {e.mask(node)});")
 
 
-def apply_act(y, act):
-    if act is None:
-        return y
-    lo, hi = act
-    return np.clip(y, -np.inf if lo is None else lo, np.inf if hi is None else hi).astype(np.float32)
+def _emit_conv2d_grad_input(self, node, g, e):
+    a = node.attrs
+    d, w, dx = node.inputs[0], node.inputs[1], node.outputs[0]
+    e.line(f"tt_conv2d_grad_input_f32({_conv_params(e, a)}, {e.dims(g.t(d).shape)}, {e.ptr(d)}, "
+           f"{e.dims(g.t(w).shape)}, {e.ptr(w)}, {e.array('ws', a['w_scale'], 'float')}, "
+           f"{e.dims(g.t(dx).shape)}, {e.ptr(dx)});")
+
+
+def _emit_conv2d_grad_weight(self, node, g, e):
+    from ..cfmt import c_float
+    a = node.attrs
+    d, x, dw = node.inputs[0], node.inputs[1], node.outputs[0]
+    dp = e.ptr(d) if not a.get("co_offset") else f"{e.ptr(d)} + {a['co_offset']}"   # rows from co_offset on
+    e.line(f"tt_conv2d_grad_weight_f32({_conv_params(e, a)}, {e.dims(g.t(d).shape)}, {dp}, "
+           f"{e.dims(g.t(x).shape)}, {e.ptr(x)}, {a['x_zp']}, {c_float(a['x_scale'])}, "
+           f"{e.dims(a['dw_shape'])}, {e.ptr(dw)});")
+
+
+def _emit_bias_grad(self, node, g, e):
+    d = g.t(node.inputs[0])
+    e.line(f"tt_bias_grad_f32({d.size // d.shape[-1]}, {d.shape[-1]}, {e.ptr(d.id)}, {e.ptr(node.outputs[0])});")
+
+
+def _conv_grad_attrs(node, graph, grad_op, k, ratio=1.0):
+    a = node.attrs
+    x, w = graph.t(node.inputs[0]), graph.t(node.inputs[1])
+    base = dict(stride=a["stride"], pads=a["pads"], dilation=a["dilation"], groups=a["groups"])
+    if grad_op == "conv2d_grad_input":
+        return dict(base, x_shape=x.shape, w_scale=w.q.scale.astype(np.float32))
+    if grad_op == "conv2d_grad_weight":
+        dw_shape = grad_update_shape(w.shape, ratio, Conv2d.is_depthwise(node, graph))
+        return dict(base, x_zp=int(x.q.zero_point), x_scale=float(x.q.scale), dw_shape=dw_shape)
+    return {}
 
 
 @register
 class Conv2d(Op):
     name = "conv2d"
+    emit_c = _emit_conv2d
+    fuses_activation = True
+    windowed = True
+    weight_input, bias_input = 1, 2
+    uses_mask = True
+    input_grads = {0: ("conv2d_grad_input", ("dpre", "in1"))}
+    param_grads = {1: ("conv2d_grad_weight", ("dpre", "in0")), 2: ("bias_grad", ("dpre",))}
+    grad_attrs = staticmethod(_conv_grad_attrs)
+
+    @staticmethod
+    def is_depthwise(node, graph):
+        """The one definition: one input channel per group, groups > 1 (any channel
+        multiplier).  Also read on conv2d_grad_input nodes (same groups attr, weight input 1)."""
+        return node.attrs["groups"] > 1 and graph.t(node.inputs[1]).shape[3] == 1
+
+    @staticmethod
+    def channel_multiplier(node, graph):
+        return graph.t(node.inputs[1]).shape[0] // node.attrs["groups"]
+
+    def window(self, node, graph):
+        a = node.attrs
+        return (tuple(graph.t(node.inputs[1]).shape[1:3]), tuple(a["stride"]), tuple(a["pads"]),
+                tuple(a.get("dilation", (1, 1))))
+
+    def update_shape(self, node, graph, ratio):
+        """The part of the weight a sparse update trains (grad_update_shape)."""
+        return grad_update_shape(graph.t(node.inputs[1]).shape, ratio, self.is_depthwise(node, graph))
 
     def infer(self, node, graph):
         x = graph.t(node.inputs[0]).shape
@@ -205,50 +258,22 @@ class Conv2d(Op):
         out = np.empty(shape, np.int8)
         mask = keep_mask(masks, node, shape)
         w = graph.t(node.inputs[1]).data
-        if a["groups"] == x.shape[3] == w.shape[0]:
+        r = Requant.of(node)
+        if self.is_depthwise(node, graph) and self.channel_multiplier(node, graph) == 1:
             _depthwise_conv2d_s8(x, w, graph.t(node.inputs[2]).data, out, mask, a["stride"][0], a["stride"][1],
-                                 a["pads"][0], a["pads"][1], a["dilation"][0], a["dilation"][1], a["in_zp"],
-                                 a["out_zp"], a["mult"], a["shift"], a["act_min"], a["act_max"])
+                                 a["pads"][0], a["pads"][1], a["dilation"][0], a["dilation"][1], r.in_zp,
+                                 r.out_zp, r.mult, r.shift, r.act_min, r.act_max)
             return [out]
         _conv2d_s8(x, w, graph.t(node.inputs[2]).data, out, mask,
                    a["stride"][0], a["stride"][1], a["pads"][0], a["pads"][1], a["dilation"][0],
-                   a["dilation"][1], a["groups"], a["in_zp"], a["out_zp"], a["mult"], a["shift"],
-                   a["act_min"], a["act_max"])
+                   a["dilation"][1], a["groups"], r.in_zp, r.out_zp, r.mult, r.shift,
+                   r.act_min, r.act_max)
         return [out]
 
     def macs(self, node, graph):
         y = graph.t(node.outputs[0]).shape
         w = graph.t(node.inputs[1]).shape
         return int(np.prod(y[1:]) * np.prod(w[1:]))
-
-
-def quantize_weighted(node, graph, k):
-    """Shared by conv2d and fully_connected: per-channel int8 weights (axis 0),
-    int32 bias, per-channel requantization multipliers, the fused clamp."""
-    x, w, b, y = graph.t(node.inputs[0]), graph.t(node.inputs[1]), graph.t(node.inputs[2]), graph.t(node.outputs[0])
-    wq = w.q if (w.q is not None and w.q.axis == 0) else weight_qparams(w.data, axis=0)
-    s_x, s_y = float(x.q.scale), float(y.q.scale)
-    # The accumulator must hold K products (each |.| <= 256 * 127, which also covers the C pointwise
-    # kernel's sum x w - zp sum w) plus the bias.  A channel whose
-    # weights are tiny next to its bias (e.g. a BatchNorm with gamma ~ 0) would need a bias beyond
-    # int32: give it a coarser weight scale instead, so that |bias| <= 2^31 - 1 - K * 32512.
-    room = float(2 ** 31 - 1 - int(k) * 256 * 127)
-    if room <= 2 ** 20:
-        raise TinytrainError(f"int32 accumulator could overflow ({k} products per output); "
-                             "split the layer", node=node.name, op=node.op)
-    need = np.abs(b.data.astype(np.float64)) / (s_x * room) * 1.0001
-    if np.any(need > wq.scale):
-        wq = QParams(np.maximum(wq.scale, need).astype(np.float32), wq.zero_point, 0)
-    bias, bq = quantize_bias(b.data, wq.scale, s_x)
-    w.data, w.dtype, w.q = quantize_weights(w.data, wq), "int8", wq
-    b.data, b.dtype, b.q = bias, "int32", bq
-    try:
-        mult, shift = quantize_multipliers(s_x * wq.scale.astype(np.float64) / s_y)
-    except ValueError as e:
-        raise TinytrainError(f"scales cannot be requantized: {e}", node=node.name, op=node.op) from None
-    lo, hi = clamp_range(y.q, node.attrs.get("act"))
-    node.attrs.update(in_zp=int(x.q.zero_point), out_zp=int(y.q.zero_point), mult=mult, shift=shift,
-                      act_min=lo, act_max=hi)
 
 
 # ---------------------------------------------------------------------------
@@ -375,6 +400,9 @@ def grad_update_shape(w_shape, ratio, depthwise):
 @register
 class Conv2dGradInput(Op):
     name = "conv2d_grad_input"
+    is_depthwise = staticmethod(Conv2d.is_depthwise)
+    channel_multiplier = staticmethod(Conv2d.channel_multiplier)
+    emit_c = _emit_conv2d_grad_input
 
     def infer(self, node, graph):
         return [tuple(node.attrs["x_shape"])]
@@ -395,6 +423,7 @@ class Conv2dGradInput(Op):
 @register
 class Conv2dGradWeight(Op):
     name = "conv2d_grad_weight"
+    emit_c = _emit_conv2d_grad_weight
 
     def infer(self, node, graph):
         return [tuple(node.attrs["dw_shape"])]
@@ -417,6 +446,7 @@ class Conv2dGradWeight(Op):
 @register
 class BiasGrad(Op):
     name = "bias_grad"
+    emit_c = _emit_bias_grad
 
     def infer(self, node, graph):
         return [(graph.t(node.inputs[0]).shape[-1],)]
@@ -425,66 +455,3 @@ class BiasGrad(Op):
         db = np.empty(ins[0].shape[-1], np.float32)
         _bias_grad_f32(np.ascontiguousarray(ins[0]), db)
         return [db]
-
-
-def _conv_grad_attrs(node, graph, grad_op, k, ratio=1.0):
-    a = node.attrs
-    x, w = graph.t(node.inputs[0]), graph.t(node.inputs[1])
-    base = dict(stride=a["stride"], pads=a["pads"], dilation=a["dilation"], groups=a["groups"])
-    if grad_op == "conv2d_grad_input":
-        return dict(base, x_shape=x.shape, w_scale=w.q.scale.astype(np.float32))
-    if grad_op == "conv2d_grad_weight":
-        dw_shape = grad_update_shape(w.shape, ratio, a["groups"] > 1 and w.shape[3] == 1)
-        return dict(base, x_zp=int(x.q.zero_point), x_scale=float(x.q.scale), dw_shape=dw_shape)
-    return {}
-
-
-Conv2d.uses_mask = True
-Conv2d.input_grads = {0: ("conv2d_grad_input", ("dpre", "in1"))}
-Conv2d.param_grads = {1: ("conv2d_grad_weight", ("dpre", "in0")), 2: ("bias_grad", ("dpre",))}
-Conv2d.grad_attrs = staticmethod(_conv_grad_attrs)
-
-
-# C emitters (compiler/codegen/emit_c.py gives the helpers).
-
-def _conv_params(e, a):
-    return e.struct("tt_conv_params", (a["stride"][0], a["stride"][1], a["pads"][0], a["pads"][1],
-                                       a["dilation"][0], a["dilation"][1], a["groups"]))
-
-
-def _emit_conv2d(self, node, g, e):
-    a = node.attrs
-    x, w, b, y = node.inputs[0], node.inputs[1], node.inputs[2], node.outputs[0]
-    q = e.struct("tt_quant_params", (a["in_zp"], a["out_zp"], a["act_min"], a["act_max"]))
-    e.line(f"tt_conv2d_s8({_conv_params(e, a)}, {q}, {e.array('mult', a['mult'], 'int32_t')}, "
-           f"{e.array('shift', a['shift'], 'int32_t')}, {e.dims(g.t(x).shape)}, {e.ptr(x)}, "
-           f"{e.dims(g.t(w).shape)}, {e.ptr(w)}, {e.ptr(b)}, {e.dims(g.t(y).shape)}, {e.ptr(y)}, {e.mask(node)});")
-
-
-def _emit_conv2d_grad_input(self, node, g, e):
-    a = node.attrs
-    d, w, dx = node.inputs[0], node.inputs[1], node.outputs[0]
-    e.line(f"tt_conv2d_grad_input_f32({_conv_params(e, a)}, {e.dims(g.t(d).shape)}, {e.ptr(d)}, "
-           f"{e.dims(g.t(w).shape)}, {e.ptr(w)}, {e.array('ws', a['w_scale'], 'float')}, "
-           f"{e.dims(g.t(dx).shape)}, {e.ptr(dx)});")
-
-
-def _emit_conv2d_grad_weight(self, node, g, e):
-    from ..cfmt import c_float
-    a = node.attrs
-    d, x, dw = node.inputs[0], node.inputs[1], node.outputs[0]
-    dp = e.ptr(d) if not a.get("co_offset") else f"{e.ptr(d)} + {a['co_offset']}"   # rows from co_offset on
-    e.line(f"tt_conv2d_grad_weight_f32({_conv_params(e, a)}, {e.dims(g.t(d).shape)}, {dp}, "
-           f"{e.dims(g.t(x).shape)}, {e.ptr(x)}, {a['x_zp']}, {c_float(a['x_scale'])}, "
-           f"{e.dims(a['dw_shape'])}, {e.ptr(dw)});")
-
-
-def _emit_bias_grad(self, node, g, e):
-    d = g.t(node.inputs[0])
-    e.line(f"tt_bias_grad_f32({d.size // d.shape[-1]}, {d.shape[-1]}, {e.ptr(d.id)}, {e.ptr(node.outputs[0])});")
-
-
-Conv2d.emit_c = _emit_conv2d
-Conv2dGradInput.emit_c = _emit_conv2d_grad_input
-Conv2dGradWeight.emit_c = _emit_conv2d_grad_weight
-BiasGrad.emit_c = _emit_bias_grad

@@ -12,7 +12,7 @@ from numba import njit
 from ..quant.fixedpoint import add_zp, clamp_s32, quantize_multiplier, requantize_zp
 from ..quant.qparams import clamp_range
 from .base import Op, register
-from .conv import apply_act, keep_mask
+from .common import apply_act, keep_mask
 
 ADD_LEFT_SHIFT = 20
 
@@ -51,9 +51,46 @@ class _Binary(Op):
             fail(f"n{node.id} {self.name}: input dtypes {a.dtype} / {b.dtype}")
 
 
+# C emitters.
+
+def _emit_add(self, node, g, e):
+    a = node.attrs
+    x1, x2, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    e.line(f"tt_add_s8({e.dims(g.t(y).shape)}, {e.dims(g.t(x1).shape)}, {e.ptr(x1)}, {a['z1']}, {a['m1']}, "
+           f"{a['s1']}, {e.dims(g.t(x2).shape)}, {e.ptr(x2)}, {a['z2']}, {a['m2']}, {a['s2']}, {a['left_shift']}, "
+           f"{a['mult']}, {a['shift']}, {a['out_zp']}, {a['act_min']}, {a['act_max']}, {e.ptr(y)}, {e.mask(node)});")
+
+
+def _emit_mul(self, node, g, e):
+    a = node.attrs
+    x1, x2, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    e.line(f"tt_mul_s8({e.dims(g.t(y).shape)}, {e.dims(g.t(x1).shape)}, {e.ptr(x1)}, {a['z1']}, "
+           f"{e.dims(g.t(x2).shape)}, {e.ptr(x2)}, {a['z2']}, {a['mult']}, {a['shift']}, {a['out_zp']}, "
+           f"{a['act_min']}, {a['act_max']}, {e.ptr(y)}, {e.mask(node)});")
+
+
+def _emit_mul_grad(self, node, g, e):
+    from ..cfmt import c_float
+    a = node.attrs
+    d, other, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    e.line(f"tt_mul_grad_f32({e.dims(g.t(d).shape)}, {e.ptr(d)}, {e.dims(g.t(other).shape)}, {e.ptr(other)}, "
+           f"{a['o_zp']}, {c_float(a['o_scale'])}, {e.dims(g.t(y).shape)}, {e.ptr(y)});")
+
+
+def _add_grad_attrs(node, graph, grad_op, k):
+    return dict(shape=graph.t(node.inputs[k]).shape)
+
+
 @register
 class Add(_Binary):
     name = "add"
+    emit_c = _emit_add
+    fuses_activation = True
+    in_place = True
+    pointwise = True          # on inputs of the output's shape (patch_prefix checks the shapes)
+    uses_mask = True
+    input_grads = {0: ("sum_to", ("dpre",)), 1: ("sum_to", ("dpre",))}
+    grad_attrs = staticmethod(_add_grad_attrs)
 
     def ref(self, node, graph, ins):
         return [apply_act((ins[0] + ins[1]).astype(np.float32), node.attrs.get("act"))]
@@ -82,9 +119,20 @@ class Add(_Binary):
         return [out.reshape(shape)]
 
 
+def _mul_grad_attrs(node, graph, grad_op, k):
+    other = graph.t(node.inputs[1 - k])
+    return dict(shape=graph.t(node.inputs[k]).shape, o_zp=int(other.q.zero_point), o_scale=float(other.q.scale))
+
+
 @register
 class Mul(_Binary):
     name = "mul"
+    emit_c = _emit_mul
+    fuses_activation = True
+    in_place = True
+    uses_mask = True
+    input_grads = {0: ("mul_grad", ("dpre", "in1")), 1: ("mul_grad", ("dpre", "in0"))}
+    grad_attrs = staticmethod(_mul_grad_attrs)
 
     def ref(self, node, graph, ins):
         return [apply_act((ins[0] * ins[1]).astype(np.float32), node.attrs.get("act"))]
@@ -131,6 +179,7 @@ def _mul_grad_4d_f32(d, other, o_zp, o_scale, out):
 @register
 class MulGrad(Op):
     name = "mul_grad"
+    emit_c = _emit_mul_grad
 
     def infer(self, node, graph):
         return [tuple(node.attrs["shape"])]
@@ -144,51 +193,3 @@ class MulGrad(Op):
         _mul_grad_4d_f32(to4d(np.ascontiguousarray(d)), to4d(np.ascontiguousarray(other)), a["o_zp"],
                          np.float32(a["o_scale"]), to4d(out))
         return [out]
-
-
-def _add_grad_attrs(node, graph, grad_op, k):
-    return dict(shape=graph.t(node.inputs[k]).shape)
-
-
-def _mul_grad_attrs(node, graph, grad_op, k):
-    other = graph.t(node.inputs[1 - k])
-    return dict(shape=graph.t(node.inputs[k]).shape, o_zp=int(other.q.zero_point), o_scale=float(other.q.scale))
-
-
-Add.uses_mask = True
-Add.input_grads = {0: ("sum_to", ("dpre",)), 1: ("sum_to", ("dpre",))}
-Add.grad_attrs = staticmethod(_add_grad_attrs)
-Mul.uses_mask = True
-Mul.input_grads = {0: ("mul_grad", ("dpre", "in1")), 1: ("mul_grad", ("dpre", "in0"))}
-Mul.grad_attrs = staticmethod(_mul_grad_attrs)
-
-
-# C emitters.
-
-def _emit_add(self, node, g, e):
-    a = node.attrs
-    x1, x2, y = node.inputs[0], node.inputs[1], node.outputs[0]
-    e.line(f"tt_add_s8({e.dims(g.t(y).shape)}, {e.dims(g.t(x1).shape)}, {e.ptr(x1)}, {a['z1']}, {a['m1']}, "
-           f"{a['s1']}, {e.dims(g.t(x2).shape)}, {e.ptr(x2)}, {a['z2']}, {a['m2']}, {a['s2']}, {a['left_shift']}, "
-           f"{a['mult']}, {a['shift']}, {a['out_zp']}, {a['act_min']}, {a['act_max']}, {e.ptr(y)}, {e.mask(node)});")
-
-
-def _emit_mul(self, node, g, e):
-    a = node.attrs
-    x1, x2, y = node.inputs[0], node.inputs[1], node.outputs[0]
-    e.line(f"tt_mul_s8({e.dims(g.t(y).shape)}, {e.dims(g.t(x1).shape)}, {e.ptr(x1)}, {a['z1']}, "
-           f"{e.dims(g.t(x2).shape)}, {e.ptr(x2)}, {a['z2']}, {a['mult']}, {a['shift']}, {a['out_zp']}, "
-           f"{a['act_min']}, {a['act_max']}, {e.ptr(y)}, {e.mask(node)});")
-
-
-def _emit_mul_grad(self, node, g, e):
-    from ..cfmt import c_float
-    a = node.attrs
-    d, other, y = node.inputs[0], node.inputs[1], node.outputs[0]
-    e.line(f"tt_mul_grad_f32({e.dims(g.t(d).shape)}, {e.ptr(d)}, {e.dims(g.t(other).shape)}, {e.ptr(other)}, "
-           f"{a['o_zp']}, {c_float(a['o_scale'])}, {e.dims(g.t(y).shape)}, {e.ptr(y)});")
-
-
-Add.emit_c = _emit_add
-Mul.emit_c = _emit_mul
-MulGrad.emit_c = _emit_mul_grad

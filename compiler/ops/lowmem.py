@@ -24,7 +24,7 @@ frozen, forward-only prefix of a training graph, which has no gradient.
 import numpy as np
 
 from .base import Op, get_op, register
-from .conv import _conv_params
+from .common import conv_params as _conv_params
 
 
 @register
@@ -64,6 +64,9 @@ class Paste(Op):
     name = "paste"
     same_qparams = True
 
+    def view_of(self, node):
+        return 1 if len(node.inputs) > 1 else None      # a tile pasted into the tensor built so far
+
     def infer(self, node, graph):
         return [tuple(node.attrs["shape"])]
 
@@ -95,6 +98,7 @@ class Paste(Op):
 @register
 class DepthwiseConv2dInplace(Op):
     name = "depthwise_conv2d_inplace"
+    overwrites_input = True
 
     def infer(self, node, graph):
         y = get_op("conv2d").infer(node, graph)[0]
@@ -132,6 +136,7 @@ class DepthwiseConv2dInplace(Op):
 @register
 class DepthwiseConv2dGradInputInplace(Op):
     name = "depthwise_conv2d_grad_input_inplace"
+    overwrites_input = True
 
     def infer(self, node, graph):
         x = tuple(node.attrs["x_shape"])

@@ -14,7 +14,7 @@ from numba import njit
 from ..quant.fixedpoint import clamp_s32, quantize_multipliers, requantize_zp
 from ..quant.qparams import clamp_range
 from .base import Op, register
-from .conv import apply_act, conv_out_size, keep_mask
+from .common import apply_act, conv_out_size, keep_mask
 
 
 @njit(cache=True)
@@ -107,9 +107,88 @@ def _windows(x, a, pad_value):
     return np.stack(taps, axis=-1)
 
 
+def _pool_window(self, node, graph):
+    a = node.attrs
+    return tuple(a["kernel"]), tuple(a["stride"]), tuple(a["pads"]), tuple(a.get("dilation", (1, 1)))
+
+
+# C emitters.
+
+def _pool_params(e, a):
+    dil = a.get("dilation", (1, 1))
+    return e.struct("tt_pool_params", (a["kernel"][0], a["kernel"][1], a["stride"][0], a["stride"][1],
+                                       a["pads"][0], a["pads"][1], dil[0], dil[1], int(a.get("count_include_pad", 0))))
+
+
+def _emit_avg_pool(self, node, g, e):
+    a = node.attrs
+    x, y = node.inputs[0], node.outputs[0]
+    q = e.struct("tt_quant_params", (a["in_zp"], a["out_zp"], a["act_min"], a["act_max"]))
+    e.line(f"tt_avg_pool_s8({_pool_params(e, a)}, {q}, {e.array('mult', a['mult'], 'int32_t')}, "
+           f"{e.array('shift', a['shift'], 'int32_t')}, {e.dims(g.t(x).shape)}, {e.ptr(x)}, {e.dims(g.t(y).shape)}, "
+           f"{e.ptr(y)}, {e.mask(node)});")
+
+
+def _emit_max_pool(self, node, g, e):
+    a = node.attrs
+    x, y = node.inputs[0], node.outputs[0]
+    q = e.struct("tt_quant_params", (0, 0, a["act_min"], a["act_max"]))
+    e.line(f"tt_max_pool_s8({_pool_params(e, a)}, {q}, {e.dims(g.t(x).shape)}, {e.ptr(x)}, "
+           f"{e.dims(g.t(y).shape)}, {e.ptr(y)}, {e.mask(node)});")
+
+
+def _emit_global_avg_pool(self, node, g, e):
+    a = node.attrs
+    x, y = node.inputs[0], node.outputs[0]
+    q = e.struct("tt_quant_params", (a["in_zp"], a["out_zp"], a["act_min"], a["act_max"]))
+    e.line(f"tt_global_avg_pool_s8({q}, {a['mult']}, {a['shift']}, {e.dims(g.t(x).shape)}, {e.ptr(x)}, "
+           f"{e.ptr(y)}, {e.mask(node)});")
+
+
+def _emit_avg_pool_grad(self, node, g, e):
+    a = node.attrs
+    d, dx = node.inputs[0], node.outputs[0]
+    e.line(f"tt_avg_pool_grad_f32({_pool_params(e, a)}, {e.dims(g.t(d).shape)}, {e.ptr(d)}, "
+           f"{e.array('inv', a['inv_count'], 'float')}, {e.dims(g.t(dx).shape)}, {e.ptr(dx)});")
+
+
+def _emit_max_pool_grad(self, node, g, e):
+    a = node.attrs
+    d, x, dx = node.inputs[0], node.inputs[1], node.outputs[0]
+    e.line(f"tt_max_pool_grad_f32({_pool_params(e, a)}, {e.dims(g.t(d).shape)}, {e.ptr(d)}, {e.ptr(x)}, "
+           f"{e.dims(g.t(dx).shape)}, {e.ptr(dx)});")
+
+
+def _emit_global_avg_pool_grad(self, node, g, e):
+    from ..cfmt import c_float
+    d, dx = node.inputs[0], node.outputs[0]
+    e.line(f"tt_global_avg_pool_grad_f32({e.dims(g.t(dx).shape)}, {e.ptr(d)}, {c_float(node.attrs['inv_hw'])}, "
+           f"{e.ptr(dx)});")
+
+
+def _pool_grad_attrs(node, graph, grad_op, k=0):
+    x = graph.t(node.inputs[0])
+    a = dict(node.attrs, x_shape=x.shape)
+    for key in ("mult", "shift", "in_zp", "out_zp", "act_min", "act_max", "act", "keep_mask"):
+        a.pop(key, None)
+    if grad_op == "avg_pool_grad":
+        kh, kw = node.attrs["kernel"]
+        a["inv_count"] = np.array([0.0] + [1.0 / c for c in range(1, kh * kw + 1)], np.float32)
+    if grad_op == "global_avg_pool_grad":
+        a["inv_hw"] = float(np.float32(1.0 / (x.shape[1] * x.shape[2])))
+    return a
+
+
 @register
 class AvgPool(Op):
     name = "avg_pool"
+    emit_c = _emit_avg_pool
+    fuses_activation = True
+    windowed = True
+    window = _pool_window
+    uses_mask = True
+    input_grads = {0: ("avg_pool_grad", ("dpre",))}
+    grad_attrs = staticmethod(_pool_grad_attrs)
 
     def infer(self, node, graph):
         return [_pool_shape(node, graph)]
@@ -146,7 +225,14 @@ class AvgPool(Op):
 @register
 class MaxPool(Op):
     name = "max_pool"
+    emit_c = _emit_max_pool
+    fuses_activation = True
+    windowed = True
+    window = _pool_window
     same_qparams = True
+    uses_mask = True
+    input_grads = {0: ("max_pool_grad", ("dpre", "in0"))}
+    grad_attrs = staticmethod(_pool_grad_attrs)
 
     def infer(self, node, graph):
         return [_pool_shape(node, graph)]
@@ -173,6 +259,11 @@ class MaxPool(Op):
 class GlobalAvgPool(Op):
     """Mean over H and W, keeping them as 1 x 1: [N, H, W, C] -> [N, 1, 1, C]."""
     name = "global_avg_pool"
+    emit_c = _emit_global_avg_pool
+    fuses_activation = True
+    uses_mask = True
+    input_grads = {0: ("global_avg_pool_grad", ("dpre",))}
+    grad_attrs = staticmethod(_pool_grad_attrs)
 
     def infer(self, node, graph):
         x = graph.t(node.inputs[0]).shape
@@ -280,6 +371,7 @@ class _PoolGrad(Op):
 @register
 class AvgPoolGrad(_PoolGrad):
     name = "avg_pool_grad"
+    emit_c = _emit_avg_pool_grad
 
     def sim(self, node, graph, ins, masks=None):
         a = node.attrs
@@ -292,6 +384,7 @@ class AvgPoolGrad(_PoolGrad):
 @register
 class MaxPoolGrad(_PoolGrad):
     name = "max_pool_grad"
+    emit_c = _emit_max_pool_grad
 
     def sim(self, node, graph, ins, masks=None):
         a = node.attrs
@@ -305,94 +398,9 @@ class MaxPoolGrad(_PoolGrad):
 @register
 class GlobalAvgPoolGrad(_PoolGrad):
     name = "global_avg_pool_grad"
+    emit_c = _emit_global_avg_pool_grad
 
     def sim(self, node, graph, ins, masks=None):
         dx = self._dx(node, ins[0])
         _global_avg_pool_grad_f32(ins[0], dx, np.float32(node.attrs["inv_hw"]))
         return [dx]
-
-
-def _pool_grad_attrs(node, graph, grad_op, k=0):
-    x = graph.t(node.inputs[0])
-    a = dict(node.attrs, x_shape=x.shape)
-    for key in ("mult", "shift", "in_zp", "out_zp", "act_min", "act_max", "act", "keep_mask"):
-        a.pop(key, None)
-    if grad_op == "avg_pool_grad":
-        kh, kw = node.attrs["kernel"]
-        a["inv_count"] = np.array([0.0] + [1.0 / c for c in range(1, kh * kw + 1)], np.float32)
-    if grad_op == "global_avg_pool_grad":
-        a["inv_hw"] = float(np.float32(1.0 / (x.shape[1] * x.shape[2])))
-    return a
-
-
-AvgPool.uses_mask = True
-AvgPool.input_grads = {0: ("avg_pool_grad", ("dpre",))}
-AvgPool.grad_attrs = staticmethod(_pool_grad_attrs)
-MaxPool.uses_mask = True
-MaxPool.input_grads = {0: ("max_pool_grad", ("dpre", "in0"))}
-MaxPool.grad_attrs = staticmethod(_pool_grad_attrs)
-GlobalAvgPool.uses_mask = True
-GlobalAvgPool.input_grads = {0: ("global_avg_pool_grad", ("dpre",))}
-GlobalAvgPool.grad_attrs = staticmethod(_pool_grad_attrs)
-
-
-# C emitters.
-
-def _pool_params(e, a):
-    dil = a.get("dilation", (1, 1))
-    return e.struct("tt_pool_params", (a["kernel"][0], a["kernel"][1], a["stride"][0], a["stride"][1],
-                                       a["pads"][0], a["pads"][1], dil[0], dil[1], int(a.get("count_include_pad", 0))))
-
-
-def _emit_avg_pool(self, node, g, e):
-    a = node.attrs
-    x, y = node.inputs[0], node.outputs[0]
-    q = e.struct("tt_quant_params", (a["in_zp"], a["out_zp"], a["act_min"], a["act_max"]))
-    e.line(f"tt_avg_pool_s8({_pool_params(e, a)}, {q}, {e.array('mult', a['mult'], 'int32_t')}, "
-           f"{e.array('shift', a['shift'], 'int32_t')}, {e.dims(g.t(x).shape)}, {e.ptr(x)}, {e.dims(g.t(y).shape)}, "
-           f"{e.ptr(y)}, {e.mask(node)});")
-
-
-def _emit_max_pool(self, node, g, e):
-    a = node.attrs
-    x, y = node.inputs[0], node.outputs[0]
-    q = e.struct("tt_quant_params", (0, 0, a["act_min"], a["act_max"]))
-    e.line(f"tt_max_pool_s8({_pool_params(e, a)}, {q}, {e.dims(g.t(x).shape)}, {e.ptr(x)}, "
-           f"{e.dims(g.t(y).shape)}, {e.ptr(y)}, {e.mask(node)});")
-
-
-def _emit_global_avg_pool(self, node, g, e):
-    a = node.attrs
-    x, y = node.inputs[0], node.outputs[0]
-    q = e.struct("tt_quant_params", (a["in_zp"], a["out_zp"], a["act_min"], a["act_max"]))
-    e.line(f"tt_global_avg_pool_s8({q}, {a['mult']}, {a['shift']}, {e.dims(g.t(x).shape)}, {e.ptr(x)}, "
-           f"{e.ptr(y)}, {e.mask(node)});")
-
-
-def _emit_avg_pool_grad(self, node, g, e):
-    a = node.attrs
-    d, dx = node.inputs[0], node.outputs[0]
-    e.line(f"tt_avg_pool_grad_f32({_pool_params(e, a)}, {e.dims(g.t(d).shape)}, {e.ptr(d)}, "
-           f"{e.array('inv', a['inv_count'], 'float')}, {e.dims(g.t(dx).shape)}, {e.ptr(dx)});")
-
-
-def _emit_max_pool_grad(self, node, g, e):
-    a = node.attrs
-    d, x, dx = node.inputs[0], node.inputs[1], node.outputs[0]
-    e.line(f"tt_max_pool_grad_f32({_pool_params(e, a)}, {e.dims(g.t(d).shape)}, {e.ptr(d)}, {e.ptr(x)}, "
-           f"{e.dims(g.t(dx).shape)}, {e.ptr(dx)});")
-
-
-def _emit_global_avg_pool_grad(self, node, g, e):
-    from ..cfmt import c_float
-    d, dx = node.inputs[0], node.outputs[0]
-    e.line(f"tt_global_avg_pool_grad_f32({e.dims(g.t(dx).shape)}, {e.ptr(d)}, {c_float(node.attrs['inv_hw'])}, "
-           f"{e.ptr(dx)});")
-
-
-AvgPool.emit_c = _emit_avg_pool
-MaxPool.emit_c = _emit_max_pool
-GlobalAvgPool.emit_c = _emit_global_avg_pool
-AvgPoolGrad.emit_c = _emit_avg_pool_grad
-MaxPoolGrad.emit_c = _emit_max_pool_grad
-GlobalAvgPoolGrad.emit_c = _emit_global_avg_pool_grad

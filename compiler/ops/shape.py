@@ -12,140 +12,6 @@ from ..quant.fixedpoint import clamp_s32, quantize_multiplier, requantize_zp
 from .base import Op, register
 
 
-@register
-class Reshape(Op):
-    name = "reshape"
-    same_qparams = True
-
-    def infer(self, node, graph):
-        return [tuple(graph.t(node.inputs[0]).shape[:1]) + tuple(node.attrs["shape"][1:])]
-
-    def check(self, node, graph, fail):
-        x, y = graph.t(node.inputs[0]), graph.t(node.outputs[0])
-        if x.size != y.size:
-            fail(f"n{node.id} reshape {x.shape} -> {y.shape} changes the size")
-
-    def ref(self, node, graph, ins):
-        return [ins[0].reshape((ins[0].shape[0],) + tuple(node.attrs["shape"][1:]))]
-
-    def sim(self, node, graph, ins, masks=None):
-        return self.ref(node, graph, ins)
-
-
-@register
-class Transpose(Op):
-    name = "transpose"
-    same_qparams = True
-
-    def infer(self, node, graph):
-        x = graph.t(node.inputs[0]).shape
-        return [tuple(x[p] for p in node.attrs["perm"])]
-
-    def check(self, node, graph, fail):
-        perm = tuple(node.attrs["perm"])
-        if sorted(perm) != list(range(len(graph.t(node.inputs[0]).shape))) or perm[0] != 0:
-            fail(f"n{node.id} transpose perm {perm} (must keep the batch first)")
-
-    def ref(self, node, graph, ins):
-        return [np.ascontiguousarray(np.transpose(ins[0], node.attrs["perm"]))]
-
-    def sim(self, node, graph, ins, masks=None):
-        return self.ref(node, graph, ins)
-
-
-@njit(cache=True)
-def _requant_copy_s8(x, in_zp, mult, shift, out_zp, out):
-    for i in range(x.shape[0]):
-        out[i] = np.int8(clamp_s32(requantize_zp(np.int32(x[i]) - np.int32(in_zp), mult, shift, out_zp), -128, 127))
-
-
-@register
-class Concat(Op):
-    name = "concat"
-
-    def infer(self, node, graph):
-        shapes = [graph.t(i).shape for i in node.inputs]
-        ax = node.attrs["axis"]
-        out = list(shapes[0])
-        out[ax] = sum(s[ax] for s in shapes)
-        return [tuple(out)]
-
-    def check(self, node, graph, fail):
-        shapes = [graph.t(i).shape for i in node.inputs]
-        ax = node.attrs["axis"]
-        if ax == 0 or any(len(s) != len(shapes[0]) or s[:ax] + s[ax + 1:] != shapes[0][:ax] + shapes[0][ax + 1:]
-                          for s in shapes):
-            fail(f"n{node.id} concat of {shapes} on axis {ax}")
-
-    def ref(self, node, graph, ins):
-        return [np.concatenate(ins, axis=node.attrs["axis"]).astype(np.float32)]
-
-    def quantize(self, node, graph):
-        qy = graph.t(node.outputs[0]).q
-        node.attrs["out_zp"] = int(qy.zero_point)
-        node.attrs["in_zp"], node.attrs["mult"], node.attrs["shift"] = [], [], []
-        for i in node.inputs:
-            qx = graph.t(i).q
-            m, s = quantize_multiplier(float(qx.scale) / float(qy.scale))
-            node.attrs["in_zp"].append(int(qx.zero_point))
-            node.attrs["mult"].append(m)
-            node.attrs["shift"].append(s)
-
-    def sim(self, node, graph, ins, masks=None):
-        a = node.attrs
-        parts = []
-        for k, x in enumerate(ins):
-            xf = np.ascontiguousarray(x).reshape(-1)
-            out = np.empty(xf.size, np.int8)
-            _requant_copy_s8(xf, a["in_zp"][k], a["mult"][k], a["shift"][k], a["out_zp"], out)
-            parts.append(out.reshape(x.shape))
-        return [np.concatenate(parts, axis=a["axis"])]
-
-
-# Backward: reshape back, transpose by the inverse permutation, slice a concat.
-
-@register
-class Slice(Op):
-    """The part [start, stop) of axis `axis` (a concat's gradient, per input)."""
-    name = "slice"
-
-    def infer(self, node, graph):
-        s = list(graph.t(node.inputs[0]).shape)
-        s[node.attrs["axis"]] = node.attrs["stop"] - node.attrs["start"]
-        return [tuple(s)]
-
-    def sim(self, node, graph, ins, masks=None):
-        a = node.attrs
-        idx = [slice(None)] * ins[0].ndim
-        idx[a["axis"]] = slice(a["start"], a["stop"])
-        return [np.ascontiguousarray(ins[0][tuple(idx)])]
-
-    ref = sim
-
-
-def _shape_grad_attrs(node, graph, grad_op, k=0):
-    x = graph.t(node.inputs[k])
-    if grad_op == "reshape":
-        return dict(shape=x.shape)
-    if grad_op == "transpose":
-        perm = list(node.attrs["perm"])
-        return dict(perm=tuple(perm.index(i) for i in range(len(perm))))
-    ax = node.attrs["axis"]
-    start = sum(graph.t(i).shape[ax] for i in node.inputs[:k])
-    return dict(axis=ax, start=start, stop=start + x.shape[ax])
-
-
-Reshape.uses_mask = False
-Reshape.input_grads = {0: ("reshape", ("dy",))}
-Reshape.grad_attrs = staticmethod(_shape_grad_attrs)
-Transpose.uses_mask = False
-Transpose.input_grads = {0: ("transpose", ("dy",))}
-Transpose.grad_attrs = staticmethod(_shape_grad_attrs)
-Concat.uses_mask = False
-Concat.input_grads = {"*": ("slice", ("dy",))}       # every input: its slice
-Concat.grad_attrs = staticmethod(_shape_grad_attrs)
-
-
 # C emitters.  A reshape moves no data (the memory plan gives the output the
 # input's bytes); a float transpose or a slice copies.
 
@@ -201,7 +67,140 @@ def _emit_slice(self, node, g, e):
     e.line(f"tt_slice_f32({e.dims(g.t(x).shape)}, {e.ptr(x)}, {a['axis']}, {a['start']}, {a['stop']}, {e.ptr(y)});")
 
 
-Reshape.emit_c = _emit_reshape
-Transpose.emit_c = _emit_transpose
-Concat.emit_c = _emit_concat
-Slice.emit_c = _emit_slice
+def _shape_grad_attrs(node, graph, grad_op, k=0):
+    x = graph.t(node.inputs[k])
+    if grad_op == "reshape":
+        return dict(shape=x.shape)
+    if grad_op == "transpose":
+        perm = list(node.attrs["perm"])
+        return dict(perm=tuple(perm.index(i) for i in range(len(perm))))
+    ax = node.attrs["axis"]
+    start = sum(graph.t(i).shape[ax] for i in node.inputs[:k])
+    return dict(axis=ax, start=start, stop=start + x.shape[ax])
+
+
+@register
+class Reshape(Op):
+    name = "reshape"
+    emit_c = _emit_reshape
+    uses_mask = False
+    input_grads = {0: ("reshape", ("dy",))}
+    grad_attrs = staticmethod(_shape_grad_attrs)
+
+    def view_of(self, node):
+        return 0
+    same_qparams = True
+
+    def infer(self, node, graph):
+        return [tuple(graph.t(node.inputs[0]).shape[:1]) + tuple(node.attrs["shape"][1:])]
+
+    def check(self, node, graph, fail):
+        x, y = graph.t(node.inputs[0]), graph.t(node.outputs[0])
+        if x.size != y.size:
+            fail(f"n{node.id} reshape {x.shape} -> {y.shape} changes the size")
+
+    def ref(self, node, graph, ins):
+        return [ins[0].reshape((ins[0].shape[0],) + tuple(node.attrs["shape"][1:]))]
+
+    def sim(self, node, graph, ins, masks=None):
+        return self.ref(node, graph, ins)
+
+
+@register
+class Transpose(Op):
+    name = "transpose"
+    emit_c = _emit_transpose
+    same_qparams = True
+    uses_mask = False
+    input_grads = {0: ("transpose", ("dy",))}
+    grad_attrs = staticmethod(_shape_grad_attrs)
+
+    def infer(self, node, graph):
+        x = graph.t(node.inputs[0]).shape
+        return [tuple(x[p] for p in node.attrs["perm"])]
+
+    def check(self, node, graph, fail):
+        perm = tuple(node.attrs["perm"])
+        if sorted(perm) != list(range(len(graph.t(node.inputs[0]).shape))) or perm[0] != 0:
+            fail(f"n{node.id} transpose perm {perm} (must keep the batch first)")
+
+    def ref(self, node, graph, ins):
+        return [np.ascontiguousarray(np.transpose(ins[0], node.attrs["perm"]))]
+
+    def sim(self, node, graph, ins, masks=None):
+        return self.ref(node, graph, ins)
+
+
+@njit(cache=True)
+def _requant_copy_s8(x, in_zp, mult, shift, out_zp, out):
+    for i in range(x.shape[0]):
+        out[i] = np.int8(clamp_s32(requantize_zp(np.int32(x[i]) - np.int32(in_zp), mult, shift, out_zp), -128, 127))
+
+
+@register
+class Concat(Op):
+    name = "concat"
+    emit_c = _emit_concat
+    uses_mask = False
+    input_grads = {"*": ("slice", ("dy",))}       # every input: its slice
+    grad_attrs = staticmethod(_shape_grad_attrs)
+
+    def infer(self, node, graph):
+        shapes = [graph.t(i).shape for i in node.inputs]
+        ax = node.attrs["axis"]
+        out = list(shapes[0])
+        out[ax] = sum(s[ax] for s in shapes)
+        return [tuple(out)]
+
+    def check(self, node, graph, fail):
+        shapes = [graph.t(i).shape for i in node.inputs]
+        ax = node.attrs["axis"]
+        if ax == 0 or any(len(s) != len(shapes[0]) or s[:ax] + s[ax + 1:] != shapes[0][:ax] + shapes[0][ax + 1:]
+                          for s in shapes):
+            fail(f"n{node.id} concat of {shapes} on axis {ax}")
+
+    def ref(self, node, graph, ins):
+        return [np.concatenate(ins, axis=node.attrs["axis"]).astype(np.float32)]
+
+    def quantize(self, node, graph):
+        qy = graph.t(node.outputs[0]).q
+        node.attrs["out_zp"] = int(qy.zero_point)
+        node.attrs["in_zp"], node.attrs["mult"], node.attrs["shift"] = [], [], []
+        for i in node.inputs:
+            qx = graph.t(i).q
+            m, s = quantize_multiplier(float(qx.scale) / float(qy.scale))
+            node.attrs["in_zp"].append(int(qx.zero_point))
+            node.attrs["mult"].append(m)
+            node.attrs["shift"].append(s)
+
+    def sim(self, node, graph, ins, masks=None):
+        a = node.attrs
+        parts = []
+        for k, x in enumerate(ins):
+            xf = np.ascontiguousarray(x).reshape(-1)
+            out = np.empty(xf.size, np.int8)
+            _requant_copy_s8(xf, a["in_zp"][k], a["mult"][k], a["shift"][k], a["out_zp"], out)
+            parts.append(out.reshape(x.shape))
+        return [np.concatenate(parts, axis=a["axis"])]
+
+
+# Backward: reshape back, transpose by the inverse permutation, slice a concat.
+
+@register
+class Slice(Op):
+    """The part [start, stop) of axis `axis` (a concat's gradient, per input)."""
+    name = "slice"
+    emit_c = _emit_slice
+
+    def infer(self, node, graph):
+        s = list(graph.t(node.inputs[0]).shape)
+        s[node.attrs["axis"]] = node.attrs["stop"] - node.attrs["start"]
+        return [tuple(s)]
+
+    def sim(self, node, graph, ins, masks=None):
+        a = node.attrs
+        idx = [slice(None)] * ins[0].ndim
+        idx[a["axis"]] = slice(a["start"], a["stop"])
+        return [np.ascontiguousarray(ins[0][tuple(idx)])]
+
+    ref = sim

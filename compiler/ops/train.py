@@ -39,79 +39,6 @@ def to4d(a):
     return a.reshape((1,) * (4 - a.ndim) + a.shape)
 
 
-@register
-class MaskGrad(Op):
-    """dpre = dy where the forward value was inside its clamp range, else 0."""
-    name = "mask_grad"
-
-    def infer(self, node, graph):
-        return [graph.t(node.inputs[0]).shape]
-
-    def sim(self, node, graph, ins, masks=None):
-        dy = np.ascontiguousarray(ins[0], np.float32)
-        out = np.empty(dy.size, np.float32)
-        _mask_grad_f32(dy.reshape(-1), np.ascontiguousarray(ins[1]).reshape(-1), out)
-        return [out.reshape(dy.shape)]
-
-
-@register
-class GradAdd(Op):
-    """Two gradient contributions to one tensor (a tensor read twice, e.g. a residual)."""
-    name = "grad_add"
-
-    def infer(self, node, graph):
-        return [graph.t(node.inputs[0]).shape]
-
-    def sim(self, node, graph, ins, masks=None):
-        a = np.ascontiguousarray(ins[0]).reshape(-1)
-        out = np.empty(a.size, np.float32)
-        _add_f32(a, np.ascontiguousarray(ins[1]).reshape(-1), out)
-        return [out.reshape(ins[0].shape)]
-
-
-@register
-class SumTo(Op):
-    """The gradient of a broadcast: sum d over the axes where `shape` is 1."""
-    name = "sum_to"
-
-    def infer(self, node, graph):
-        return [tuple(node.attrs["shape"])]
-
-    def sim(self, node, graph, ins, masks=None):
-        d = ins[0]
-        shape = (d.shape[0],) + tuple(node.attrs["shape"][1:])      # activations always carry the batch
-        out = np.empty(shape, np.float32)
-        _sum_to_4d_f32(to4d(np.ascontiguousarray(d)), to4d(out))
-        return [out]
-
-
-@register
-class SoftmaxXent(Op):
-    """loss = cross-entropy of softmax(logits) with the label; dlogits = softmax - onehot.
-
-    Inputs: the logits (int8, dequantized here with their scale, or float32 from a
-    float classifier) and the label (int32 [N]).  Outputs: loss [N], dlogits."""
-    name = "softmax_xent"
-
-    def infer(self, node, graph):
-        lg = graph.t(node.inputs[0]).shape
-        return [(lg[0],), lg]
-
-    def sim(self, node, graph, ins, masks=None):
-        logits, label = ins
-        t = graph.t(node.inputs[0])
-        if t.dtype == "int8":
-            z = (np.float32(t.q.scale) * (logits.astype(np.int32) - np.int32(t.q.zero_point)).astype(np.float32))
-        else:
-            z = logits
-        z = np.ascontiguousarray(z, np.float32).reshape(logits.shape[0], -1)
-        loss = np.empty(z.shape[0], np.float32)
-        grad = np.empty_like(z)
-        for n in range(z.shape[0]):
-            loss[n] = softmax_xent(z[n], np.int32(label[n]), grad[n])
-        return [loss, grad.reshape(logits.shape)]
-
-
 # C emitters.
 
 def _emit_mask_grad(self, node, g, e):
@@ -147,7 +74,81 @@ def _emit_softmax_xent(self, node, g, e):
     e.line(f"if (!(*loss - *loss == 0.0f)) {{ {e.name}_count(&ctx->skipped, 1); return; }}")
 
 
-MaskGrad.emit_c = _emit_mask_grad
-GradAdd.emit_c = _emit_grad_add
-SumTo.emit_c = _emit_sum_to
-SoftmaxXent.emit_c = _emit_softmax_xent
+@register
+class MaskGrad(Op):
+    """dpre = dy where the forward value was inside its clamp range, else 0."""
+    name = "mask_grad"
+    emit_c = _emit_mask_grad
+    in_place = True
+
+    def infer(self, node, graph):
+        return [graph.t(node.inputs[0]).shape]
+
+    def sim(self, node, graph, ins, masks=None):
+        dy = np.ascontiguousarray(ins[0], np.float32)
+        out = np.empty(dy.size, np.float32)
+        _mask_grad_f32(dy.reshape(-1), np.ascontiguousarray(ins[1]).reshape(-1), out)
+        return [out.reshape(dy.shape)]
+
+
+@register
+class GradAdd(Op):
+    """Two gradient contributions to one tensor (a tensor read twice, e.g. a residual)."""
+    name = "grad_add"
+    emit_c = _emit_grad_add
+    in_place = True
+
+    def infer(self, node, graph):
+        return [graph.t(node.inputs[0]).shape]
+
+    def sim(self, node, graph, ins, masks=None):
+        a = np.ascontiguousarray(ins[0]).reshape(-1)
+        out = np.empty(a.size, np.float32)
+        _add_f32(a, np.ascontiguousarray(ins[1]).reshape(-1), out)
+        return [out.reshape(ins[0].shape)]
+
+
+@register
+class SumTo(Op):
+    """The gradient of a broadcast: sum d over the axes where `shape` is 1."""
+    name = "sum_to"
+    emit_c = _emit_sum_to
+
+    def infer(self, node, graph):
+        return [tuple(node.attrs["shape"])]
+
+    def sim(self, node, graph, ins, masks=None):
+        d = ins[0]
+        shape = (d.shape[0],) + tuple(node.attrs["shape"][1:])      # activations always carry the batch
+        out = np.empty(shape, np.float32)
+        _sum_to_4d_f32(to4d(np.ascontiguousarray(d)), to4d(out))
+        return [out]
+
+
+@register
+class SoftmaxXent(Op):
+    """loss = cross-entropy of softmax(logits) with the label; dlogits = softmax - onehot.
+
+    Inputs: the logits (int8, dequantized here with their scale, or float32 from a
+    float classifier) and the label (int32 [N]).  Outputs: loss [N], dlogits."""
+    name = "softmax_xent"
+    emit_c = _emit_softmax_xent
+    loss = True
+
+    def infer(self, node, graph):
+        lg = graph.t(node.inputs[0]).shape
+        return [(lg[0],), lg]
+
+    def sim(self, node, graph, ins, masks=None):
+        logits, label = ins
+        t = graph.t(node.inputs[0])
+        if t.dtype == "int8":
+            z = (np.float32(t.q.scale) * (logits.astype(np.int32) - np.int32(t.q.zero_point)).astype(np.float32))
+        else:
+            z = logits
+        z = np.ascontiguousarray(z, np.float32).reshape(logits.shape[0], -1)
+        loss = np.empty(z.shape[0], np.float32)
+        grad = np.empty_like(z)
+        for n in range(z.shape[0]):
+            loss[n] = softmax_xent(z[n], np.int32(label[n]), grad[n])
+        return [loss, grad.reshape(logits.shape)]

@@ -127,10 +127,39 @@ def _sgd_f32(w, g, lr):
         wf[i] = wf[i] - gf[i] * lr
 
 
+def _emit_sgd(self, node, g, e):
+    """Skip the update when its gradient holds a NaN/Inf (counted), else step in place."""
+    p, d = g.t(node.inputs[0]), g.t(node.inputs[1])
+    gp = e.ptr(d.id)
+    r0 = node.attrs.get("row_offset") or 0             # rows r0.. of the parameter (passes/chunk_grads.py)
+    pp = e.ptr(p.id) if not r0 else f"({e.ptr(p.id)} + {r0 * (p.size // p.shape[0])})"
+    e.line(f"if (!{e.name}_finite({gp}, {d.size})) {{ {e.name}_count(&ctx->skipped, 1); }} else {{")
+    if p.dtype == "float32":
+        e.line(f"    tt_sgd_f32({pp}, {d.size}, {gp}, ctx->lr);")
+    elif p.dtype == "int32":
+        e.bias_limits[p.id] = int(node.attrs["limit"])
+        e.line(f"    {e.name}_count(&ctx->saturated, tt_sgd_s32_stochastic({pp}, {d.size}, {gp}, "
+               f"{e.array('qas', node.attrs['factor'], 'float')}, ctx->lr, {int(node.attrs['limit'])}, &ctx->prng));")
+    elif e.rounding == "shadow":
+        w_inner = p.size // p.shape[0]
+        g_inner = d.size // d.shape[0]
+        sh = f"((int16_t *)(ctx->state + {e.shadow_off[p.id]}) + {r0 * w_inner})"
+        e.line(f"    {e.name}_count(&ctx->saturated, tt_sgd_s8_shadow({pp}, {sh}, {w_inner}, {p.shape[-1]}, {gp}, "
+               f"{d.shape[0]}, {g_inner}, {d.shape[-1]}, {e.array('qas', node.attrs['factor'], 'float')}, ctx->lr));")
+    else:
+        w_inner = p.size // p.shape[0]
+        g_inner = d.size // d.shape[0]
+        e.line(f"    {e.name}_count(&ctx->saturated, tt_sgd_s8_stochastic({pp}, {w_inner}, {p.shape[-1]}, {gp}, "
+               f"{d.shape[0]}, {g_inner}, {d.shape[-1]}, {e.array('qas', node.attrs['factor'], 'float')}, ctx->lr, "
+               "&ctx->prng));")
+    e.line("}")
+
+
 @register
 class SgdUpdate(Op):
     """In place: parameter (input 0, a constant that lives in SRAM) -= its gradient (input 1)."""
     name = "sgd_update"
+    emit_c = _emit_sgd
     side_effect = True
 
     def infer(self, node, graph):
@@ -178,35 +207,6 @@ class SgdUpdate(Op):
             ctx.saturated += _sgd_s8_stochastic(data, grad, node.attrs["factor"], lr, ctx.prng)
 
 
-def _emit_sgd(self, node, g, e):
-    """Skip the update when its gradient holds a NaN/Inf (counted), else step in place."""
-    p, d = g.t(node.inputs[0]), g.t(node.inputs[1])
-    gp = e.ptr(d.id)
-    r0 = node.attrs.get("row_offset") or 0             # rows r0.. of the parameter (passes/chunk_grads.py)
-    pp = e.ptr(p.id) if not r0 else f"({e.ptr(p.id)} + {r0 * (p.size // p.shape[0])})"
-    e.line(f"if (!{e.name}_finite({gp}, {d.size})) {{ {e.name}_count(&ctx->skipped, 1); }} else {{")
-    if p.dtype == "float32":
-        e.line(f"    tt_sgd_f32({pp}, {d.size}, {gp}, ctx->lr);")
-    elif p.dtype == "int32":
-        e.bias_limits[p.id] = int(node.attrs["limit"])
-        e.line(f"    {e.name}_count(&ctx->saturated, tt_sgd_s32_stochastic({pp}, {d.size}, {gp}, "
-               f"{e.array('qas', node.attrs['factor'], 'float')}, ctx->lr, {int(node.attrs['limit'])}, &ctx->prng));")
-    elif e.rounding == "shadow":
-        w_inner = p.size // p.shape[0]
-        g_inner = d.size // d.shape[0]
-        sh = f"((int16_t *)(ctx->state + {e.shadow_off[p.id]}) + {r0 * w_inner})"
-        e.line(f"    {e.name}_count(&ctx->saturated, tt_sgd_s8_shadow({pp}, {sh}, {w_inner}, {p.shape[-1]}, {gp}, "
-               f"{d.shape[0]}, {g_inner}, {d.shape[-1]}, {e.array('qas', node.attrs['factor'], 'float')}, ctx->lr));")
-    else:
-        w_inner = p.size // p.shape[0]
-        g_inner = d.size // d.shape[0]
-        e.line(f"    {e.name}_count(&ctx->saturated, tt_sgd_s8_stochastic({pp}, {w_inner}, {p.shape[-1]}, {gp}, "
-               f"{d.shape[0]}, {g_inner}, {d.shape[-1]}, {e.array('qas', node.attrs['factor'], 'float')}, ctx->lr, "
-               "&ctx->prng));")
-    e.line("}")
-
-
-SgdUpdate.emit_c = _emit_sgd
 
 
 # The public name of the kernel: the simulator's trainers (tinytrain/train/) clamp restored biases with it.

@@ -9,19 +9,22 @@ integer arithmetic), and the device moves no data.
 """
 import numpy as np
 
+from ..ops.linear import FullyConnected
+from ..ops.shape import Reshape, Transpose
+
 
 def absorb_transpose(graph):
     for t_node in list(graph.nodes):
-        if t_node.op != "transpose":
+        if t_node.op != Transpose.name:
             continue
         mid = t_node.outputs[0]
         users = graph.consumers(mid)
-        if len(users) != 1 or users[0].op != "reshape" or mid in graph.outputs:
+        if len(users) != 1 or users[0].op != Reshape.name or mid in graph.outputs:
             continue
         r_node = users[0]
         flat = r_node.outputs[0]
         fc_users = graph.consumers(flat)
-        if (len(graph.t(flat).shape) != 2 or len(fc_users) != 1 or fc_users[0].op != "fully_connected"
+        if (len(graph.t(flat).shape) != 2 or len(fc_users) != 1 or fc_users[0].op != FullyConnected.name
                 or flat in graph.outputs):
             continue
         fc = fc_users[0]

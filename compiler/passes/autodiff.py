@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import TinytrainError
 from ..ops import get_op
+from ..ops.train import MaskGrad, SumTo
 from ..quant.qparams import bias_limit
 
 
@@ -81,9 +82,10 @@ def autodiff(graph, qas=True):
         # never learns).  Straight-through there; every other clamp keeps its mask.
         if op.uses_mask and not (y == logits and node.attrs.get("act") is None):
             m = g.add_tensor(f"{g.t(y).name}:mask", g.t(y).shape, "uint8")
+            m.role = "mask"
             node.outputs = (y, m.id)
             node.attrs["keep_mask"] = True
-            dpre = emit("mask_grad", [dy, m.id], f"dpre_{g.t(y).name}", {}, like=y)
+            dpre = emit(MaskGrad.name, [dy, m.id], f"dpre_{g.t(y).name}", {}, like=y)
         operands = {"dy": dy, "dpre": dpre}
         operands.update({f"in{k}": t for k, t in enumerate(node.inputs)})
         # a bias gradient (a sum over positions) is taken before the input gradient, so that dpre
@@ -91,7 +93,7 @@ def autodiff(graph, qas=True):
         # its update stays after the weight's (the same order of rounding draws)
         early = {}
         for k, (gop, args) in op.param_grads.items():
-            if gop == "bias_grad":
+            if k == op.bias_input:
                 p = node.inputs[k]
                 attrs = op.grad_attrs(node, g, gop, k)
                 early[k] = emit(gop, [operands[a] for a in args], f"d_{g.t(p).name}", attrs,
@@ -105,7 +107,7 @@ def autodiff(graph, qas=True):
                 continue
             gop, args = rule
             attrs = op.grad_attrs(node, g, gop, k)
-            if gop == "pass" or (gop == "sum_to" and tuple(attrs["shape"]) == g.t(dpre).shape):
+            if gop == "pass" or (gop == SumTo.name and tuple(attrs["shape"]) == g.t(dpre).shape):
                 contribute(x, operands[args[0]])
                 continue
             d = emit(gop, [operands[a] for a in args], f"d_{g.t(x).name}", attrs, shape=g.t(x).shape)

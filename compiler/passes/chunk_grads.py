@@ -19,6 +19,8 @@ finite) decides per slice.
 import numpy as np
 
 from ..ir import Node
+from ..ops.conv import Conv2dGradWeight
+from ..ops.update import SgdUpdate
 
 DEFAULT_MAX_BYTES = 8192
 
@@ -30,12 +32,12 @@ def chunk_grads(graph, max_bytes=DEFAULT_MAX_BYTES):
     for node in g.nodes:
         if node.id in dropped:
             continue
-        if node.op != "conv2d_grad_weight" or node.attrs.get("groups", 1) != 1 or "co_offset" in node.attrs:
+        if node.op != Conv2dGradWeight.name or node.attrs.get("groups", 1) != 1 or "co_offset" in node.attrs:
             new_nodes.append(node)
             continue
         dw = g.t(node.outputs[0])
         users = g.consumers(dw.id)
-        if dw.nbytes <= max_bytes or len(users) != 1 or users[0].op != "sgd_update" \
+        if dw.nbytes <= max_bytes or len(users) != 1 or users[0].op != SgdUpdate.name \
                 or users[0].inputs[1] != dw.id or dw.id in g.outputs:
             new_nodes.append(node)
             continue
@@ -49,7 +51,7 @@ def chunk_grads(graph, max_bytes=DEFAULT_MAX_BYTES):
             gn = Node(g._next_node, node.op, node.inputs, (part.id,),
                       dict(node.attrs, co_offset=r0, dw_shape=part.shape), node.name)
             g._next_node += 1
-            un = Node(g._next_node, "sgd_update", (upd.inputs[0], part.id), (),
+            un = Node(g._next_node, SgdUpdate.name, (upd.inputs[0], part.id), (),
                       dict(upd.attrs, row_offset=r0, factor=np.ascontiguousarray(upd.attrs["factor"][r0:r1])),
                       upd.name)
             g._next_node += 1

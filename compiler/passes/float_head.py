@@ -7,19 +7,20 @@ they never lose a step to rounding; TTE reports +2.3 points for this."""
 import numpy as np
 
 from ..errors import TinytrainError
+from ..ops.linear import FullyConnected, FullyConnectedF32
 
 
 def float_head(graph):
     g = graph.copy()
     logits = g.outputs[0]
     node = g.producer(logits)
-    if node is None or node.op != "fully_connected":
+    if node is None or node.op != FullyConnected.name:
         raise TinytrainError("a float classifier needs the logits to come from a linear layer",
                              node=None if node is None else node.name, op=None if node is None else node.op)
     w, b = g.t(node.inputs[1]), g.t(node.inputs[2])
     wf = g.add_const(f"{w.name}:f32", w.q.dequantize(w.data).astype(np.float32))
     bf = g.add_const(f"{b.name}:f32", b.q.dequantize(b.data).astype(np.float32))
-    node.op = "fully_connected_f32"
+    node.op = FullyConnectedF32.name
     node.inputs = (node.inputs[0], wf.id, bf.id)
     node.attrs = {}
     y = g.t(logits)

@@ -9,12 +9,17 @@ that nothing float-only reaches quantization.
 import numpy as np
 
 from ..errors import TinytrainError
+from ..ops import get_op
+from ..ops.affine import Affine
+from ..ops.conv import Conv2d
+from ..ops.linear import FullyConnected
 
 
 def _foldable_producer(graph, node):
     x = node.inputs[0]
     p = graph.producer(x)
-    if p is None or p.op not in ("conv2d", "fully_connected", "affine") or p.attrs.get("act") is not None:
+    # a weighted layer (output channels on the weight's axis 0, a bias) or another affine
+    if p is None or not (get_op(p.op).weighted or p.op == Affine.name) or p.attrs.get("act") is not None:
         return None
     if len(graph.consumers(x)) != 1 or x in graph.outputs:
         return None
@@ -23,13 +28,13 @@ def _foldable_producer(graph, node):
 
 def fold_affine(graph):
     for node in list(graph.nodes):
-        if node.op != "affine":
+        if node.op != Affine.name:
             continue
         s = graph.t(node.inputs[1]).data.astype(np.float32)
         t = graph.t(node.inputs[2]).data.astype(np.float32)
         p = _foldable_producer(graph, node)
         if p is not None:
-            if p.op == "affine":
+            if p.op == Affine.name:
                 ps, pt = graph.t(p.inputs[1]), graph.t(p.inputs[2])
                 ps.data, pt.data = (ps.data * s).astype(np.float32), (pt.data * s + t).astype(np.float32)
             else:
@@ -45,12 +50,12 @@ def fold_affine(graph):
         if len(x.shape) == 4:
             c = x.shape[3]
             w = graph.add_const(f"{x.name}:affine_w", s.reshape(c, 1, 1, 1))
-            node.op = "conv2d"
+            node.op = Conv2d.name
             node.inputs = (node.inputs[0], w.id, node.inputs[2])
             node.attrs = dict(stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups=c, act=None)
         elif len(x.shape) == 2:
             w = graph.add_const(f"{x.name}:affine_w", np.diag(s).astype(np.float32))
-            node.op = "fully_connected"
+            node.op = FullyConnected.name
             node.inputs = (node.inputs[0], w.id, node.inputs[2])
             node.attrs = dict(act=None)
         else:

@@ -2,10 +2,11 @@
 op that produces their input (conv, linear, add, mul, pooling), as TTE and
 TFLM do; the int8 kernels then clamp to the quantized bounds for free.
 Chains of clamps merge into one.  A clamp whose producer has other consumers
-stays a standalone `clamp` op.
+stays a standalone `clamp` op.  Which producers take one: the ops that declare
+`fuses_activation` (compiler/ops/base.py).
 """
-
-FUSE_INTO = ("conv2d", "fully_connected", "add", "mul", "avg_pool", "max_pool", "global_avg_pool", "clamp")
+from ..ops import get_op
+from ..ops.activation import Clamp
 
 
 def _intersect(a, b):
@@ -20,11 +21,11 @@ def _intersect(a, b):
 
 def fuse_activation(graph):
     for node in list(graph.nodes):
-        if node.op != "clamp":
+        if node.op != Clamp.name:
             continue
         x = node.inputs[0]
         p = graph.producer(x)
-        if p is None or p.op not in FUSE_INTO or len(graph.consumers(x)) != 1 or x in graph.outputs:
+        if p is None or not get_op(p.op).fuses_activation or len(graph.consumers(x)) != 1 or x in graph.outputs:
             continue
         old = p.attrs.get("act")
         p.attrs["act"] = node.attrs["act"] if old is None else _intersect(old, node.attrs["act"])

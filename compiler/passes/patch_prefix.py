@@ -15,10 +15,12 @@ crop of the caller's float input, so the whole int8 input never exists.
 Every output element is computed from exactly the same integers as in the
 unpatched graph (a conv on a cropped input, with the padding kept only where
 the crop touches the tensor's border), so the result is bit for bit the same:
-tests/test_patch.py checks it in the simulator and in C.
+tests/test_lowmem.py checks it in the simulator and in C.
 
-Supported prefix ops: conv2d (any groups), avg_pool, max_pool, and
-elementwise clamp / sigmoid / hard_sigmoid / hard_swish / add of equal shapes.
+Supported prefix ops: those that declare `windowed` (conv2d of any groups,
+avg_pool, max_pool: their `window` gives the receptive field) or `pointwise`
+(clamp, the table activations, add) with inputs of the output's shape
+(compiler/ops/base.py).
 A prefix may contain no node that keeps a clamp mask or whose outputs the
 backward reads (it is frozen and forward-only by construction).
 """
@@ -26,9 +28,7 @@ from dataclasses import dataclass
 
 from ..ir import Node
 from ..ops import get_op
-
-WINDOW_OPS = ("conv2d", "avg_pool", "max_pool")
-POINTWISE_OPS = ("clamp", "sigmoid", "hard_sigmoid", "hard_swish", "add")
+from ..ops.lowmem import Crop, Paste
 
 
 @dataclass
@@ -40,21 +40,19 @@ class PatchInfo:
     patched_macs: int       # with the halos recomputed
 
 
+def _windowed(node):
+    return get_op(node.op).windowed
+
+
 def _window(node, graph):
-    a = node.attrs
-    if node.op == "conv2d":
-        k = graph.t(node.inputs[1]).shape[1:3]
-    else:
-        k = a["kernel"]
-    dil = a.get("dilation", (1, 1))
-    return tuple(k), tuple(a["stride"]), tuple(a["pads"]), tuple(dil)
+    return get_op(node.op).window(node, graph)
 
 
 def _need(node, graph, k, box):
     """The region of input k that output region box = (y0, y1, x0, x1) reads, clipped."""
     x = graph.t(node.inputs[k]).shape
     y0, y1, x0, x1 = box
-    if node.op not in WINDOW_OPS:
+    if not _windowed(node):
         return box
     (kh, kw), (sh, sw), (pt, pl, _, _), (dh, dw) = _window(node, graph)
     return (max(0, y0 * sh - pt), min(x[1], (y1 - 1) * sh - pt + (kh - 1) * dh + 1),
@@ -81,11 +79,12 @@ def cuts(graph):
     for pos, n in enumerate(graph.nodes):
         if n.id not in forward or n.attrs.get("keep_mask") or len(n.outputs) != 1:
             break
-        if n.op not in WINDOW_OPS + POINTWISE_OPS:
-            break
-        if n.op == "add" and graph.t(n.inputs[0]).shape != graph.t(n.inputs[1]).shape:
+        op = get_op(n.op)
+        if not (op.windowed or op.pointwise):
             break
         y = graph.t(n.outputs[0])
+        if op.pointwise and any(graph.t(i).shape != y.shape for i in n.inputs):
+            break
         if len(y.shape) != 4 or y.dtype != "int8":
             break
         produced.add(y.id)
@@ -133,7 +132,8 @@ def patch_prefix(graph, pos, grid):
         t = g.t(src)
         shape = (t.shape[0], want[1] - want[0], want[3] - want[2], t.shape[3])
         c = g.add_tensor(f"{t.name}@{tag}", shape, t.dtype, q=t.q)
-        node("crop", [src], [c.id], {"origin": (want[0] - src_box[0], want[2] - src_box[2]), "shape": shape},
+        c.role = "tile"
+        node(Crop.name, [src], [c.id], {"origin": (want[0] - src_box[0], want[2] - src_box[2]), "shape": shape},
              "patch")
         return c.id
 
@@ -164,8 +164,9 @@ def patch_prefix(graph, pos, grid):
             y = g.t(n.outputs[0])
             shape = (y.shape[0], box[1] - box[0], box[3] - box[2], y.shape[3])
             yt = g.add_tensor(f"{y.name}@{tag}", shape, y.dtype, q=y.q)
+            yt.role = "tile"                 # a prefix layer's output over one tile (memreport counts these)
             attrs = dict(n.attrs)
-            if n.op in WINDOW_OPS:
+            if _windowed(n):
                 (kh, kw), (sh, sw), (pt, pl, _, _), (dh, dw) = _window(n, g)
                 ib = _need(n, g, 0, box)
                 pt2, pl2 = pt - box[0] * sh + ib[0], pl - box[2] * sw + ib[2]
@@ -177,7 +178,7 @@ def patch_prefix(graph, pos, grid):
             local[n.outputs[0]] = (yt.id, box)
         src, box = local[T]
         full = T if ti == len(tiles) - 1 else g.add_tensor(f"{g.t(T).name}@{tag}", tshape, "int8", q=g.t(T).q).id
-        node("paste", [src] + ([prev_full] if prev_full is not None else []), [full],
+        node(Paste.name, [src] + ([prev_full] if prev_full is not None else []), [full],
              {"origin": (box[0], box[2]), "shape": tshape}, "patch")
         prev_full = full
     old_ids = {n.id for n in prefix}
@@ -188,7 +189,7 @@ def patch_prefix(graph, pos, grid):
         tr["forward"] = [n.id for n in new_nodes] + [i for i in tr["forward"] if i not in old_ids]
     # every tile quantizes its own crop of the input: the C reads the caller's float input tile by
     # tile and the whole int8 input never needs a place in the arena
-    g.meta["input_external"] = all(n.op == "crop" for n in g.nodes if x_in in n.inputs)
+    g.meta["input_external"] = all(n.op == Crop.name for n in g.nodes if x_in in n.inputs)
     g.meta["patch"] = {"split": g.t(T).name, "grid": grid, "prefix_nodes": info.prefix_nodes,
                        "macs": info.macs, "patched_macs": info.patched_macs}
     g.remove_unused()
@@ -213,7 +214,7 @@ def best_patching(graph, plan_fn, budget=None, grids=(2, 3, 4), max_extra=0.25, 
     found = []
     strided = False
     for pos, _ in cuts(graph):
-        strided = strided or any(m.op in WINDOW_OPS and tuple(m.attrs.get("stride", (1, 1))) != (1, 1)
+        strided = strided or any(_windowed(m) and tuple(m.attrs.get("stride", (1, 1))) != (1, 1)
                                  for m in graph.nodes[:pos + 1])
         if not strided:
             continue

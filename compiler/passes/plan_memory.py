@@ -24,16 +24,18 @@ import numpy as np
 from ..errors import TinytrainError
 from ..layout import ALIGN             # the arena's and the state blob's alignment (one owner)
 from ..layout import sram_total, state_bytes   # noqa: F401  (state_bytes: the blob's owner, re-exported)
-# elementwise kernels that read element i before writing element i: the output may take
-# the bytes of a same-sized, same-typed input that dies at this step
-IN_PLACE_OPS = ("mask_grad", "grad_add", "lut_grad", "add", "mul", "clamp", "sigmoid", "hard_sigmoid", "hard_swish")
-ALIAS_OPS = ("reshape",)
+from ..ops import get_op
+from ..ops.update import SgdUpdate
+# which ops share bytes is declared on the ops (compiler/ops/base.py): view_of (a view of an
+# input, no copy), overwrites_input (always writes over its dying input 0), in_place (elementwise,
+# reads element i before writing element i: the output may take the bytes of a same-sized,
+# same-typed input that dies at this step)
 
 
 def nbytes(t):
-    if t.dtype == "uint8" and t.name.endswith(":mask"):
-        return (math.prod(t.shape) + 7) // 8
-    return math.prod(t.shape) * np.dtype(t.dtype).itemsize
+    if t.role == "mask":                  # a 1-bit clamp mask (passes/autodiff.py), packed bits
+        return (t.size + 7) // 8
+    return t.size * np.dtype(t.dtype).itemsize
 
 
 @dataclass
@@ -88,14 +90,14 @@ def lifetimes(graph, in_place=True):
             group[t], t = r, group[t]
         return r
     for step, n in enumerate(graph.nodes):
-        if n.op in ALIAS_OPS:
-            group[n.outputs[0]] = root(n.inputs[0])
-        elif n.op == "paste" and len(n.inputs) > 1:      # a tile pasted into the tensor built so far
-            group[n.outputs[0]] = root(n.inputs[1])
-        elif n.op in ("depthwise_conv2d_inplace", "depthwise_conv2d_grad_input_inplace"):
+        op = get_op(n.op)
+        view = op.view_of(n)
+        if view is not None:                             # reshape; a tile pasted into the tensor built so far
+            group[n.outputs[0]] = root(n.inputs[view])
+        elif op.overwrites_input:
             # writes its output over its (dying) input
             group[n.outputs[0]] = root(n.inputs[0])
-        elif in_place and n.op in IN_PLACE_OPS:
+        elif in_place and op.in_place:
             y = graph.t(n.outputs[0])
             for i in n.inputs:
                 t = graph.t(i)
@@ -217,6 +219,6 @@ def defer_updates(graph):
     """Reordering switched off (for measurements): every update waits for the end of
     the backward pass, so every parameter gradient stays alive until then.  Numerics
     do not change (an update touches only its own parameter, read before it)."""
-    updates = [n for n in graph.nodes if n.op == "sgd_update"]
-    graph.nodes = [n for n in graph.nodes if n.op != "sgd_update"] + updates
+    updates = [n for n in graph.nodes if n.op == SgdUpdate.name]
+    graph.nodes = [n for n in graph.nodes if n.op != SgdUpdate.name] + updates
     return graph

@@ -9,6 +9,7 @@ gradient reads.
 """
 from ..errors import TinytrainError
 from ..ops import get_op
+from ..ops.update import SgdUpdate
 
 
 def prune(graph, scheme):
@@ -16,7 +17,7 @@ def prune(graph, scheme):
     by_id = {n.id: n for n in g.nodes}
     kept = set()
     for n in list(g.nodes):
-        if n.op != "sgd_update":
+        if n.op != SgdUpdate.name:
             continue
         owner, role = by_id[n.attrs["param_of"]], n.attrs["role"]
         if role == "weight" and owner.id in scheme.weights:
@@ -38,7 +39,7 @@ def prune(graph, scheme):
                                  node=by_id[nid].name, op=by_id[nid].op)
     _dead_code(g)
     g.meta["training"]["scheme"] = scheme.name
-    g.meta["training"]["trainable"] = sorted({n.inputs[0] for n in g.nodes if n.op == "sgd_update"})
+    g.meta["training"]["trainable"] = sorted({n.inputs[0] for n in g.nodes if n.op == SgdUpdate.name})
     return g
 
 
@@ -51,7 +52,7 @@ def _dead_code(g):
         changed = False
         read = {i for n in g.nodes for i in n.inputs} | set(g.outputs)
         for n in list(g.nodes):
-            if n.id in forward or n.op == "softmax_xent" or get_op(n.op).side_effect:
+            if n.id in forward or get_op(n.op).loss or get_op(n.op).side_effect:
                 continue
             if not any(o in read for o in n.outputs):
                 g.nodes.remove(n)
@@ -71,7 +72,7 @@ def saved_tensors(g):
     produced_fwd = {o for n in g.nodes if n.id in forward for o in n.outputs} | set(g.inputs)
     saved = set()
     for n in g.nodes:
-        if n.id in forward or n.op == "softmax_xent":
+        if n.id in forward or get_op(n.op).loss:
             continue
         saved.update(i for i in n.inputs if i in produced_fwd)
     return sorted(saved)

@@ -12,17 +12,16 @@ from ..errors import TinytrainError
 from ..ops import get_op
 from ..quant.qparams import act_qparams
 
-WEIGHTED = ("conv2d", "fully_connected")
-
 
 def quantize(graph, ranges, calibration=None):
     g = graph.copy()
     # a weight shared by two layers gets its own copy per layer
     seen = set()
     for n in g.nodes:
-        if n.op in WEIGHTED:
+        op = get_op(n.op)
+        if op.weighted:
             ins = list(n.inputs)
-            for k in (1, 2):
+            for k in (op.weight_input, op.bias_input):
                 if ins[k] in seen:
                     t = g.t(ins[k])
                     ins[k] = g.add_const(t.name, t.data.copy(), q=t.q).id

@@ -2,24 +2,25 @@
 
 1-D convolutions run as 2-D ones on [N, 1, L, C], so the importer wraps them in
 reshapes ([N, L, C] <-> [N, 1, L, C]).  This pass
-  * moves a per-channel op (affine, clamp) above a reshape that keeps the last
-    (channel) axis, so BatchNorm and ReLU meet the conv that produces them;
+  * moves a per-channel op (one that declares `channelwise`: affine, clamp) above
+    a reshape that keeps the last (channel) axis, so BatchNorm and ReLU meet the
+    conv that produces them;
   * merges a chain reshape -> reshape into one reshape;
   * drops a reshape to the shape it already has.
 All of these are exact: reshapes move no data, and the moved ops act per element.
 """
-
-CHANNELWISE = ("affine", "clamp")
+from ..ops import get_op
+from ..ops.shape import Reshape
 
 
 def _swap_channelwise(graph):
     for r in list(graph.nodes):
-        if r.op != "reshape":
+        if r.op != Reshape.name:
             continue
         y = r.outputs[0]
         users = graph.consumers(y)
         x = graph.t(r.inputs[0])
-        if (len(users) != 1 or users[0].op not in CHANNELWISE or y in graph.outputs
+        if (len(users) != 1 or not get_op(users[0].op).channelwise or y in graph.outputs
                 or x.shape[-1] != graph.t(y).shape[-1]):
             continue
         a = users[0]
@@ -35,10 +36,10 @@ def _swap_channelwise(graph):
 
 def _merge_chains(graph):
     for r in list(graph.nodes):
-        if r.op != "reshape":
+        if r.op != Reshape.name:
             continue
         p = graph.producer(r.inputs[0])
-        if p is not None and p.op == "reshape" and len(graph.consumers(r.inputs[0])) == 1 \
+        if p is not None and p.op == Reshape.name and len(graph.consumers(r.inputs[0])) == 1 \
                 and r.inputs[0] not in graph.outputs:
             r.inputs = p.inputs
             graph.nodes.remove(p)

@@ -12,6 +12,8 @@ import numpy as np
 
 from ..errors import TinytrainError
 from ..ir import QParams
+from ..ops import get_op
+from ..ops.common import Requant
 from ..quant.fixedpoint import quantize_multipliers
 
 
@@ -22,14 +24,16 @@ def weight_headroom(graph, scheme, h=2.0):
         raise TinytrainError(f"weight headroom {h} must be >= 1", field="weight_headroom")
     g = graph.copy()
     for n in g.nodes:
-        if n.id not in scheme.weights or n.op not in ("conv2d", "fully_connected"):
+        op = get_op(n.op)
+        if n.id not in scheme.weights or not op.weighted or g.t(n.inputs[op.weight_input]).dtype != "int8":
             continue
-        x, w, b, y = (g.t(i) for i in (n.inputs[0], n.inputs[1], n.inputs[2], n.outputs[0]))
+        x, w, b, y = (g.t(i) for i in (n.inputs[0], n.inputs[op.weight_input], n.inputs[op.bias_input], n.outputs[0]))
         # the copied graph's tensors are new objects: new data and scales leave the input graph alone
         w.data = np.clip(np.round(w.data.astype(np.float64) / h), -127, 127).astype(np.int8)
         w.q = QParams(w.q.scale * np.float32(h), w.q.zero_point, w.q.axis)
         b.data = np.round(b.data.astype(np.float64) / h).astype(np.int32)
         b.q = QParams(b.q.scale * np.float32(h), b.q.zero_point, b.q.axis)
         mult, shift = quantize_multipliers(float(x.q.scale) * w.q.scale.astype(np.float64) / float(y.q.scale))
-        n.attrs = dict(n.attrs, mult=mult, shift=shift)
+        n.attrs = dict(n.attrs)
+        Requant.of(n).with_multipliers(mult, shift).store(n)
     return g

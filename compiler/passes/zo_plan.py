@@ -10,7 +10,7 @@ perturbations restore exactly.
 import numpy as np
 
 from ..errors import TinytrainError
-from ..ops.conv import grad_update_shape
+from ..ops import get_op
 from ..quant.qparams import bias_limit
 
 
@@ -24,17 +24,15 @@ def zo_plan(graph, scheme, eps=1):
             t.data = t.data.copy()
     items = []
     for n in g.nodes:
-        if n.op not in ("conv2d", "fully_connected") or not scheme.trains(n.id):
+        op = get_op(n.op)
+        if not op.weighted or g.t(n.inputs[op.weight_input]).dtype != "int8" or not scheme.trains(n.id):
             continue
-        x, w, b = g.t(n.inputs[0]), g.t(n.inputs[1]), g.t(n.inputs[2])
+        x, w, b = g.t(n.inputs[0]), g.t(n.inputs[op.weight_input]), g.t(n.inputs[op.bias_input])
         s_w = w.q.scale.astype(np.float64)
         s_x = float(x.q.scale)
         if n.id in scheme.weights:
             r = scheme.weights[n.id]
-            if n.op == "conv2d":
-                shape = grad_update_shape(w.shape, r, n.attrs["groups"] > 1 and w.shape[3] == 1)
-            else:
-                shape = (w.shape[0], max(1, int(np.ceil(w.shape[1] * r))))
+            shape = op.update_shape(n, g, r)
             w.data = np.clip(w.data, -(127 - e), 127 - e).astype(np.int8)
             items.append(dict(kind="weight", tid=w.id, node=n.name, rows=int(shape[0]),
                               g_inner=int(np.prod(shape[1:])), g_k=int(shape[-1]),

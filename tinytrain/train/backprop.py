@@ -95,7 +95,7 @@ class BackpropTrainer:
                 outs = list(outs) + [masks[node.id]]
             for o, v in zip(node.outputs, outs):
                 env[o] = v
-            if node.op == "softmax_xent":
+            if get_op(node.op).loss:
                 loss = float(outs[0][0])
                 if not np.isfinite(loss):
                     self.ctx.skipped += 1           # divergence guard: no update this step
