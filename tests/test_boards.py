@@ -108,6 +108,8 @@ def test_cli_build_and_run_with_check(tmp_path, capsys):
                  "4", "--check", "--model", str(MODEL), "--calib", str(D / "fmnist_train.npz")]) == 0
     text = capsys.readouterr().out
     assert "instructions per training step" in text and "check: 4 steps bit-identical" in text
+    rows = [ln for ln in text.splitlines() if ln.split()[:1] in (["0"], ["1"], ["2"], ["3"])]
+    assert len(rows) == 4 and text.count("step  label  pred") == 1     # one line per step, printed once
     # another calibration rebuilds another graph: refused before anything runs
     assert main(["run", str(out), "--board", "qemu-mps2-an386", "--data", str(D / "fmnist_train.npz"), "--steps",
                  "2", "--check", "--model", str(MODEL), "--calib", str(D / "mnist_calib.npz")]) == 2

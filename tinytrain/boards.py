@@ -472,8 +472,9 @@ def cmd_run(args):
     fw = build(args.build_dir, args.board, facts["name"], x, y, steps, args.lr, args.seed, args.stack, graph=tg,
                profile=profile, force=args.force)
     print(fw.summary())
-    res = run_firmware(fw, timeout=args.timeout)
-    print(format_steps(res, fw.board))
+    from .qemu import step_printer
+    res = run_firmware(fw, timeout=args.timeout, on_line=step_printer())      # one line per step, live
+    print(format_steps(res, fw.board, rows_shown=False))
     if is_linux(fw.board):
         print(f"stack peak {res.stack_peak} B below main (of {res.stack_size} B painted)")
     else:

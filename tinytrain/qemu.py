@@ -76,24 +76,60 @@ def _explain(code, tail):
     return f"exit status {code}"
 
 
-def run_firmware(fw, timeout=600):
-    """Run fw (boards.Firmware) in QEMU -> RunResult; a failure is a TinytrainError."""
+def run_firmware(fw, timeout=600, on_line=None):
+    """Run fw (boards.Firmware) in QEMU -> RunResult; a failure is a TinytrainError.
+    on_line(line), if given, hears each line the board prints as it prints it."""
+    import threading
     from .tools import require_tool
     board = fw.board
     cmd = qemu_command(board, fw.elf, getattr(fw, "plugin", None))
     require_tool(cmd[0], board)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            text=True, errors="replace")
+    expired = threading.Event()
+
+    def expire():
+        expired.set()
+        proc.kill()
+    timer = threading.Timer(timeout, expire)
+    timer.start()
+    lines = []
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-        code, out = res.returncode, res.stdout + res.stderr
-    except subprocess.TimeoutExpired as e:
-        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-        code = 124
+        for line in proc.stdout:
+            lines.append(line)
+            if on_line is not None:
+                on_line(line.rstrip("\n"))
+        code = proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    code = 124 if expired.is_set() else code
+    out = "".join(lines)
     (fw.elf.parent / "run.log").write_text(out)
     if code != 0 or "\ndone " not in "\n" + out:
         tail = [ln for ln in out.splitlines() if ln.strip()][-1:] or ["no output"]
         raise TinytrainError(f"{board['name']}: the firmware failed: {_explain(code, tail)}; last line: "
                              f"{tail[0][:200]} (log: {fw.elf.parent / 'run.log'})")
     return parse_output(out)
+
+
+def step_printer(out=None):
+    """An on_line for run_firmware that prints one progress line per training step as the board
+    reports it (the rows of format_steps)."""
+    import sys
+    out = out or sys.stdout
+    seen = {"n": 0, "correct": 0}
+    print(STEP_HEADER, file=out, flush=True)
+
+    def on_line(line):
+        s = _step(line.split())
+        if s is not None:
+            seen["n"] += 1
+            seen["correct"] += s.pred == s.label
+            print(_step_row(s, seen["correct"]), file=out, flush=True)
+    return on_line
 
 
 def parse_output(text):
@@ -103,8 +139,8 @@ def parse_output(text):
         w = line.split()
         if not w:
             continue
-        if w[0] == "step" and len(w) == 10:
-            r.steps.append(Step(int(w[1]), int(w[3], 16), int(w[5]), int(w[7]), int(w[9])))
+        if _step(w) is not None:
+            r.steps.append(_step(w))
         elif w[0] == "init" and len(w) == 3:
             r.init_instructions = int(w[2])
         elif w[:2] == ["state", "size"]:
@@ -126,13 +162,30 @@ def parse_output(text):
     return r
 
 
-def format_steps(res, board=None):
-    rows = ["step  label  pred  loss       accuracy  instructions"]
+STEP_HEADER = "step  label  pred  loss       accuracy  instructions"
+
+
+def _step(words):
+    """A board's `step ...` line (its 10 words) -> Step, else None."""
+    if words and words[0] == "step" and len(words) == 10:
+        return Step(int(words[1]), int(words[3], 16), int(words[5]), int(words[7]), int(words[9]))
+    return None
+
+
+def _step_row(s, correct):
+    return (f"{s.step:>4}  {s.label:>5}  {s.pred:>4}  {s.loss:<9.5f}  {correct / (s.step + 1):>7.1%}  "
+            f"{s.instructions:>12,}")
+
+
+def format_steps(res, board=None, rows_shown=True):
+    """The run's steps as a table (rows_shown=False: only the summary line, when step_printer
+    already printed the rows as they came)."""
+    rows = [STEP_HEADER] if rows_shown else []
     correct = 0
     for s in res.steps:
         correct += s.pred == s.label
-        rows.append(f"{s.step:>4}  {s.label:>5}  {s.pred:>4}  {s.loss:<9.5f}  {correct / (s.step + 1):>7.1%}  "
-                    f"{s.instructions:>12,}")
+        if rows_shown:
+            rows.append(_step_row(s, correct))
     linux = (board or {}).get("kind") == "linux-user"
     if res.steps and linux and not any(s.instructions for s in res.steps):
         rows.append(f"no instruction counter on {board['name']} (the counting plugin was not built: no host C "
