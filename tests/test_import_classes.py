@@ -50,3 +50,80 @@ def test_old_opset_upgraded(opset, tmp_path, capfd):
     _check(path, x, softmax_out=True)
     err = capfd.readouterr().err
     assert f"opset {opset} model upgraded to 13 by onnx's version converter" in err
+
+
+# -- spatial means in chains, any order, keepdims 0/1, axes attr or input -------
+def _mean(b, x, axes, keep, opset):
+    if opset >= 18:
+        return b.op("ReduceMean", [x, b.init(np.array(axes), dtype=np.int64)], keepdims=keep)
+    return b.op("ReduceMean", [x], axes=axes, keepdims=keep)
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+@pytest.mark.parametrize("first,k1,k2", [(3, 0, 0), (2, 0, 0), (3, 1, 1), (2, 1, 0), (-1, 0, 1), (-2, 1, 1)])
+def test_mean_chain_is_global_pool(first, k1, k2, opset, tmp_path):
+    rng = np.random.default_rng(abs(first) + 10 * k1 + 100 * k2)
+    b = Builder([1, 3, 6, 5], opset=opset)
+    w, bias = _conv(b, rng, 3, 4)
+    y = b.op("Conv", [b.input, w, bias], pads=[1, 1, 1, 1])
+    y = _mean(b, y, [first], k1, opset)
+    a1 = first % 4
+    other = 5 - a1
+    second = other if k1 or other < a1 else other - 1
+    y = _mean(b, y, [second], k2, opset)
+    if not (k1 == 0 and k2 == 0):
+        y = b.op("Flatten", [y])
+    y = b.op("Gemm", [y, b.init(rand(rng, 2, 4)), b.init(rand(rng, 2))], transB=1)
+    path = tmp_path / "m.onnx"
+    b.model(y, path)
+    g = _check(path, rand(rng, 1, 3, 6, 5))
+    assert [n.op for n in g.nodes].count("global_avg_pool") == 1
+
+
+@pytest.mark.parametrize("axes", [[2, 3], [3, 2], [-1, -2]])
+def test_mean_both_axes(axes, tmp_path):
+    rng = np.random.default_rng(1)
+    b = Builder([1, 3, 4, 4])
+    w, bias = _conv(b, rng, 3, 4)
+    y = b.op("Conv", [b.input, w, bias])
+    y = b.op("ReduceMean", [y], axes=axes, keepdims=0)
+    path = tmp_path / "m.onnx"
+    b.model(y, path)
+    _check(path, rand(rng, 1, 3, 4, 4))
+
+
+@pytest.mark.parametrize("case", ["channels", "one_axis_output", "same_axis_twice"])
+def test_mean_refused(case, tmp_path):
+    rng = np.random.default_rng(2)
+    b = Builder([1, 3, 4, 4])
+    w, bias = _conv(b, rng, 3, 4)
+    y = b.op("Conv", [b.input, w, bias])
+    if case == "channels":
+        y = b.op("ReduceMean", [y], axes=[1], keepdims=1)
+        bad = "ReduceMean_2"
+    elif case == "one_axis_output":
+        y = b.op("ReduceMean", [y], axes=[3], keepdims=1)
+        bad = "ReduceMean_2"
+    else:
+        y = b.op("ReduceMean", [y], axes=[3], keepdims=1)
+        y = b.op("ReduceMean", [y], axes=[3], keepdims=1)
+        bad = "ReduceMean_2"
+    path = tmp_path / "m.onnx"
+    b.model(y, path)
+    with pytest.raises(TinytrainError) as e:
+        load(path)
+    assert e.value.node == bad and "ReduceMean" in str(e.value) and "\n" not in str(e.value)
+
+
+# -- DequantizeLinear with a per-tensor scale written as a [1] vector -----------
+def test_dequantize_scale_of_length_one(tmp_path):
+    rng = np.random.default_rng(3)
+    b = Builder([1, 3, 5, 5])
+    wq = b.init(rng.integers(-127, 128, (4, 3, 3, 3)), dtype=np.int8)
+    w = b.op("DequantizeLinear", [wq, b.init([0.01]), b.init([0], dtype=np.int8)], axis=0)
+    bq = b.init(rng.integers(-1000, 1000, (4,)), dtype=np.int32)
+    bias = b.op("DequantizeLinear", [bq, b.init([0.001]), b.init([0], dtype=np.int32)], axis=0)
+    y = b.op("Conv", [b.input, w, bias])
+    path = tmp_path / "m.onnx"
+    b.model(y, path)
+    _check(path, rand(rng, 1, 3, 5, 5))

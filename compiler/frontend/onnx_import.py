@@ -54,6 +54,7 @@ class Importer:
         self.values = {}        # onnx name -> (tensor id, order)
         self.input_shape = input_shape
         self.node = None        # the ONNX node being converted (for errors)
+        self.mean_chain = {}    # output of the 2nd ReduceMean of x.mean(3).mean(2) -> (1st node, its input)
 
     # -- errors --------------------------------------------------------------
     def error(self, problem, node=None):
@@ -309,6 +310,8 @@ class Importer:
         zp = np.asarray(feeds[node.input[2]]) if len(node.input) > 2 and node.input[2] else np.zeros((), x.dtype)
         if self.attr(node, "block_size", 0):
             raise self.error("blocked quantization (block_size) is not supported")
+        if scale.ndim == 1 and scale.shape[0] == 1:      # a per-tensor scale written as [1]
+            scale, zp = scale.reshape(()), zp.reshape(()) if zp.size == 1 else zp
         if scale.ndim == 1 and x.ndim > 0:
             axis = int(self.attr(node, "axis", 1)) % x.ndim
             if scale.shape[0] != x.shape[axis]:
@@ -324,9 +327,9 @@ class Importer:
             return
         scale = np.asarray(feeds[node.input[1]], np.float32)
         zp = np.asarray(feeds[node.input[2]]) if len(node.input) > 2 and node.input[2] else np.zeros_like(scale)
-        if np.any(zp != 0) or scale.ndim != 1:
-            return
         axis = self.attr(node, "axis", 1)
+        if np.any(zp != 0) or scale.ndim != 1 or scale.shape[0] != x.shape[axis % x.ndim]:
+            return
         self.const_q[node.output[0]] = QParams(scale, np.zeros(scale.shape, np.int32), axis % x.ndim)
 
     def _guard_size(self, node, feeds):

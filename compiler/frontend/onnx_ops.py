@@ -266,25 +266,73 @@ def global_avg_pool(imp, node):
         imp.emit("reshape", [y], [out], shape=(n, 1, c))
 
 
-@converter("ReduceMean")
-def reduce_mean(imp, node):
-    shape = imp.onnx_shape(node.input[0])
+def _mean_axes(imp, node, r):
     axes = imp.attr(node, "axes")
     if len(node.input) > 1 and node.input[1]:
         axes = imp.const(node.input[1], "axes").tolist()
+    if axes is not None and any(not -r <= int(a) < r for a in axes):
+        raise imp.error(f"ReduceMean axes {list(axes)} are out of range for rank {r}")
+    return sorted({int(a) % r for a in (axes if axes is not None else range(r))})
+
+
+def _kept(shape, axes, keep):
+    return [1 if k in axes else d for k, d in enumerate(shape)] if keep else \
+        [d for k, d in enumerate(shape) if k not in axes]
+
+
+def _mean_chain_next(imp, node, shape, axes, keep):
+    """The ReduceMean that finishes a single-spatial-axis mean of an NCHW map
+    (`x.mean(3).mean(2)`, either order, keepdims 0 or 1), when it is this
+    node's only consumer; else None."""
+    if len(shape) != 4 or len(axes) != 1 or axes[0] not in (2, 3):
+        return None
+    if node.output[0] in {o.name for o in imp.model.graph.output}:
+        return None
+    users = [n for n in imp.model.graph.node if node.output[0] in n.input]
+    if len(users) != 1 or users[0].op_type != "ReduceMean" or users[0].input[0] != node.output[0]:
+        return None
+    return users[0]         # its axes (maybe a Constant not read yet) are checked when it is reached
+
+
+@converter("ReduceMean")
+def reduce_mean(imp, node):
+    if node.output[0] in imp.mean_chain:    # the second half of x.mean(3).mean(2)
+        first, src = imp.mean_chain.pop(node.output[0])
+        shape = imp.onnx_shape(src)
+        a1, k1 = _mean_axes(imp, first, 4), int(imp.attr(first, "keepdims", 1))
+        mid = _kept(shape, a1, k1)
+        other = 5 - a1[0]                   # the remaining spatial axis, in NCHW numbering
+        a2 = _mean_axes(imp, node, len(mid))
+        if a2 != [other if k1 or other < a1[0] else other - 1]:
+            raise imp.error(f"ReduceMean over axes {a1} of {list(shape)}: only the spatial axes are supported "
+                            f"(all of them, or one then the other; the next ReduceMean reduces {a2})", node=first)
+        oshape = _kept(mid, a2, int(imp.attr(node, "keepdims", 1)))
+        _global_mean(imp, node, src, oshape)
+        return
+    shape = imp.onnx_shape(node.input[0])
     r = len(shape)
-    axes = sorted(int(a) % r for a in (axes if axes is not None else range(r)))
-    if axes != list(range(2, r)) or r not in (3, 4):
-        raise imp.error(f"ReduceMean over axes {axes} of {list(shape)}: only the spatial axes are supported")
+    axes = _mean_axes(imp, node, r)
     keep = int(imp.attr(node, "keepdims", 1))
-    x, rank = _to_4d(imp, node.input[0])
+    nxt = _mean_chain_next(imp, node, shape, axes, keep)
+    if nxt is not None:
+        imp.mean_chain[nxt.output[0]] = (node, node.input[0])
+        return
+    if axes != list(range(2, r)) or r not in (3, 4):
+        raise imp.error(f"ReduceMean over axes {axes} of {list(shape)}: only the spatial axes are supported "
+                        "(all of them, or one then the other)")
+    _global_mean(imp, node, node.input[0], _kept(shape, axes, keep))
+
+
+def _global_mean(imp, node, src, oshape):
+    """Mean over every spatial axis of `src` -> ONNX value node.output[0] of shape oshape."""
+    x, rank = _to_4d(imp, src)
     n, h, w, c = imp.graph.t(x).shape
     y = imp.tensor(f"{node.output[0]}:pool", (n, 1, 1, c)).id
     imp.emit("global_avg_pool", [x], [y], act=None)
-    if keep and rank == 4:
+    if len(oshape) == 4:
         imp.alias(node.output[0], y, (0, 2, 3, 1))
         return
-    oshape, order = ((n, 1, c), (0, 2, 1)) if keep else ((n, c), (0, 1))
+    oshape, order = ((n, 1, c), (0, 2, 1)) if len(oshape) == 3 else ((n, c), (0, 1))
     out = imp.new_act(node.output[0], oshape, order)
     imp.emit("reshape", [y], [out], shape=oshape)
 
