@@ -127,3 +127,41 @@ def test_dequantize_scale_of_length_one(tmp_path):
     path = tmp_path / "m.onnx"
     b.model(y, path)
     _check(path, rand(rng, 1, 3, 5, 5))
+
+
+# -- Cast / CastLike to float32 and Identity are no-ops; other casts are refused -
+def test_casts_to_float_are_noops(tmp_path):
+    from onnx import TensorProto
+    rng = np.random.default_rng(4)
+    b = Builder([1, 3, 5, 5], opset=15)
+    w, bias = _conv(b, rng, 3, 4)
+    y = b.op("Conv", [b.input, w, bias], pads=[1, 1, 1, 1])
+    y = b.op("Cast", [y], to=TensorProto.FLOAT)
+    y = b.op("Identity", [y])
+    lo = b.op("CastLike", [b.init(np.array(-0.5), dtype=np.float64), y])     # a constant to y's type
+    hi = b.op("CastLike", [b.init(np.array(0.75), dtype=np.float16), y])
+    y = b.op("Clip", [y, lo, hi])
+    y = b.op("CastLike", [y, b.init(np.zeros(1))])
+    y = b.op("Add", [y, b.op("CastLike", [b.init(rand(rng, 4, 1, 1), dtype=np.float64), y])])
+    path = tmp_path / "m.onnx"
+    b.model(y, path)
+    g = _check(path, rand(rng, 1, 3, 5, 5))
+    assert [n.op for n in g.nodes][:3] == ["conv2d", "clamp", "affine"]    # then the NCHW output transpose
+
+
+@pytest.mark.parametrize("op", ["Cast", "CastLike"])
+def test_cast_changing_type_refused(op, tmp_path):
+    from onnx import TensorProto
+    rng = np.random.default_rng(5)
+    b = Builder([1, 3, 5, 5], opset=15)
+    w, bias = _conv(b, rng, 3, 4)
+    y = b.op("Conv", [b.input, w, bias])
+    if op == "Cast":
+        y = b.op("Cast", [y], to=TensorProto.INT32)
+    else:
+        y = b.op("CastLike", [y, b.init(np.zeros(1, np.int8), dtype=np.int8)])
+    path = tmp_path / "m.onnx"
+    b.model(y, path)
+    with pytest.raises(TinytrainError) as e:
+        load(path)
+    assert e.value.node == f"{op}_2" and "changes its type" in str(e.value)

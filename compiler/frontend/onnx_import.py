@@ -30,6 +30,7 @@ FOLDABLE = {
     "Unsqueeze", "Concat", "Gather", "Slice", "Transpose", "Identity", "ConstantOfShape", "Range", "Shape",
     "Expand", "Equal", "Where", "Min", "Max", "Floor", "Ceil", "Abs", "ReduceProd", "ReduceSum",
     "DequantizeLinear", "QuantizeLinear", "Size", "Tile", "Clip", "Relu", "Sign", "Not", "Less", "Greater",
+    "CastLike",
 }
 
 

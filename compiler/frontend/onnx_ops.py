@@ -238,6 +238,32 @@ def identity(imp, node):
     imp.alias(node.output[0], tid, order)
 
 
+@converter("Cast", "CastLike")
+def cast(imp, node):
+    """A cast to float32 of an activation (always float32 here) is a no-op; CastLike of a
+    constant to an activation's type is that constant in float32; any other cast is refused."""
+    import onnx
+    if node.op_type == "CastLike":
+        like = node.input[1]
+        to = imp.const(like).dtype if imp.is_const(like) else np.dtype(np.float32)
+    else:
+        to = imp.attr(node, "to")
+        try:
+            to = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(to)))
+        except Exception:
+            raise imp.error(f"Cast to type {to} is not supported") from None
+    if imp.is_const(node.input[0]):       # CastLike(constant, activation)
+        if to != np.float32:
+            raise imp.error(f"CastLike of constant '{node.input[0]}' to {to}: only float32 is supported")
+        imp.consts[node.output[0]] = np.asarray(imp.const(node.input[0])).astype(np.float32)
+        return
+    tid, order = imp.act(node.input[0])
+    if to != np.float32:
+        raise imp.error(f"{node.op_type} of activation '{node.input[0]}' (float32) to {to} changes its type: "
+                        "only casts to float32 are supported")
+    imp.alias(node.output[0], tid, order)
+
+
 @converter("Softmax", "LogSoftmax")
 def softmax(imp, node):
     outs = [o.name for o in imp.model.graph.output]
