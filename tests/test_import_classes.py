@@ -146,7 +146,7 @@ def test_casts_to_float_are_noops(tmp_path):
     path = tmp_path / "m.onnx"
     b.model(y, path)
     g = _check(path, rand(rng, 1, 3, 5, 5))
-    assert [n.op for n in g.nodes][:3] == ["conv2d", "clamp", "affine"]    # then the NCHW output transpose
+    assert not any("cast" in n.op for n in g.nodes), [n.op for n in g.nodes]
 
 
 @pytest.mark.parametrize("op", ["Cast", "CastLike"])
