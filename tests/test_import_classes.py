@@ -165,3 +165,53 @@ def test_cast_changing_type_refused(op, tmp_path):
     with pytest.raises(TinytrainError) as e:
         load(path)
     assert e.value.node == f"{op}_2" and "changes its type" in str(e.value)
+
+
+# -- a Softmax followed by class-preserving ops (or a QDQ pair) up to the output --
+def _classifier(rng, opset=13):
+    b = Builder([1, 3, 6, 6], opset=opset)
+    w, bias = _conv(b, rng, 3, 4)
+    y = b.op("Conv", [b.input, w, bias])
+    y = b.op("GlobalAveragePool", [y])
+    y = b.op("Flatten", [y])
+    y = b.op("Gemm", [y, b.init(rand(rng, 6, 4, lo=-3, hi=3)), b.init(rand(rng, 6))], transB=1)
+    return b, y
+
+
+@pytest.mark.parametrize("tail", [["Identity"], ["Identity", "Flatten"], ["Reshape"], ["QDQ"], ["QDQ", "Identity"]])
+def test_softmax_not_last(tail, tmp_path):
+    rng = np.random.default_rng(len(tail))
+    b, y = _classifier(rng)
+    y = b.op("Softmax", [y], axis=1)
+    scale = 1 / 256
+    for op in tail:
+        if op == "QDQ":
+            s, zp = b.init(np.array(scale)), b.init(np.array(0), dtype=np.uint8)
+            y = b.op("DequantizeLinear", [b.op("QuantizeLinear", [y, s, zp]), s, zp])
+        elif op == "Reshape":
+            y = b.op("Reshape", [y, b.init(np.array([1, 6]), dtype=np.int64)])
+        else:
+            y = b.op(op, [y])
+    path = tmp_path / "m.onnx"
+    b.model(y, path)
+    x = rand(rng, 1, 3, 6, 6)
+    g = load(path)
+    assert g.meta["output_activation"] == "softmax"
+    assert not any(n.op == "clamp" for n in g.nodes)    # the probabilities' QDQ is not applied to the logits
+    logits = run_float(g, x)[0]
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    want = run_onnxruntime(path, x)
+    np.testing.assert_allclose(p, want, atol=scale / 2 + 1e-6 if "QDQ" in tail else 1e-4)
+
+
+def test_softmax_feeding_compute_refused(tmp_path):
+    rng = np.random.default_rng(7)
+    b, y = _classifier(rng)
+    y = b.op("Softmax", [y], axis=1)
+    y = b.op("Add", [y, b.init(np.ones(6))])
+    path = tmp_path / "m.onnx"
+    b.model(y, path)
+    with pytest.raises(TinytrainError) as e:
+        load(path)
+    assert e.value.node == "Softmax_5" and "final output" in str(e.value)

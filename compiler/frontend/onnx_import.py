@@ -55,6 +55,7 @@ class Importer:
         self.values = {}        # onnx name -> (tensor id, order)
         self.input_shape = input_shape
         self.node = None        # the ONNX node being converted (for errors)
+        self.softmax_q = set()  # outputs of QuantizeLinear nodes after the final softmax (passed through)
         self.mean_chain = {}    # output of the 2nd ReduceMean of x.mean(3).mean(2) -> (1st node, its input)
 
     # -- errors --------------------------------------------------------------

@@ -264,12 +264,37 @@ def cast(imp, node):
     imp.alias(node.output[0], tid, order)
 
 
+# ops that may follow the final softmax without changing which class wins
+_AFTER_SOFTMAX = {"Identity", "Dropout", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast", "CastLike",
+                  "QuantizeLinear", "DequantizeLinear"}
+
+
+def _softmax_ends_model(imp, node):
+    """True when the softmax's output reaches a graph output through a chain of
+    _AFTER_SOFTMAX ops alone (each the only reader of the one before).  Those
+    ops then act on the logits (the IR's output), except a QDQ pair, which
+    quantizes probabilities: its QuantizeLinear is recorded to pass through."""
+    outs = {o.name for o in imp.model.graph.output}
+    name, q_nodes = node.output[0], []
+    while True:
+        users = [n for n in imp.model.graph.node if name in n.input]
+        if name in outs:
+            if users:
+                return False
+            imp.softmax_q.update(q_nodes)
+            return True
+        if len(users) != 1 or users[0].op_type not in _AFTER_SOFTMAX or users[0].input[0] != name:
+            return False
+        if users[0].op_type == "QuantizeLinear":
+            q_nodes.append(users[0].output[0])
+        name = users[0].output[0]
+
+
 @converter("Softmax", "LogSoftmax")
 def softmax(imp, node):
-    outs = [o.name for o in imp.model.graph.output]
-    consumers = [n for n in imp.model.graph.node if node.output[0] in n.input]
-    if node.output[0] not in outs or consumers:
-        raise imp.error(f"{node.op_type} is supported only as the model's final output")
+    if not _softmax_ends_model(imp, node):
+        raise imp.error(f"{node.op_type} is supported only as the model's final output (or followed only by "
+                        "Identity, Reshape/Flatten/Squeeze/Unsqueeze, Cast to float, or a QDQ pair, up to the output)")
     shape = imp.onnx_shape(node.input[0])
     axis = int(imp.attr(node, "axis", -1 if imp.opset >= 13 else 1)) % len(shape)
     if len(shape) != 2 or axis != 1:
@@ -566,6 +591,9 @@ def matmul(imp, node):
 def quantize_linear(imp, node):
     """A QDQ pair on an activation: a float clamp to the int8 range, carrying the model's scale."""
     tid, order = imp.act(node.input[0])
+    if node.output[0] in imp.softmax_q:     # the QDQ pair after the final softmax goes with it
+        imp.alias(node.output[0], tid, order)
+        return
     scale = np.asarray(imp.const(node.input[1], "y_scale"), np.float32)
     zp = np.asarray(imp.const(node.input[2], "y_zero_point")) if len(node.input) > 2 and node.input[2] \
         else np.zeros((), np.uint8)
