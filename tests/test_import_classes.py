@@ -215,3 +215,36 @@ def test_softmax_feeding_compute_refused(tmp_path):
     with pytest.raises(TinytrainError) as e:
         load(path)
     assert e.value.node == "Softmax_5" and "final output" in str(e.value)
+
+
+# -- free dims: a symbolic or -1 batch is batch 1 (with a notice); others need --input-shape
+def _free_dims_model(path, dims):
+    import onnx
+    from onnx import TensorProto, helper
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
+@pytest.mark.parametrize("batch", ["N", -1])
+def test_free_batch_is_one_with_notice(batch, tmp_path, capfd):
+    path = _free_dims_model(tmp_path / "m.onnx", [batch, 3, 4, 4])
+    g = _check(path, rand(np.random.default_rng(8), 1, 3, 4, 4))
+    assert g.meta["input_shape"] == [1, 3, 4, 4]
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "free batch dimension" in err and "batch 1" in err
+
+
+@pytest.mark.parametrize("dim", ["H", -1])
+def test_free_spatial_dim_needs_input_shape(dim, tmp_path, capfd):
+    path = _free_dims_model(tmp_path / "m.onnx", [1, 3, dim, 4])
+    with pytest.raises(TinytrainError) as e:
+        load(path)
+    assert e.value.field == "x" and "dimension 2 of input 'x'" in str(e.value) and "--input-shape" in str(e.value)
+    g = load(path, [1, 3, 5, 4])                      # bound by --input-shape
+    assert g.meta["input_shape"] == [1, 3, 5, 4]
+    assert "notice" not in capfd.readouterr().err

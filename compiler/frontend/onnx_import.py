@@ -224,6 +224,7 @@ class Importer:
         tt = vi.type.tensor_type
         if not vi.type.HasField("tensor_type") or tt.elem_type != onnx.TensorProto.FLOAT:
             raise TinytrainError(f"input '{name}' must be a float32 tensor", file=self.path, field=name)
+        free_batch = None
         if self.input_shape is not None:
             shape = [int(d) for d in self.input_shape]
             if tt.HasField("shape") and len(tt.shape.dim) != len(shape):
@@ -237,19 +238,24 @@ class Importer:
             for k, d in enumerate(tt.shape.dim):
                 if d.HasField("dim_value") and d.dim_value > 0:
                     shape.append(int(d.dim_value))
-                elif d.HasField("dim_value"):
-                    raise TinytrainError(f"dimension {k} of input '{name}' is {d.dim_value}", file=self.path,
-                                         field=name)
-                elif k == 0:
-                    shape.append(1)      # symbolic batch: the device trains on one sample
-                else:
-                    raise TinytrainError(f"dimension {k} of input '{name}' is symbolic ('{d.dim_param}'); "
-                                         "pass --input-shape", file=self.path, field=name)
+                elif d.HasField("dim_value") and d.dim_value == 0:
+                    raise TinytrainError(f"dimension {k} of input '{name}' is 0", file=self.path, field=name)
+                elif k == 0:    # symbolic (or -1) batch: the device trains on one sample
+                    shape.append(1)
+                    free_batch = d.dim_param or (str(d.dim_value) if d.HasField("dim_value") else "?")
+                else:           # symbolic or -1 (some exporters' "any size")
+                    what = str(d.dim_value) if d.HasField("dim_value") else f"symbolic ('{d.dim_param}')"
+                    raise TinytrainError(f"dimension {k} of input '{name}' is {what}; pass --input-shape",
+                                         file=self.path, field=name)
         if len(shape) < 2 or shape[0] != 1 or any(d <= 0 for d in shape):
             raise TinytrainError(f"input '{name}' shape {shape} is not [1, ...] with positive dims",
                                  file=self.path, field=name)
         if int(np.prod(shape, dtype=np.float64)) > MAX_ELEMENTS:
             raise TinytrainError(f"input '{name}' shape {shape} is too large", file=self.path, field=name)
+        if free_batch is not None:
+            import sys
+            print(f"tinytrain: notice: {self.path}: input '{name}' has a free batch dimension ('{free_batch}'); "
+                  "using batch 1 (the device trains on one sample at a time)", file=sys.stderr)
         order = channels_last(len(shape))
         t = self.graph.add_tensor(name, tuple(shape[a] for a in order), kind="input")
         self.graph.inputs = [t.id]
