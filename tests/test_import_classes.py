@@ -248,3 +248,19 @@ def test_free_spatial_dim_needs_input_shape(dim, tmp_path, capfd):
     g = load(path, [1, 3, 5, 4])                      # bound by --input-shape
     assert g.meta["input_shape"] == [1, 3, 5, 4]
     assert "notice" not in capfd.readouterr().err
+
+
+# -- ceil_mode=1 pooling is extra end padding ------------------------------------
+@pytest.mark.parametrize("op,size,k,s,pads", [("MaxPool", 7, 2, 2, [0, 0, 0, 0]), ("MaxPool", 8, 3, 2, [1, 1, 1, 1]),
+                                               ("AveragePool", 7, 3, 2, [0, 0, 0, 0]),
+                                               ("AveragePool", 6, 3, 2, [1, 0, 1, 0]), ("MaxPool", 5, 3, 3, [1, 1, 0, 0]),
+                                               ("MaxPool", 5, 2, 3, [1, 1, 1, 1])])
+def test_pool_ceil_mode(op, size, k, s, pads, tmp_path):
+    rng = np.random.default_rng(size + k)
+    b = Builder([1, 3, size, size + 1])
+    w, bias = _conv(b, rng, 3, 4, k=1)
+    y = b.op("Conv", [b.input, w, bias])
+    y = b.op(op, [y], kernel_shape=[k, k], strides=[s, s], pads=pads, ceil_mode=1)
+    path = tmp_path / "m.onnx"
+    b.model(y, path)
+    _check(path, rand(rng, 1, 3, size, size + 1))

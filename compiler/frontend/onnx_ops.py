@@ -405,12 +405,24 @@ def pool(imp, node):
     if rank == 3:
         kernel, strides, dil = (1,) + kernel, (1,) + strides, (1,) + dil
     if int(imp.attr(node, "ceil_mode", 0)):
-        from ..ops.conv import conv_out_size
+        # ceil_mode: the last window may run past the end (but starts inside the input or the
+        # begin padding).  Both pools skip taps outside the input (max ignores them, the average
+        # counts valid taps with count_include_pad=0), so it is extra end padding, exactly.
+        pads = list(pads)
         for i, size in enumerate(xs[1:3]):
-            p0, p1 = (pads[i], pads[i + 2])
+            p0, p1 = pads[i], pads[i + 2]
             num = size + p0 + p1 - dil[i] * (kernel[i] - 1) - 1
-            if num % strides[i]:
-                raise imp.error("ceil_mode=1 that changes the output size is not supported")
+            if num < 0 or num % strides[i] == 0:
+                continue
+            out = -(-num // strides[i]) + 1
+            if (out - 1) * strides[i] >= size + p0:
+                out -= 1
+            extra = (out - 1) * strides[i] + dil[i] * (kernel[i] - 1) + 1 - (size + p0 + p1)
+            if extra > 0 and node.op_type == "AveragePool" and int(imp.attr(node, "count_include_pad", 0)):
+                raise imp.error("AveragePool with ceil_mode=1 and count_include_pad=1 that changes the output "
+                                "size is not supported")
+            pads[i + 2] += max(extra, 0)
+        pads = tuple(pads)
     attrs = dict(kernel=kernel, stride=strides, pads=pads, act=None)
     if node.op_type == "MaxPool":
         attrs["dilation"] = dil
