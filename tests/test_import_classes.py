@@ -264,3 +264,45 @@ def test_pool_ceil_mode(op, size, k, s, pads, tmp_path):
     path = tmp_path / "m.onnx"
     b.model(y, path)
     _check(path, rand(rng, 1, 3, size, size + 1))
+
+
+# -- Slice of an activation: full range (a no-op) or whole inputs of its Concat ---
+def _ghost(rng, opset, start, end, axis=1, step=None):
+    b = Builder([1, 3, 5, 5], opset=opset)
+    w, bias = _conv(b, rng, 3, 4, k=1)
+    p = b.op("Conv", [b.input, w, bias])
+    w2, b2 = _conv(b, rng, 4, 2, k=1)
+    q = b.op("Conv", [p, w2, b2])
+    w3, b3 = _conv(b, rng, 4, 3, k=1)
+    t = b.op("Conv", [p, w3, b3])
+    y = b.op("Concat", [p, q, t], axis=1)                 # 4 + 2 + 3 = 9 channels
+    ins = [y, b.init(np.array([start]), dtype=np.int64), b.init(np.array([end]), dtype=np.int64),
+           b.init(np.array([axis]), dtype=np.int64)]
+    if step is not None:
+        ins.append(b.init(np.array([step]), dtype=np.int64))
+    y = b.op("Slice", ins)
+    return b, y
+
+
+@pytest.mark.parametrize("start,end,axis", [(0, 9, 1), (0, 2**62, 1), (-9, 9, 1), (0, 4, 1), (4, 6, 1),
+                                            (4, 9, 1), (0, 6, 1), (0, 5, 2), (0, 100, -1)])
+def test_slice_noop_or_concat_inputs(start, end, axis, tmp_path):
+    rng = np.random.default_rng(start + end)
+    b, y = _ghost(rng, 13, start, end, axis)
+    y = b.op("Relu", [y])
+    path = tmp_path / "m.onnx"
+    b.model(y, path)
+    g = _check(path, rand(rng, 1, 3, 5, 5))
+    assert not any(n.op == "slice" for n in g.nodes)
+
+
+@pytest.mark.parametrize("start,end,axis,step", [(0, 3, 1, 1), (1, 9, 1, 1), (0, 9, 1, 2), (8, -100, 1, -1),
+                                                 (0, 3, 2, 1)])
+def test_slice_partial_refused(start, end, axis, step, tmp_path):
+    rng = np.random.default_rng(9)
+    b, y = _ghost(rng, 13, start, end, axis, step)
+    path = tmp_path / "m.onnx"
+    b.model(y, path)
+    with pytest.raises(TinytrainError) as e:
+        load(path)
+    assert e.value.node == "Slice_5" and "Slice of activation" in str(e.value) and "\n" not in str(e.value)

@@ -40,7 +40,7 @@ ATTR_TYPES = {
     "axes": _A.INTS, "group": _A.INT, "axis": _A.INT, "keepdims": _A.INT, "transA": _A.INT, "transB": _A.INT,
     "count_include_pad": _A.INT, "ceil_mode": _A.INT, "allowzero": _A.INT, "block_size": _A.INT,
     "auto_pad": _A.STRING, "epsilon": _A.FLOAT, "alpha": _A.FLOAT, "beta": _A.FLOAT, "min": _A.FLOAT,
-    "max": _A.FLOAT,
+    "max": _A.FLOAT, "starts": _A.INTS, "ends": _A.INTS,
 }
 BROADCASTING = {"Add", "Sub", "Mul", "Div", "Pow", "Equal", "Where", "Min", "Max", "Less", "Greater"}
 

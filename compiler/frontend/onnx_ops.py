@@ -547,6 +547,64 @@ def concat(imp, node):
     imp.emit("concat", tids, [y], axis=order.index(axis))
 
 
+@converter("Slice")
+def slice_(imp, node):
+    """Slice of an activation: a no-op when it keeps every element (GhostNet's
+    `cat(...)[:, :oup]` with oup the whole width), a Concat of the pieces when
+    it picks whole inputs of the Concat that made it; anything else is refused."""
+    shape = imp.onnx_shape(node.input[0])
+    r = len(shape)
+    if imp.opset < 10:
+        starts, ends, axes, steps = imp.attr(node, "starts"), imp.attr(node, "ends"), imp.attr(node, "axes"), None
+    else:
+        def opt(k, what):
+            return [int(v) for v in np.asarray(imp.const(node.input[k], what)).reshape(-1)] \
+                if len(node.input) > k and node.input[k] else None
+        starts, ends, axes, steps = opt(1, "starts"), opt(2, "ends"), opt(3, "axes"), opt(4, "steps")
+    axes = list(range(len(starts))) if axes is None else list(axes)
+    steps = [1] * len(starts) if steps is None else list(steps)
+    if not len(starts) == len(ends) == len(axes) == len(steps) or any(not -r <= a < r for a in axes) \
+            or 0 in steps:
+        raise imp.error(f"Slice starts/ends/axes/steps {list(starts)}/{list(ends)}/{axes}/{steps} do not fit "
+                        f"rank {r}")
+    picked = {}
+    for st, en, a, sp in zip(starts, ends, axes, steps):
+        picked[a % r] = range(*slice(int(st), int(en), int(sp)).indices(shape[a % r]))
+    partial = {a: rg for a, rg in picked.items() if rg != range(shape[a])}
+    if not partial:
+        tid, order = imp.act(node.input[0])
+        imp.alias(node.output[0], tid, order)
+        return
+    why = f"Slice of activation '{node.input[0]}' {list(shape)} to " \
+          f"{[(a, rg.start, rg.stop, rg.step) for a, rg in partial.items()]} (axis, start, end, step)"
+    prod = next((n for n in imp.model.graph.node if node.input[0] in n.output), None)
+    if len(partial) == 1 and prod is not None and prod.op_type == "Concat":
+        (a, rg), = partial.items()
+        cat_axis = int(imp.attr(prod, "axis", 1)) % r
+        names = [n for n in prod.input if n]
+        if rg.step == 1 and cat_axis == a and all(n in imp.values for n in names):
+            bounds, lo = {}, 0
+            for n in names:
+                bounds[lo] = n
+                lo += imp.onnx_shape(n)[a]
+            bounds[lo] = None
+            if rg.start in bounds and rg.stop in bounds:
+                keep = [n for b, n in sorted(bounds.items()) if n is not None and rg.start <= b < rg.stop]
+                if len(keep) == 1:
+                    tid, order = imp.act(keep[0])
+                    imp.alias(node.output[0], tid, order)
+                    return
+                order = imp.act(keep[0])[1]
+                tids = [imp.materialize(n, order) for n in keep]
+                out = list(shape)
+                out[a] = len(rg)
+                y = imp.new_act(node.output[0], tuple(out[k] for k in order), order)
+                imp.emit("concat", tids, [y], axis=order.index(a))
+                return
+    raise imp.error(f"{why} is not supported: only slices that keep every element or pick whole inputs of "
+                    "the Concat that made the tensor")
+
+
 def _fc(imp, node, a_name, w_mk, bias):
     shape = imp.onnx_shape(a_name)
     if len(shape) != 2:
