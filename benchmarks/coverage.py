@@ -206,7 +206,9 @@ def write_md(rows, manifest, args, path):
               f"({imp - len(comp)} not measured, out of time: their compile column shows '-')"), "",
            ("This table was assembled (`--assemble`) from resumable runs (`--rows`): a full row (import, int8, "
             "compile) where one was measured, else the row of a `--no-compile` run, else of a `--no-quant "
-            "--no-compile` run; the 2-core machine was shared with other jobs (load 4-7), which made compiles "
+            "--no-compile` run (a row whose import result differs from the last folder's, the newest importer's "
+            "import-only run, is stale and skipped: models that import only since then have no int8 or compile "
+            "figures yet); the 2-core machine was shared with other jobs (load 4-7), which made compiles "
             "slow (60-150 s each), so compile was measured on a part only.\n") if args.assemble is not None else "",
            ("Not measured at all (out of time): " + ", ".join(r["name"] for r in unmeasured) + "\n")
            if unmeasured else "",
@@ -280,11 +282,17 @@ def main(argv=None):
     rows = []
     if a.assemble is not None:
         for name in todo:
-            for d in [rows_dir] + [Path(x) for x in a.assemble]:
-                p = d / f"{name}.json" if d else None
-                if p and p.exists() and json.loads(p.read_text()).get("sha256") == sha.get(name):
-                    rows.append(json.loads(p.read_text()))
-                    break
+            folders = [d for d in [rows_dir] + [Path(x) for x in a.assemble] if d]
+            found = [json.loads((d / f"{name}.json").read_text()) for d in folders if (d / f"{name}.json").exists()]
+            found = [r for r in found if r.get("sha256") == sha.get(name)]
+            # the last folder is the newest importer's run: a row whose import result differs is stale
+            last = folders[-1] / f"{name}.json" if folders else None
+            now = json.loads(last.read_text()) if last and last.exists() else None
+            if now is not None and now.get("sha256") == sha.get(name):
+                found = [r for r in found if r["imports"] == now["imports"]]
+            for row in found:
+                rows.append(row)
+                break
             else:
                 rows.append({"name": name, "imports": None, "note": "not measured"})
         todo = []

@@ -259,7 +259,7 @@ CASES = {
     "external_nul_byte": (external("w\0.bin", size=None), dict(problem=["not a usable path"])),
     "external_name_too_long": (external("a" * 5000, size=None), dict(problem=["'W'"])),
     # opsets
-    "opset_9": (graph(node("Relu", ["x"], ["y"]), opset=9), dict(problem=["opset 9", "11 to 21"],
+    "opset_6": (graph(node("Relu", ["x"], ["y"]), opset=6), dict(problem=["opset 6", "11 to 21"],
                                                                  field="opset_import")),
     "opset_30": (graph(node("Relu", ["x"], ["y"]), opset=30), dict(problem=["opset 30", "11 to 21"],
                                                                    field="opset_import")),

@@ -30,6 +30,7 @@ FOLDABLE = {
     "Unsqueeze", "Concat", "Gather", "Slice", "Transpose", "Identity", "ConstantOfShape", "Range", "Shape",
     "Expand", "Equal", "Where", "Min", "Max", "Floor", "Ceil", "Abs", "ReduceProd", "ReduceSum",
     "DequantizeLinear", "QuantizeLinear", "Size", "Tile", "Clip", "Relu", "Sign", "Not", "Less", "Greater",
+    "CastLike",
 }
 
 
@@ -39,7 +40,7 @@ ATTR_TYPES = {
     "axes": _A.INTS, "group": _A.INT, "axis": _A.INT, "keepdims": _A.INT, "transA": _A.INT, "transB": _A.INT,
     "count_include_pad": _A.INT, "ceil_mode": _A.INT, "allowzero": _A.INT, "block_size": _A.INT,
     "auto_pad": _A.STRING, "epsilon": _A.FLOAT, "alpha": _A.FLOAT, "beta": _A.FLOAT, "min": _A.FLOAT,
-    "max": _A.FLOAT,
+    "max": _A.FLOAT, "starts": _A.INTS, "ends": _A.INTS,
 }
 BROADCASTING = {"Add", "Sub", "Mul", "Div", "Pow", "Equal", "Where", "Min", "Max", "Less", "Greater"}
 
@@ -54,6 +55,8 @@ class Importer:
         self.values = {}        # onnx name -> (tensor id, order)
         self.input_shape = input_shape
         self.node = None        # the ONNX node being converted (for errors)
+        self.softmax_q = set()  # outputs of QuantizeLinear nodes after the final softmax (passed through)
+        self.mean_chain = {}    # output of the 2nd ReduceMean of x.mean(3).mean(2) -> (1st node, its input)
 
     # -- errors --------------------------------------------------------------
     def error(self, problem, node=None):
@@ -221,6 +224,7 @@ class Importer:
         tt = vi.type.tensor_type
         if not vi.type.HasField("tensor_type") or tt.elem_type != onnx.TensorProto.FLOAT:
             raise TinytrainError(f"input '{name}' must be a float32 tensor", file=self.path, field=name)
+        free_batch = None
         if self.input_shape is not None:
             shape = [int(d) for d in self.input_shape]
             if tt.HasField("shape") and len(tt.shape.dim) != len(shape):
@@ -234,19 +238,24 @@ class Importer:
             for k, d in enumerate(tt.shape.dim):
                 if d.HasField("dim_value") and d.dim_value > 0:
                     shape.append(int(d.dim_value))
-                elif d.HasField("dim_value"):
-                    raise TinytrainError(f"dimension {k} of input '{name}' is {d.dim_value}", file=self.path,
-                                         field=name)
-                elif k == 0:
-                    shape.append(1)      # symbolic batch: the device trains on one sample
-                else:
-                    raise TinytrainError(f"dimension {k} of input '{name}' is symbolic ('{d.dim_param}'); "
-                                         "pass --input-shape", file=self.path, field=name)
+                elif d.HasField("dim_value") and d.dim_value == 0:
+                    raise TinytrainError(f"dimension {k} of input '{name}' is 0", file=self.path, field=name)
+                elif k == 0:    # symbolic (or -1) batch: the device trains on one sample
+                    shape.append(1)
+                    free_batch = d.dim_param or (str(d.dim_value) if d.HasField("dim_value") else "?")
+                else:           # symbolic or -1 (some exporters' "any size")
+                    what = str(d.dim_value) if d.HasField("dim_value") else f"symbolic ('{d.dim_param}')"
+                    raise TinytrainError(f"dimension {k} of input '{name}' is {what}; pass --input-shape",
+                                         file=self.path, field=name)
         if len(shape) < 2 or shape[0] != 1 or any(d <= 0 for d in shape):
             raise TinytrainError(f"input '{name}' shape {shape} is not [1, ...] with positive dims",
                                  file=self.path, field=name)
         if int(np.prod(shape, dtype=np.float64)) > MAX_ELEMENTS:
             raise TinytrainError(f"input '{name}' shape {shape} is too large", file=self.path, field=name)
+        if free_batch is not None:
+            import sys
+            print(f"tinytrain: notice: {self.path}: input '{name}' has a free batch dimension ('{free_batch}'); "
+                  "using batch 1 (the device trains on one sample at a time)", file=sys.stderr)
         order = channels_last(len(shape))
         t = self.graph.add_tensor(name, tuple(shape[a] for a in order), kind="input")
         self.graph.inputs = [t.id]
@@ -309,6 +318,8 @@ class Importer:
         zp = np.asarray(feeds[node.input[2]]) if len(node.input) > 2 and node.input[2] else np.zeros((), x.dtype)
         if self.attr(node, "block_size", 0):
             raise self.error("blocked quantization (block_size) is not supported")
+        if scale.ndim == 1 and scale.shape[0] == 1:      # a per-tensor scale written as [1]
+            scale, zp = scale.reshape(()), zp.reshape(()) if zp.size == 1 else zp
         if scale.ndim == 1 and x.ndim > 0:
             axis = int(self.attr(node, "axis", 1)) % x.ndim
             if scale.shape[0] != x.shape[axis]:
@@ -324,9 +335,9 @@ class Importer:
             return
         scale = np.asarray(feeds[node.input[1]], np.float32)
         zp = np.asarray(feeds[node.input[2]]) if len(node.input) > 2 and node.input[2] else np.zeros_like(scale)
-        if np.any(zp != 0) or scale.ndim != 1:
-            return
         axis = self.attr(node, "axis", 1)
+        if np.any(zp != 0) or scale.ndim != 1 or scale.shape[0] != x.shape[axis % x.ndim]:
+            return
         self.const_q[node.output[0]] = QParams(scale, np.zeros(scale.shape, np.int32), axis % x.ndim)
 
     def _guard_size(self, node, feeds):

@@ -17,6 +17,7 @@ from onnx import numpy_helper
 from ..errors import TinytrainError
 
 OPSET_MIN, OPSET_MAX = 11, 21
+OPSET_UPGRADE_MIN, OPSET_UPGRADE_TO = 7, 13     # older opsets go through onnx's version converter
 MAX_ELEMENTS = 1 << 26          # no single tensor above 64 M elements (256 MB of float32)
 MAX_FILE_BYTES = 2 << 30
 
@@ -70,10 +71,30 @@ def read_model(path):
             opset = imp.version
     if opset is None:
         raise TinytrainError("the model declares no ai.onnx opset", file=path)
+    if OPSET_UPGRADE_MIN <= opset < OPSET_MIN:
+        model, opset = _upgrade(model, opset, path)
     if not OPSET_MIN <= opset <= OPSET_MAX:
-        raise TinytrainError(f"opset {opset} is not supported (tinytrain reads opsets {OPSET_MIN} to {OPSET_MAX}; "
+        raise TinytrainError(f"opset {opset} is not supported (tinytrain reads opsets {OPSET_MIN} to {OPSET_MAX}, "
+                             f"and {OPSET_UPGRADE_MIN} to {OPSET_MIN - 1} through onnx's version converter; "
                              "re-export with opset_version in that range)", file=path, field="opset_import")
     return model, opset
+
+
+def _upgrade(model, opset, path):
+    """An opset 7-10 model -> opset OPSET_UPGRADE_TO through onnx's version
+    converter (with a notice on stderr); one line if the converter fails."""
+    import sys
+    from onnx import version_converter
+    try:
+        up = version_converter.convert_version(model, OPSET_UPGRADE_TO)
+    except Exception as e:
+        msg = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        raise TinytrainError(f"opset {opset} is not supported and onnx's version converter cannot upgrade it "
+                             f"to {OPSET_UPGRADE_TO} ({msg}); re-export with opset_version {OPSET_MIN} to {OPSET_MAX}",
+                             file=path, field="opset_import") from None
+    print(f"tinytrain: notice: {path}: opset {opset} model upgraded to {OPSET_UPGRADE_TO} by onnx's version converter",
+          file=sys.stderr)
+    return up, OPSET_UPGRADE_TO
 
 
 def _external_bytes(t, base, path):

@@ -239,12 +239,63 @@ def identity(imp, node):
     imp.alias(node.output[0], tid, order)
 
 
+@converter("Cast", "CastLike")
+def cast(imp, node):
+    """A cast to float32 of an activation (always float32 here) is a no-op; CastLike of a
+    constant to an activation's type is that constant in float32; any other cast is refused."""
+    import onnx
+    if node.op_type == "CastLike":
+        like = node.input[1]
+        to = imp.const(like).dtype if imp.is_const(like) else np.dtype(np.float32)
+    else:
+        to = imp.attr(node, "to")
+        try:
+            to = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(to)))
+        except Exception:
+            raise imp.error(f"Cast to type {to} is not supported") from None
+    if imp.is_const(node.input[0]):       # CastLike(constant, activation)
+        if to != np.float32:
+            raise imp.error(f"CastLike of constant '{node.input[0]}' to {to}: only float32 is supported")
+        imp.consts[node.output[0]] = np.asarray(imp.const(node.input[0])).astype(np.float32)
+        return
+    tid, order = imp.act(node.input[0])
+    if to != np.float32:
+        raise imp.error(f"{node.op_type} of activation '{node.input[0]}' (float32) to {to} changes its type: "
+                        "only casts to float32 are supported")
+    imp.alias(node.output[0], tid, order)
+
+
+# ops that may follow the final softmax without changing which class wins
+_AFTER_SOFTMAX = {"Identity", "Dropout", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast", "CastLike",
+                  "QuantizeLinear", "DequantizeLinear"}
+
+
+def _softmax_ends_model(imp, node):
+    """True when the softmax's output reaches a graph output through a chain of
+    _AFTER_SOFTMAX ops alone (each the only reader of the one before).  Those
+    ops then act on the logits (the IR's output), except a QDQ pair, which
+    quantizes probabilities: its QuantizeLinear is recorded to pass through."""
+    outs = {o.name for o in imp.model.graph.output}
+    name, q_nodes = node.output[0], []
+    while True:
+        users = [n for n in imp.model.graph.node if name in n.input]
+        if name in outs:
+            if users:
+                return False
+            imp.softmax_q.update(q_nodes)
+            return True
+        if len(users) != 1 or users[0].op_type not in _AFTER_SOFTMAX or users[0].input[0] != name:
+            return False
+        if users[0].op_type == "QuantizeLinear":
+            q_nodes.append(users[0].output[0])
+        name = users[0].output[0]
+
+
 @converter("Softmax", "LogSoftmax")
 def softmax(imp, node):
-    outs = [o.name for o in imp.model.graph.output]
-    consumers = [n for n in imp.model.graph.node if node.output[0] in n.input]
-    if node.output[0] not in outs or consumers:
-        raise imp.error(f"{node.op_type} is supported only as the model's final output")
+    if not _softmax_ends_model(imp, node):
+        raise imp.error(f"{node.op_type} is supported only as the model's final output (or followed only by "
+                        "Identity, Reshape/Flatten/Squeeze/Unsqueeze, Cast to float, or a QDQ pair, up to the output)")
     shape = imp.onnx_shape(node.input[0])
     axis = int(imp.attr(node, "axis", -1 if imp.opset >= 13 else 1)) % len(shape)
     if len(shape) != 2 or axis != 1:
@@ -267,25 +318,73 @@ def global_avg_pool(imp, node):
         imp.emit("reshape", [y], [out], shape=(n, 1, c))
 
 
-@converter("ReduceMean")
-def reduce_mean(imp, node):
-    shape = imp.onnx_shape(node.input[0])
+def _mean_axes(imp, node, r):
     axes = imp.attr(node, "axes")
     if len(node.input) > 1 and node.input[1]:
         axes = imp.const(node.input[1], "axes").tolist()
+    if axes is not None and any(not -r <= int(a) < r for a in axes):
+        raise imp.error(f"ReduceMean axes {list(axes)} are out of range for rank {r}")
+    return sorted({int(a) % r for a in (axes if axes is not None else range(r))})
+
+
+def _kept(shape, axes, keep):
+    return [1 if k in axes else d for k, d in enumerate(shape)] if keep else \
+        [d for k, d in enumerate(shape) if k not in axes]
+
+
+def _mean_chain_next(imp, node, shape, axes, keep):
+    """The ReduceMean that finishes a single-spatial-axis mean of an NCHW map
+    (`x.mean(3).mean(2)`, either order, keepdims 0 or 1), when it is this
+    node's only consumer; else None."""
+    if len(shape) != 4 or len(axes) != 1 or axes[0] not in (2, 3):
+        return None
+    if node.output[0] in {o.name for o in imp.model.graph.output}:
+        return None
+    users = [n for n in imp.model.graph.node if node.output[0] in n.input]
+    if len(users) != 1 or users[0].op_type != "ReduceMean" or users[0].input[0] != node.output[0]:
+        return None
+    return users[0]         # its axes (maybe a Constant not read yet) are checked when it is reached
+
+
+@converter("ReduceMean")
+def reduce_mean(imp, node):
+    if node.output[0] in imp.mean_chain:    # the second half of x.mean(3).mean(2)
+        first, src = imp.mean_chain.pop(node.output[0])
+        shape = imp.onnx_shape(src)
+        a1, k1 = _mean_axes(imp, first, 4), int(imp.attr(first, "keepdims", 1))
+        mid = _kept(shape, a1, k1)
+        other = 5 - a1[0]                   # the remaining spatial axis, in NCHW numbering
+        a2 = _mean_axes(imp, node, len(mid))
+        if a2 != [other if k1 or other < a1[0] else other - 1]:
+            raise imp.error(f"ReduceMean over axes {a1} of {list(shape)}: only the spatial axes are supported "
+                            f"(all of them, or one then the other; the next ReduceMean reduces {a2})", node=first)
+        oshape = _kept(mid, a2, int(imp.attr(node, "keepdims", 1)))
+        _global_mean(imp, node, src, oshape)
+        return
+    shape = imp.onnx_shape(node.input[0])
     r = len(shape)
-    axes = sorted(int(a) % r for a in (axes if axes is not None else range(r)))
-    if axes != list(range(2, r)) or r not in (3, 4):
-        raise imp.error(f"ReduceMean over axes {axes} of {list(shape)}: only the spatial axes are supported")
+    axes = _mean_axes(imp, node, r)
     keep = int(imp.attr(node, "keepdims", 1))
-    x, rank = _to_4d(imp, node.input[0])
+    nxt = _mean_chain_next(imp, node, shape, axes, keep)
+    if nxt is not None:
+        imp.mean_chain[nxt.output[0]] = (node, node.input[0])
+        return
+    if axes != list(range(2, r)) or r not in (3, 4):
+        raise imp.error(f"ReduceMean over axes {axes} of {list(shape)}: only the spatial axes are supported "
+                        "(all of them, or one then the other)")
+    _global_mean(imp, node, node.input[0], _kept(shape, axes, keep))
+
+
+def _global_mean(imp, node, src, oshape):
+    """Mean over every spatial axis of `src` -> ONNX value node.output[0] of shape oshape."""
+    x, rank = _to_4d(imp, src)
     n, h, w, c = imp.graph.t(x).shape
     y = imp.tensor(f"{node.output[0]}:pool", (n, 1, 1, c)).id
     imp.emit("global_avg_pool", [x], [y], act=None)
-    if keep and rank == 4:
+    if len(oshape) == 4:
         imp.alias(node.output[0], y, (0, 2, 3, 1))
         return
-    oshape, order = ((n, 1, c), (0, 2, 1)) if keep else ((n, c), (0, 1))
+    oshape, order = ((n, 1, c), (0, 2, 1)) if len(oshape) == 3 else ((n, c), (0, 1))
     out = imp.new_act(node.output[0], oshape, order)
     imp.emit("reshape", [y], [out], shape=oshape)
 
@@ -307,12 +406,24 @@ def pool(imp, node):
     if rank == 3:
         kernel, strides, dil = (1,) + kernel, (1,) + strides, (1,) + dil
     if int(imp.attr(node, "ceil_mode", 0)):
-        from ..ops.common import conv_out_size
+        # ceil_mode: the last window may run past the end (but starts inside the input or the
+        # begin padding).  Both pools skip taps outside the input (max ignores them, the average
+        # counts valid taps with count_include_pad=0), so it is extra end padding, exactly.
+        pads = list(pads)
         for i, size in enumerate(xs[1:3]):
-            p0, p1 = (pads[i], pads[i + 2])
+            p0, p1 = pads[i], pads[i + 2]
             num = size + p0 + p1 - dil[i] * (kernel[i] - 1) - 1
-            if num % strides[i]:
-                raise imp.error("ceil_mode=1 that changes the output size is not supported")
+            if num < 0 or num % strides[i] == 0:
+                continue
+            out = -(-num // strides[i]) + 1
+            if (out - 1) * strides[i] >= size + p0:
+                out -= 1
+            extra = (out - 1) * strides[i] + dil[i] * (kernel[i] - 1) + 1 - (size + p0 + p1)
+            if extra > 0 and node.op_type == "AveragePool" and int(imp.attr(node, "count_include_pad", 0)):
+                raise imp.error("AveragePool with ceil_mode=1 and count_include_pad=1 that changes the output "
+                                "size is not supported")
+            pads[i + 2] += max(extra, 0)
+        pads = tuple(pads)
     attrs = dict(kernel=kernel, stride=strides, pads=pads, act=None)
     if node.op_type == "MaxPool":
         attrs["dilation"] = dil
@@ -437,6 +548,64 @@ def concat(imp, node):
     imp.emit("concat", tids, [y], axis=order.index(axis))
 
 
+@converter("Slice")
+def slice_(imp, node):
+    """Slice of an activation: a no-op when it keeps every element (GhostNet's
+    `cat(...)[:, :oup]` with oup the whole width), a Concat of the pieces when
+    it picks whole inputs of the Concat that made it; anything else is refused."""
+    shape = imp.onnx_shape(node.input[0])
+    r = len(shape)
+    if imp.opset < 10:
+        starts, ends, axes, steps = imp.attr(node, "starts"), imp.attr(node, "ends"), imp.attr(node, "axes"), None
+    else:
+        def opt(k, what):
+            return [int(v) for v in np.asarray(imp.const(node.input[k], what)).reshape(-1)] \
+                if len(node.input) > k and node.input[k] else None
+        starts, ends, axes, steps = opt(1, "starts"), opt(2, "ends"), opt(3, "axes"), opt(4, "steps")
+    axes = list(range(len(starts))) if axes is None else list(axes)
+    steps = [1] * len(starts) if steps is None else list(steps)
+    if not len(starts) == len(ends) == len(axes) == len(steps) or any(not -r <= a < r for a in axes) \
+            or 0 in steps:
+        raise imp.error(f"Slice starts/ends/axes/steps {list(starts)}/{list(ends)}/{axes}/{steps} do not fit "
+                        f"rank {r}")
+    picked = {}
+    for st, en, a, sp in zip(starts, ends, axes, steps):
+        picked[a % r] = range(*slice(int(st), int(en), int(sp)).indices(shape[a % r]))
+    partial = {a: rg for a, rg in picked.items() if rg != range(shape[a])}
+    if not partial:
+        tid, order = imp.act(node.input[0])
+        imp.alias(node.output[0], tid, order)
+        return
+    why = f"Slice of activation '{node.input[0]}' {list(shape)} to " \
+          f"{[(a, rg.start, rg.stop, rg.step) for a, rg in partial.items()]} (axis, start, end, step)"
+    prod = next((n for n in imp.model.graph.node if node.input[0] in n.output), None)
+    if len(partial) == 1 and prod is not None and prod.op_type == "Concat":
+        (a, rg), = partial.items()
+        cat_axis = int(imp.attr(prod, "axis", 1)) % r
+        names = [n for n in prod.input if n]
+        if rg.step == 1 and cat_axis == a and all(n in imp.values for n in names):
+            bounds, lo = {}, 0
+            for n in names:
+                bounds[lo] = n
+                lo += imp.onnx_shape(n)[a]
+            bounds[lo] = None
+            if rg.start in bounds and rg.stop in bounds:
+                keep = [n for b, n in sorted(bounds.items()) if n is not None and rg.start <= b < rg.stop]
+                if len(keep) == 1:
+                    tid, order = imp.act(keep[0])
+                    imp.alias(node.output[0], tid, order)
+                    return
+                order = imp.act(keep[0])[1]
+                tids = [imp.materialize(n, order) for n in keep]
+                out = list(shape)
+                out[a] = len(rg)
+                y = imp.new_act(node.output[0], tuple(out[k] for k in order), order)
+                imp.emit("concat", tids, [y], axis=order.index(a))
+                return
+    raise imp.error(f"{why} is not supported: only slices that keep every element or pick whole inputs of "
+                    "the Concat that made the tensor")
+
+
 def _fc(imp, node, a_name, w_mk, bias):
     shape = imp.onnx_shape(a_name)
     if len(shape) != 2:
@@ -493,6 +662,9 @@ def matmul(imp, node):
 def quantize_linear(imp, node):
     """A QDQ pair on an activation: a float clamp to the int8 range, carrying the model's scale."""
     tid, order = imp.act(node.input[0])
+    if node.output[0] in imp.softmax_q:     # the QDQ pair after the final softmax goes with it
+        imp.alias(node.output[0], tid, order)
+        return
     scale = np.asarray(imp.const(node.input[1], "y_scale"), np.float32)
     zp = np.asarray(imp.const(node.input[2], "y_zero_point")) if len(node.input) > 2 and node.input[2] \
         else np.zeros((), np.uint8)
