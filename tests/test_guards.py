@@ -300,7 +300,8 @@ def test_c_gradient_guard_skips_a_non_finite_gradient_behind_a_finite_loss(gq, f
     xr = np.float32(q.scale) * (xq - np.int32(q.zero_point)).astype(np.float32)
     cand = np.flatnonzero((np.abs(xr) > 0) & (np.abs(xr) <= 0.4) & (xq < 127))
     assert cand.size, xr
-    i0 = int(cand[0])
+    i0 = int(cand[-1])                       # not channel 0: a guard that checked only the gradient's
+    assert i0 > 0                            # first element would let this one through
     w = tg.t(wtid).data                      # (classes, inputs)
     label = int(y[0])
     sgn = np.float32(np.sign(xr[i0]))
