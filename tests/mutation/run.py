@@ -1,6 +1,6 @@
 """Plant the bugs of tests/mutation/mutants.py one at a time and check that the tests catch each.
 
-    .venv/bin/python tests/mutation/run.py                 # every mutant (about 20-40 minutes)
+    .venv/bin/python tests/mutation/run.py                 # every mutant (about 5 minutes; CI runs it)
     .venv/bin/python tests/mutation/run.py --only ties-c,crc-poly --no-baseline
 
 The repository (its tracked and untracked, not ignored, files) is copied to a temporary folder; the
@@ -12,7 +12,7 @@ answer), then the files are restored.  First, a baseline: every test selection m
 unmutated copy, or a "caught" would mean nothing.
 
 Prints, per mutant, `caught` (with the first failing test) or `SURVIVED`, then the catch rate.
-Exit status 0 when every mutant was caught.  Not part of the pytest suite (too slow);
+Exit status 0 when every mutant was caught.  Not part of the pytest suite (.ci/run calls it before the suite);
 tests/test_mutation_list.py keeps the list applicable.
 """
 import argparse
