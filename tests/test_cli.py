@@ -93,3 +93,26 @@ def test_compile_accepts_a_32_character_name(tmp_path, capsys):
                  str(ROOT / "models" / "data" / "basicmotions_train.npz"), "--update", "classifier", "--name", name,
                  "--package", "none", "-o", str(tmp_path / "c")]) == 0
     assert (tmp_path / "c" / f"{name}.c").is_file()
+
+
+def test_inspect_says_supported_only_when_the_whole_import_succeeds(tmp_path, capsys):
+    """Every op of this model has a converter, but its ReduceMean over channels does not import:
+    inspect must not call the model supported."""
+    import onnx
+    from onnx import TensorProto, helper
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 3, 3], [0.1] * 108)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("ReduceMean", ["c"], ["y"], name="mean_over_channels", axes=[1], keepdims=1)]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [w]),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    assert main(["inspect", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert "model: NOT supported" in out and "mean_over_channels" in out
+    assert [ln for ln in out.splitlines() if ln.split()[:1] == ["ReduceMean"]][0].split()[2] == "NO"
+    assert len(err.strip().splitlines()) == 1 and err.startswith("tinytrain: error:")
+    assert main(["inspect", str(ROOT / "models" / "mcu_cnn_mnist.onnx")]) == 0
+    assert "model: supported" in capsys.readouterr().out

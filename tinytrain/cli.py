@@ -30,6 +30,16 @@ def _data(args, g, path, calibration=False, **kw):
     return load_dataset(path, g.meta["input_shape"], **where, **kw)
 
 
+def _support(op, known, failed):
+    """inspect's verdict for one ONNX op: a converter exists ("yes"), and this model's use of it
+    imports (an op whose node stopped the import says so)."""
+    if not known:
+        return "NO"
+    if failed is not None and failed.op == op:
+        return "NO (in this model" + (f": node '{failed.node}')" if failed.node is not None else ")")
+    return "yes"
+
+
 def cmd_inspect(args):
     from .report import format_table, layer_table, onnx_op_support
     from .api import load
@@ -40,11 +50,17 @@ def cmd_inspect(args):
             support = onnx_op_support(args.model)
         except Exception:
             support = None      # load() below gives the precise error
+    from .data import model_layout
+    try:                                   # a model is supported only when its whole import succeeds
+        g, failed = load(args.model, args.input_shape), None
+    except TinytrainError as e:
+        g, failed = None, e
     if support:
         print("\nONNX ops:")
-        print(format_table(["op", "count", "supported"], [(o, c, "yes" if s else "NO") for o, c, s in support]))
-    from .data import model_layout
-    g = load(args.model, args.input_shape)
+        print(format_table(["op", "count", "supported"], [(o, c, _support(o, s, failed)) for o, c, s in support]))
+    if failed is not None:
+        print(f"\nmodel: NOT supported: the import stops at {failed.format()}")
+        raise failed
     rows = layer_table(g)
     layout = model_layout(g.meta.get("input_shape"), g.meta.get("input_layout"))
     print(f"\ntinytrain IR ({g.t(g.inputs[0]).dtype}): input {g.meta.get('input_name')} "
@@ -59,6 +75,7 @@ def cmd_inspect(args):
                         for i, r in enumerate(rows)]))
     print(f"\ntotal: {len(rows)} layers, {sum(r['params'] for r in rows)} parameters, "
           f"{sum(r['macs'] for r in rows)} MACs per sample")
+    print("model: supported (the whole import succeeds)")
     if args.json:
         Path(args.json).write_text(json.dumps({"model": str(args.model), "input_layout": layout, "layers": rows,
                                                "onnx_ops": support}, indent=1, default=str))
