@@ -29,7 +29,7 @@ def _coverage():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import importlib.util
-        spec = importlib.util.spec_from_file_location("zoo_coverage", ROOT / "benchmarks" / "coverage.py")
+        spec = importlib.util.spec_from_file_location("zoo_coverage", ROOT / "benchmarks" / "zoo_coverage.py")
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         return mod
