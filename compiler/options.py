@@ -37,6 +37,7 @@ class BuildOptions:
     patch: bool = True
     sram: int = None                    # SRAM budget in bytes: checked (and steers the patching)
     plan_sram: int = None               # steers the patching only, no check
+    optimize: str = "speed"             # speed: the fewest recomputed MACs that fit the budget; memory: the min peak
     flash: int = None                   # flash budget for the frozen weights
     eps: int = 1                        # MeZO
     queries: int = 1
@@ -56,7 +57,9 @@ class BuildOptions:
         return replace(self, **kw)
 
     def steer_sram(self):
-        """The budget the plan's patching aims at."""
+        """The budget the plan's patching aims at (none for optimize=memory: the smallest plan)."""
+        if self.optimize == "memory":
+            return None
         return self.sram if self.sram is not None else self.plan_sram
 
     def to_dict(self):
@@ -68,8 +71,8 @@ _KINDS = {"update": str, "qas": bool, "float_classifier": bool, "weight_headroom
           "logit_range": (int, float), "name": str, "trainer": str, "rounding": str, "in_place": bool, "patch": bool,
           "sram": int, "plan_sram": int, "flash": int, "eps": int, "queries": int, "model": str, "model_sha256": str,
           "calib": str, "calib_sha256": str, "calib_samples": int, "input_shape": list, "input_layout": str,
-          "data_layout": str, "normalization": dict, "version": str}
-_CHOICES = {"trainer": ("backprop", "mezo"), "rounding": ("stochastic", "shadow")}
+          "data_layout": str, "normalization": dict, "version": str, "optimize": str}
+_CHOICES = {"trainer": ("backprop", "mezo"), "rounding": ("stochastic", "shadow"), "optimize": ("speed", "memory")}
 
 
 def from_dict(d, file=None):

@@ -81,15 +81,20 @@ def training_graph(graph_int8, update="sparse", qas=True, float_classifier=False
     return verify(chunk_grads(g, chunk_bytes), "chunk_grads")
 
 
-def memory_plan(graph, in_place=True, patch=True, sram=None, rounding="stochastic"):
+def memory_plan(graph, in_place=True, patch=True, sram=None, rounding="stochastic", optimize="speed"):
     """A training (or zeroth-order) graph -> (graph, plan): the frozen prefix run patch by
-    patch when that helps (patch_prefix; with `sram`, the cheapest patching that fits beside
-    the state blob and the context), frozen depthwise convs in place (inplace_depthwise),
-    then the static arena."""
+    patch when that helps (patch_prefix; with `sram` and optimize="speed", the cheapest patching
+    that fits beside the state blob and the context; optimize="memory": the smallest arena
+    whatever the budget), frozen depthwise convs in place (inplace_depthwise), then the static
+    arena.  The returned graph's meta["min_peak"] records the smallest arena the same search
+    found ({"arena_bytes", "patch", "optimize"}) for the report."""
+    from .errors import TinytrainError
     from .layout import context_bytes, state_bytes
     from .passes.inplace_depthwise import inplace_depthwise
     from .passes.patch_prefix import best_patching
     from .passes.plan_memory import lower_bound, plan_memory
+    if optimize not in ("speed", "memory"):
+        raise TinytrainError(f"optimize is '{optimize}', not one of speed, memory", field="--optimize")
     prepped = {}                          # id(g) -> (g, prep(g)): each candidate prepared once
 
     def prep(g):
@@ -97,11 +102,16 @@ def memory_plan(graph, in_place=True, patch=True, sram=None, rounding="stochasti
             prepped[id(g)] = (g, verify(inplace_depthwise(g), "inplace_depthwise") if in_place else g)
         return prepped[id(g)][1]
     if patch:
-        budget = None if sram is None else sram - state_bytes(graph, rounding)[0] - context_bytes()
-        graph, plan, _ = best_patching(graph, lambda g: plan_memory(prep(g), in_place=in_place), budget,
-                                       bound_fn=lambda g: lower_bound(prep(g), in_place=in_place))
+        budget = None if sram is None or optimize == "memory" else \
+            sram - state_bytes(graph, rounding)[0] - context_bytes()
+        graph, plan, _, low = best_patching(graph, lambda g: plan_memory(prep(g), in_place=in_place), budget,
+                                            bound_fn=lambda g: lower_bound(prep(g), in_place=in_place),
+                                            min_peak=True)
         graph = verify(graph, "patch_prefix")
-        return prep(graph), plan
+        out = prep(graph)
+        out.meta["min_peak"] = {"arena_bytes": int(low[1].arena_size), "patch": low[0].meta.get("patch"),
+                                "optimize": optimize}
+        return out, plan
     graph = prep(graph)
     return graph, plan_memory(graph, in_place=in_place)
 
@@ -125,7 +135,8 @@ def compile_graph(graph_int8, out, name="model", update="sparse", qas=True, floa
     say = progress or (lambda text: None)
     tg = training_graph(graph_int8, options=o)
     say(f"training graph: {len(tg.nodes)} steps, scheme {tg.meta['training']['scheme']}")
-    tg, plan = memory_plan(tg, in_place=o.in_place, patch=o.patch, sram=o.steer_sram(), rounding=o.rounding)
+    tg, plan = memory_plan(tg, in_place=o.in_place, patch=o.patch, sram=o.steer_sram(), rounding=o.rounding,
+                           optimize=o.optimize)
     check_budget(tg, plan, o.sram, rounding=o.rounding)
     say(f"memory plan: arena {plan.arena_size} B ({plan.algorithm})")
     facts = emit(tg, plan, out, name=o.name, rounding=o.rounding)

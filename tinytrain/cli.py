@@ -281,7 +281,8 @@ def _scheme_need(g, update, args, sram, kw, stack=2048):
         tg = training_graph(g, update, **kw)
     except TinytrainError:
         return None
-    tg, plan = memory_plan(tg, in_place=not getattr(args, "no_in_place", False), sram=sram, rounding=rounding)
+    tg, plan = memory_plan(tg, in_place=not getattr(args, "no_in_place", False), sram=sram, rounding=rounding,
+                           optimize=getattr(args, "optimize", "speed"))
     return (sram_total(plan, tg, rounding, stack)["total"],
             sum(tg.t(t).size for t in tg.meta["training"]["trainable"]))
 
@@ -393,6 +394,7 @@ def _compile(args, out):
         phase(f"quantize: int8, calibrated on {len(cx)} samples of {args.calib}")
     final = Path(args.output)
     opts = _build_options(args, name=args.name, in_place=not args.no_in_place, plan_sram=sram, flash=flash,
+                          optimize=args.optimize,
                           **_provenance(g, args.model, None if cx is None else args.calib, None if cx is None
                                         else len(cx)))
     kw = dict(qas=opts.qas, float_classifier=opts.float_classifier, weight_headroom=opts.weight_headroom)
@@ -673,6 +675,9 @@ def build_parser(argv=None):
     _data_options(s)
     s.add_argument("--sram", help="SRAM budget, e.g. 256k: fail with a breakdown when the plan needs more")
     s.add_argument("--flash", help="flash budget for the frozen weights, e.g. 1m")
+    s.add_argument("--optimize", choices=["speed", "memory"], default="speed",
+                   help="speed: under --sram, the plan with the fewest recomputed MACs (patch halos) that fits; "
+                        "memory: the smallest SRAM peak whatever the budget (the report gives both when they differ)")
     s.add_argument("--name", default="model", help="prefix of every C symbol (default model): a C identifier of at "
                    "most 32 ASCII characters, not a keyword, not reserved, not tt_* / app_*")
     s.add_argument("--no-in-place", action="store_true", help="no in-place buffers (to measure what they save)")

@@ -84,7 +84,12 @@ def memory_summary(tg, plan, facts, stack, budget_sram=None, budget_flash=None):
     node = tg.nodes[min(plan.peak_step, len(tg.nodes) - 1)]
     ctx_bytes = parts["context"]    # the <name>_ctx struct on a 64-bit host (28 on a 32-bit board)
     total_sram = parts["total"]
+    low = tg.meta.get("min_peak")
+    # the minimum-peak plan of the same search: only its arena differs (same state, context, stack)
+    min_peak = None if low is None else {"sram_total_bytes": total_sram - plan.arena_size + low["arena_bytes"],
+                                         "arena_bytes": low["arena_bytes"], "patch": low["patch"]}
     return {
+        "optimize": None if low is None else low["optimize"], "min_peak": min_peak,
         "arena_bytes": plan.arena_size, "arena_algorithm": plan.algorithm, "state_bytes": facts["state"],
         "trainable_param_bytes": sram_state, "context_bytes": ctx_bytes, "stack_estimate_bytes": stack,
         "sram_total_bytes": total_sram, "flash_weight_bytes": flash_w,
@@ -121,6 +126,9 @@ def write_reports(out, tg, plan, facts, summary):
                         f"(+{100 * (pt['patched_macs'] - pt['macs']) / max(1, pt['macs']):.0f}% of that prefix)"
                         + ("; the input is quantized tile by tile from the caller's buffer (no int8 copy)"
                            if tg.meta.get("input_external") else ""))
+    low = s.get("min_peak")
+    if low and low["sram_total_bytes"] != s["sram_total_bytes"]:
+        lines.insert(2, min_peak_line(s, rows, pt))
     k = len({n.name for n in tg.nodes if n.op.endswith("_inplace")})
     if k:
         lines.insert(3, f"in place: {k} depthwise convolutions / input gradients write over their input")
@@ -132,6 +140,23 @@ def write_reports(out, tg, plan, facts, summary):
     (out / "report.json").write_text(json.dumps({"summary": s, "layers": rows, "facts": facts}, indent=1))
     _png(out / "memory.png", tg, plan, s)
     return text
+
+
+def min_peak_line(s, rows, chosen_patch):
+    """'minimum-peak plan: X KB (...); chosen: Y KB (...)' when the chosen plan (--optimize speed under
+    --sram: fewer recomputed MACs) is not the smallest one the planner found."""
+    kb = lambda v: f"{v / 1024:.1f} KB"
+    extra = lambda pt: 0 if not pt else pt["patched_macs"] - pt["macs"]
+    forward = max(1, sum(r["macs"] for r in rows) - extra(chosen_patch))     # the unpatched forward's MACs
+
+    def how(pt):
+        if not pt:
+            return "unpatched, +0% MACs"
+        return f"patching {pt['grid']}x{pt['grid']} tiles, +{100 * extra(pt) / forward:.1f}% MACs"
+    low = s["min_peak"]
+    return (f"minimum-peak plan: {kb(low['sram_total_bytes'])} ({how(low['patch'])}); chosen: "
+            f"{kb(s['sram_total_bytes'])} ({how(chosen_patch)}; --optimize {s['optimize']}: the fewest recomputed "
+            f"MACs that fit the budget; --optimize memory gives the minimum)")
 
 
 _COLORS = {"int8": (70, 120, 200), "float32": (240, 150, 50), "int32": (80, 170, 90), "uint8": (150, 150, 150)}

@@ -196,7 +196,7 @@ def patch_prefix(graph, pos, grid):
     return g, info
 
 
-def best_patching(graph, plan_fn, budget=None, grids=(2, 3, 4), max_extra=0.25, bound_fn=None):
+def best_patching(graph, plan_fn, budget=None, grids=(2, 3, 4), max_extra=0.25, bound_fn=None, min_peak=False):
     """Choose a patching of the graph's frozen prefix (or none).
 
     Candidates: every cut after the first strided layer x grids, whose recomputed
@@ -205,9 +205,10 @@ def best_patching(graph, plan_fn, budget=None, grids=(2, 3, 4), max_extra=0.25, 
     unpatched plan fits); without one, or if nothing fits: the smallest arena.
     bound_fn(g), if given, is a lower bound of plan_fn(g).arena_size: a candidate it
     shows cannot win is not planned (the choice is the same as planning them all).
-    -> (graph, plan, PatchInfo or None)"""
+    -> (graph, plan, PatchInfo or None); with min_peak=True, a fourth item: the smallest-arena
+    (graph, plan, PatchInfo or None) of the same search (the choice itself when no budget is given)."""
     base = (graph, plan_fn(graph), None)
-    if budget is not None and base[1].arena_size <= budget:
+    if budget is not None and base[1].arena_size <= budget and not min_peak:
         return base
     fwd = set(graph.meta.get("training", {}).get("forward", [n.id for n in graph.nodes]))
     total = _macs(graph, [n for n in graph.nodes if n.id in fwd]) or 1
@@ -225,7 +226,7 @@ def best_patching(graph, plan_fn, budget=None, grids=(2, 3, 4), max_extra=0.25, 
                 continue
             found.append((g2, info))
     if not found:
-        return base
+        return base + ((base,) if min_peak else ())
     plans, bounds = {}, {}
 
     def plan(i):
@@ -242,7 +243,24 @@ def best_patching(graph, plan_fn, budget=None, grids=(2, 3, 4), max_extra=0.25, 
 
     def extra(i):
         return found[i][1].patched_macs - found[i][1].macs
-    if budget is not None:
+
+    def smallest():
+        # the smallest arena (ties: the fewer patched MACs, then the earlier candidate), if smaller than
+        # unpatched; candidates in the order of their bounds: once one exceeds the best arena, none after can win
+        key = lambda i: (plan(i).arena_size, found[i][1].patched_macs, i)
+        best = None
+        for i in sorted(range(len(found)), key=lambda i: (bound(i), i)):
+            if bound(i) >= base[1].arena_size or (best is not None and bound(i) > plan(best).arena_size):
+                break
+            if best is None or key(i) < key(best):
+                best = i
+        if best is None or plan(best).arena_size >= base[1].arena_size:
+            return base
+        return (found[best][0], plan(best), found[best][1])
+    chosen = None
+    if budget is not None and base[1].arena_size <= budget:
+        chosen = base
+    elif budget is not None:
         # the fewest extra MACs that fit (ties: the smaller arena, then the earlier candidate)
         win = None
         for i in sorted(range(len(found)), key=extra):
@@ -253,15 +271,7 @@ def best_patching(graph, plan_fn, budget=None, grids=(2, 3, 4), max_extra=0.25, 
             if plan(i).arena_size <= budget and (win is None or plan(i).arena_size < plan(win).arena_size):
                 win = i
         if win is not None:
-            return (found[win][0], plan(win), found[win][1])
-    # the smallest arena (ties: the fewer patched MACs, then the earlier candidate), if smaller than unpatched
-    best = None
-    for i in range(len(found)):
-        if bound(i) >= base[1].arena_size or (best is not None and bound(i) > plan(best).arena_size):
-            continue
-        key = (plan(i).arena_size, found[i][1].patched_macs)
-        if best is None or key < (plan(best).arena_size, found[best][1].patched_macs):
-            best = i
-    if best is None or plan(best).arena_size >= base[1].arena_size:
-        return base
-    return (found[best][0], plan(best), found[best][1])
+            chosen = (found[win][0], plan(win), found[win][1])
+    low = smallest() if chosen is None or min_peak else None
+    chosen = chosen or low
+    return chosen + ((low,) if min_peak else ())
