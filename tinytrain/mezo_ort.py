@@ -51,6 +51,7 @@ from numba import njit
 from onnx import numpy_helper
 
 from .compiler.errors import TinytrainError
+from .compiler.options import sha256
 from .compiler.quant.prng import prng_next, prng_normal, prng_rademacher, prng_seed
 
 CHECKPOINT_FORMAT = "tinytrain-mezo-ort/1"
@@ -97,14 +98,6 @@ def estimate_pass(tensors, seed, eps, z):
 
 def update_scale(lr, g, queries):
     return -(np.float32(lr) * np.float32(g)) / np.float32(queries)
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def weights_digest(tensors):
@@ -264,7 +257,7 @@ class MezoTrainer:
 
     def checkpoint(self):
         return {"format": CHECKPOINT_FORMAT, "base_model": str(self.s.model_path.resolve()),
-                "base_sha256": sha256_file(self.s.model_path), "trainable": list(self.s.names),
+                "base_sha256": sha256(self.s.model_path), "trainable": list(self.s.names),
                 "z": self.z, "eps": self.eps, "lr": self.lr, "queries": self.queries, "seed": self.seed,
                 "steps": self.steps, "weights_sha256": weights_digest(self.s.weights)}
 
@@ -305,7 +298,7 @@ def load_checkpoint(path):
 def replay(ckpt, base_model, check_sha=True):
     """Re-run the checkpoint's in-place passes on the base model's weights, no forward
     pass -> (names, trained float32 arrays), bit for bit those of training."""
-    if check_sha and ckpt.get("base_sha256") and sha256_file(base_model) != ckpt["base_sha256"]:
+    if check_sha and ckpt.get("base_sha256") and sha256(base_model) != ckpt["base_sha256"]:
         raise TinytrainError("the base model is not the one the checkpoint was trained from (sha256 differs)",
                              file=base_model)
     model = load_onnx(base_model)

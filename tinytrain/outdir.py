@@ -20,7 +20,6 @@ Every command that writes a folder (compile, train, quantize, mezo) goes through
   With force, a folder without a manifest or a modified generated file is overwritten only where
   tinytrain writes a file of the same path; nothing else is ever deleted.
 """
-import hashlib
 import json
 import os
 import shutil
@@ -29,16 +28,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .compiler.errors import TinytrainError
+from .compiler.options import sha256
 
 MANIFEST = ".tinytrain-manifest.json"
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fail(msg):
